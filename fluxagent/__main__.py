@@ -1,0 +1,5 @@
+"""`python -m fluxagent` runs the command-line interface."""
+
+from fluxagent.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""The command-line interface: the only place that prints and picks exit codes (DESIGN §7).
+
+Modules a command needs are imported inside it, so `fluxagent --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from fluxagent import __version__
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, FluxError
+
+if TYPE_CHECKING:
+    from fluxagent.config import Config
+
+app = typer.Typer(
+    name="fluxagent",
+    help="Licensing and telemetry agent of FluxBilling Self-Hosted: sends only what clause 08 allows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+KIND_NAMES = ("license", "heartbeat", "digest", "credentials")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    config_path: Path
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fluxagent {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config file [env FLUXAGENT_CONFIG; default /etc/fluxagent/fluxagent.toml]"),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Global options."""
+    env = os.environ.get("FLUXAGENT_CONFIG", "").strip()
+    ctx.obj = Path(config) if config else Path(env) if env else Path("/etc/fluxagent/fluxagent.toml")
+
+
+def fail(exc: FluxError) -> typer.Exit:
+    """Print a FluxError for people on stderr and return the Exit carrying its code."""
+    typer.echo(f"fluxagent: {exc.code} error: {exc}", err=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _load(ctx: typer.Context) -> Config:
+    from fluxagent import config as config_mod
+
+    return config_mod.load(ctx.obj)
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    bound_domain: Annotated[str | None, typer.Option(help="Domain the license is bound to [default: this host's FQDN]")] = None,
+    server_url: Annotated[str | None, typer.Option(help="Licensing server URL")] = None,
+    vendor_key: Annotated[list[str] | None, typer.Option(help="Pinned vendor public key (base64); repeat for each")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="State directory")] = None,
+    database: Annotated[str | None, typer.Option(help="Platform database URL")] = None,
+    license_file: Annotated[Path | None, typer.Option(help="License file path")] = None,
+) -> None:
+    """Write a config if none exists and create the instance identity. Never replaces either."""
+    import time
+
+    from fluxagent import config as config_mod
+    from fluxagent import identity
+    from fluxagent.commands import write_initial_config
+
+    path: Path = ctx.obj
+    try:
+        if path.exists():
+            cfg = config_mod.load(path)
+            typer.echo(f"config: {path} exists, left untouched")
+        else:
+            cfg = write_initial_config(path, bound_domain=bound_domain, server_url=server_url,
+                                       vendor_keys=vendor_key or [], state_dir=state_dir,
+                                       database=database, license_file=license_file)
+            typer.echo(f"config: wrote {path}")
+        ident, created = identity.ensure(cfg.instance.state_dir, now=int(time.time()))
+    except FluxError as exc:
+        raise fail(exc) from None
+    except OSError as exc:
+        typer.echo(f"fluxagent: cannot write {exc.filename}: {exc.strerror}", err=True)
+        raise typer.Exit(78) from None
+    state = ", ".join(created) if created else "nothing (identity already present)"
+    typer.echo(f"identity: instance {ident.instance_id} in {cfg.instance.state_dir}; created {state}")
+    if not cfg.server.vendor_keys:
+        typer.echo("note: server.vendor_keys is empty; add the vendor's public keys before `fluxagent run`")
+
+
+@app.command()
+def preview(
+    ctx: typer.Context,
+    kind: Annotated[list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KIND_NAMES))] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per message")] = False,
+) -> None:
+    """Show exactly what would be sent. Sends nothing, writes nothing, does not advance seq."""
+    from fluxagent.commands import build_preview
+    from fluxagent.views import preview_json, preview_text
+
+    kinds = _kinds(kind)
+    try:
+        cfg = _load(ctx)
+        sealed, failures = build_preview(cfg, kinds)
+    except FluxError as exc:
+        raise fail(exc) from None
+    typer.echo(preview_json(sealed, cfg.server.url) if as_json else preview_text(sealed, cfg.server.url))
+    for k, err in failures:
+        typer.echo(f"fluxagent: {k} would not be sent: {err}", err=True)
+    raise typer.Exit(EXIT_CHECK_FAILED if failures else EXIT_OK)
+
+
+def _kinds(kind: list[str] | None) -> list[str]:
+    if not kind:
+        return list(KIND_NAMES)
+    bad = [k for k in kind if k not in KIND_NAMES]
+    if bad:
+        raise typer.BadParameter(f"unknown kind {bad[0]!r}; choose from {', '.join(KIND_NAMES)}", param_hint="--kind")
+    return list(dict.fromkeys(kind))
+
+
+@app.command()
+def demo(
+    workspace: Annotated[Path | None, typer.Option(help="Keep the workspace here instead of a temp dir")] = None,
+) -> None:
+    """Run fluxagent end to end on a throw-away sample platform and check nothing personal leaves."""
+    from fluxagent.demo import run_demo
+
+    try:
+        code = run_demo(workspace, typer.echo)
+    except FluxError as exc:
+        raise fail(exc) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,160 @@
+"""From live sources to messages: the one path both `preview` and `run` take (DESIGN §1).
+
+The I/O here is read-only (platform database, this host, the license file); building and
+sealing are the pure functions of identifiers, messages and envelope.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fluxagent import messages
+from fluxagent.config import Config, HostConfig, PlatformConfig
+from fluxagent.errors import FluxError, SourceError
+from fluxagent.facts import HostFacts
+from fluxagent.identifiers import TokenSet, add_machine, add_networks, add_servers, canonical_hostname, key_id
+from fluxagent.identity import Identity
+from fluxagent.license import LicenseFile, check_license, read_license_file
+from fluxagent.messages import Message, Sealed
+from fluxagent.sources.platform import PlatformSource, open_platform
+
+_VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
+
+
+@dataclass
+class Built:
+    """One message kind's result: the message, or the error that kept it from being built."""
+
+    kind: str
+    message: Message | None = None
+    error: FluxError | None = None
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def _host_reader(cfg: HostConfig) -> HostFacts:
+    from fluxagent.sources.host import read_host
+
+    return read_host(cfg)
+
+
+@dataclass
+class World:
+    """The outside world `gather` reads; tests swap in plain functions."""
+
+    open_platform: Callable[[PlatformConfig], PlatformSource] = open_platform
+    read_host: Callable[[HostConfig], HostFacts] = _host_reader
+    read_license: Callable[[Path], bytes | None] = read_license_file
+
+
+def platform_version(cfg: Config, platform: PlatformSource) -> str:
+    """Return the platform version (config first, then the database); raises SourceError if not a version."""
+    raw = cfg.platform.version.strip() or platform.version()
+    if not _VERSION.match(raw):
+        shown = raw[:40].encode("unicode_escape").decode("ascii")
+        raise SourceError(
+            f"platform version {shown!r} does not look like a version number; it is not sent",
+            hint="set platform.version in the config (e.g. \"4.12.3\")",
+        )
+    return raw
+
+
+def this_hostname(cfg: Config, host: HostFacts) -> str:
+    """Return the hostname the heartbeat names (config first, then the FQDN); raises SourceError."""
+    name = cfg.platform.hostname or host.fqdn
+    if canonical_hostname(name) is None:
+        raise SourceError(f"this host's name {name[:80]!r} is not a valid DNS name",
+                          hint="set platform.hostname in the config")
+    return name
+
+
+def tokens_for(platform: PlatformSource, host: HostFacts, key: bytes) -> TokenSet:
+    """Return the finished token set of the inventory plus this host."""
+    tokens = TokenSet()
+    add_servers(tokens, platform.iter_servers(), key)
+    add_machine(tokens, host.machine_id, host.macs, key)
+    add_networks(tokens, platform.iter_networks(), key)
+    add_networks(tokens, host.networks, key)
+    return tokens.finish()
+
+
+def license_view(cfg: Config, world: World, now: float) -> LicenseFile:
+    """Return the local license file verdict."""
+    try:
+        data = world.read_license(cfg.instance.license_file)
+    except OSError as exc:
+        return LicenseFile("invalid", None, f"cannot read {cfg.instance.license_file}: {exc.strerror}")
+    return check_license(data, cfg.server.vendor_keys, cfg.instance.bound_domain, now)
+
+
+def gather(
+    cfg: Config,
+    ident: Identity,
+    kinds: Sequence[str],
+    *,
+    now: float,
+    last_acked_root: str | None = None,
+    license_state: str | None = None,
+    world: World | None = None,
+) -> list[Built]:
+    """Build the messages of kinds from live sources; a failing kind carries its error, the rest go on."""
+    world = world or World()
+    results = {k: Built(k) for k in kinds}
+    platform: PlatformSource | None = None
+    host: HostFacts | None = None
+    try:
+        if "heartbeat" in kinds or "digest" in kinds:
+            host = world.read_host(cfg.host)
+            try:
+                platform = world.open_platform(cfg.platform)
+            except FluxError as exc:
+                for k in ("heartbeat", "digest"):
+                    if k in results:
+                        results[k].error = exc
+        if "license" in kinds:
+            lic = license_view(cfg, world, now)
+            state = license_state or lic.state
+            lid = lic.license_id if lic.state in ("valid", "expired") else None
+            results["license"].message = messages.build_license(
+                cfg.instance.bound_domain, lid, state, ident.public_key)
+        if platform is not None and host is not None:
+            if "heartbeat" in kinds:
+                _guard(results["heartbeat"], lambda: messages.build_heartbeat(
+                    platform_version(cfg, platform), this_hostname(cfg, host), platform.counts()))
+            if "digest" in kinds:
+                def digest() -> Message:
+                    toks = tokens_for(platform, host, ident.digest_key)
+                    results["digest"].skipped.update(toks.skipped)
+                    return messages.build_digest(toks, key_id(ident.digest_key), last_acked_root)
+                _guard(results["digest"], digest)
+        if "credentials" in kinds:
+            results["credentials"].message = messages.build_credentials()
+    finally:
+        if platform is not None:
+            platform.close()
+    return [results[k] for k in kinds]
+
+
+def _guard(built: Built, fn: Callable[[], Message]) -> None:
+    try:
+        built.message = fn()
+    except FluxError as exc:
+        built.error = exc
+
+
+def seal_all(
+    built: Sequence[Built], ident: Identity, *, aud: str, first_seq: int, now: int, nonce: Callable[[int], bytes]
+) -> list[Sealed]:
+    """Seal every built message with consecutive seq numbers from first_seq; raises AllowlistError."""
+    out: list[Sealed] = []
+    seq = first_seq
+    for b in built:
+        if b.message is None:
+            continue
+        out.append(messages.seal(b.message, signing_key=ident.signing_key, iid=ident.instance_id,
+                                 aud=aud, seq=seq, now=now, nonce=nonce(16)))
+        seq += 1
+    return out

@@ -1,0 +1,91 @@
+"""One error tree: each error has a stable code, a message for people and an exit code (DESIGN §7)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69
+EXIT_LOCKED = 75
+EXIT_CONFIG = 78
+
+
+class FluxError(Exception):
+    """Base of every error fluxagent reports to people; carries code, message, hint and exit code."""
+
+    code = "error"
+    exit_code = EXIT_CHECK_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class UsageError(FluxError):
+    code = "usage"
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(FluxError):
+    """One or more configuration problems; `problems` holds each as "file: path: what"."""
+
+    code = "config"
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(f"configuration has {n} problem{'s' if n != 1 else ''}:\n{lines}", hint=hint)
+
+
+class IdentityError(FluxError):
+    code = "identity"
+    exit_code = EXIT_CONFIG
+
+
+class StateError(FluxError):
+    """A state file is unreadable or corrupt and cannot be recovered automatically."""
+
+    code = "state"
+    exit_code = EXIT_CONFIG
+
+
+class SourceError(FluxError):
+    """The platform database or this host could not provide a fact."""
+
+    code = "source"
+    exit_code = EXIT_CHECK_FAILED
+
+
+class AllowlistError(FluxError):
+    """A payload holds a key path or value the allowlist registry does not permit."""
+
+    code = "allowlist"
+    exit_code = EXIT_CHECK_FAILED
+
+
+class EnvelopeError(FluxError):
+    """A DSSE envelope is malformed or its signature does not verify."""
+
+    code = "envelope"
+    exit_code = EXIT_CHECK_FAILED
+
+
+class LicenseError(FluxError):
+    code = "license"
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ServerUnavailable(FluxError):
+    code = "unavailable"
+    exit_code = EXIT_UNAVAILABLE
+
+
+class LockHeld(FluxError):
+    code = "locked"
+    exit_code = EXIT_LOCKED

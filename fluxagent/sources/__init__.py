@@ -1,0 +1,1 @@
+"""Read-only sources of facts: the platform database and this host."""
