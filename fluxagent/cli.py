@@ -141,6 +141,86 @@ def _kinds(kind: list[str] | None) -> list[str]:
 
 
 @app.command()
+def run(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="One full cycle, then exit: 0 all delivered, 69 server unavailable, 1 otherwise")] = False,
+) -> None:
+    """Run the agent (the systemd service), or one full cycle with --once."""
+    from fluxagent.agent import run as run_agent
+
+    try:
+        code = run_agent(ctx.obj, once=once)
+    except FluxError as exc:
+        raise fail(exc) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show license state, last deliveries, next due times, spool depth and drop counters."""
+    import json
+
+    from fluxagent.status import collect_status, status_text
+
+    try:
+        st = collect_status(_load(ctx))
+    except FluxError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(st, indent=2, sort_keys=True) if as_json else status_text(st))
+
+
+@app.command("log")
+def log_cmd(
+    ctx: typer.Context,
+    entry: Annotated[int | None, typer.Argument(help="Show this entry in full, with its exact payload")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 1 where it breaks")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    limit: Annotated[int, typer.Option(help="Newest entries to list")] = 50,
+) -> None:
+    """List what left the machine (the hash-chained ledger), show one entry, or verify the chain."""
+    import json
+    from dataclasses import asdict
+
+    from fluxagent.ledger import Ledger
+    from fluxagent.status import ledger_entry_text, ledger_lines
+
+    try:
+        cfg = _load(ctx)
+        ledger = Ledger(cfg.instance.state_dir / "ledger", readonly=True)
+        if verify:
+            res = ledger.verify()
+            if as_json:
+                typer.echo(json.dumps(asdict(res), indent=2))
+            elif res.ok:
+                typer.echo(f"ledger ok: {res.checked} entries, hash chain intact" + (f" ({res.note})" if res.note else ""))
+            else:
+                typer.echo(f"ledger BROKEN: {res.reason} (checked {res.checked} entries before it)")
+            raise typer.Exit(EXIT_OK if res.ok else EXIT_CHECK_FAILED)
+        if entry is not None:
+            e = ledger.get(entry)
+            if e is None:
+                typer.echo(f"fluxagent: no ledger entry {entry}", err=True)
+                raise typer.Exit(EXIT_CHECK_FAILED)
+            typer.echo(json.dumps(e.as_dict(), indent=2, sort_keys=True) if as_json else ledger_entry_text(e))
+            return
+        newest = []
+        for e in ledger.entries(reverse=True):
+            newest.append(e)
+            if len(newest) >= limit:
+                break
+        newest.reverse()
+        if as_json:
+            typer.echo(json.dumps([e.as_dict() for e in newest], indent=2, sort_keys=True))
+        else:
+            typer.echo(ledger_lines(newest))
+    except FluxError as exc:
+        raise fail(exc) from None
+
+
+@app.command()
 def demo(
     workspace: Annotated[Path | None, typer.Option(help="Keep the workspace here instead of a temp dir")] = None,
 ) -> None:

@@ -12,9 +12,6 @@ from fluxagent.errors import ConfigError, FluxError
 from fluxagent.fsutil import atomic_write
 from fluxagent.messages import Sealed
 
-SEQ_FILE = "seq"
-
-
 def write_initial_config(
     path: Path,
     *,
@@ -52,12 +49,10 @@ def write_initial_config(
 
 
 def last_seq(state_dir: Path) -> int:
-    """Return the last seq used (0 if none); read-only."""
-    try:
-        text = (state_dir / SEQ_FILE).read_text().strip()
-    except FileNotFoundError:
-        return 0
-    return int(text) if text.isdigit() else 0
+    """Return the last seq used (0 if none); read-only; raises StateError if the file is corrupt."""
+    from fluxagent.state import Seq
+
+    return Seq(state_dir).last()
 
 
 def build_preview(

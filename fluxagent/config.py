@@ -31,7 +31,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"90s\", \"6h\" or \"14d\", got a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # TOML integers are unbounded in tomllib
+            raise ValueError(f"{value!r} is out of range (0 to 10 years)") from None
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         if not text:
@@ -63,7 +66,10 @@ def parse_size(value: object) -> int:
         m = _SIZE_RE.match(value)
         if not m:
             raise ValueError(f"{value!r} is not a size: use a number with B, KB, MB, GB, KiB, MiB or GiB")
-        n = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").upper()])
+        amount = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").upper()]
+        if amount > 2**63:  # also catches the inf a 400-digit number becomes
+            raise ValueError(f"{value[:40]!r} is too large")
+        n = int(amount)
     else:
         raise ValueError(f"expected a size like \"20MB\", got {type(value).__name__}")
     if n < 0:
@@ -272,6 +278,7 @@ def _server_url(v: Any) -> str:
         raise ValueError(f"{s!r}: http:// is only allowed for loopback addresses; use https://")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"{s!r} must not carry a query, fragment or credentials")
+    _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
     return s.rstrip("/")
 
 

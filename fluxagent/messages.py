@@ -243,8 +243,8 @@ def build_digest(tokens: TokenSet, key_id: str, last_acked_root: str | None, *, 
     full = force_full or root != last_acked_root
     body: dict[str, Any] = {"key_id": key_id, "root": root, "full": full}
     if full:
-        body["servers"] = [t.hex() for t in tokens.servers]
-        body["networks"] = [t.hex() for t in tokens.networks]
+        body["servers"] = tokens.servers.hex()
+        body["networks"] = tokens.networks.hex()
     return Message("digest", body)
 
 

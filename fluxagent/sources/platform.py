@@ -25,7 +25,7 @@ class PlatformSource(Protocol):
 
     def version(self) -> str: ...
     def counts(self) -> Counts: ...
-    def iter_servers(self) -> Iterator[tuple[object, object]]: ...
+    def iter_servers(self) -> Iterator[tuple[Any, ...]]: ...
     def iter_networks(self) -> Iterator[object]: ...
     def close(self) -> None: ...
 
@@ -120,10 +120,9 @@ class SqliteSource:
         except sqlite3.Error as exc:
             raise SourceError(f"platform.queries.{name} failed: {exc} (query {sql!r})") from exc
 
-    def iter_servers(self) -> Iterator[tuple[object, object]]:
+    def iter_servers(self) -> Iterator[tuple[Any, ...]]:
         """Yield (hostname, ip_address) of every inventory server, streamed."""
-        for row in self._stream("servers", self.queries.servers, 2):
-            yield row[0], row[1]
+        return self._stream("servers", self.queries.servers, 2)  # rows are (hostname, ip) already
 
     def iter_networks(self) -> Iterator[object]:
         """Yield every inventory CIDR, streamed."""

@@ -1,0 +1,77 @@
+"""Structured logging: events, not sentences; JSON (with <N> priority prefixes under journald)
+or console; secrets redacted before anything is rendered (DESIGN §10)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|private|signing_key|digest_key|authorization|cookie|credential)", re.I)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def redact_text(text: str) -> str:
+    """Return text with passwords inside URLs replaced by ***."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask values of secret-looking keys and passwords in URLs."""
+    for key in list(event):
+        value = event[key]
+        if key != "event" and _SECRET_KEY.search(key):
+            event[key] = "***"
+        elif isinstance(value, str):
+            event[key] = redact_text(value)
+    return event
+
+
+def _journald_json(_logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    level = str(event.get("level", method))
+    return f"<{PRIORITY.get(level, 6)}>" + json.dumps(event, default=str, sort_keys=True)
+
+
+def _plain_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+    return json.dumps(event, default=str, sort_keys=True)
+
+
+def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
+              env: MutableMapping[str, str] | None = None) -> None:
+    """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set."""
+    out = stream or sys.stdout
+    env = os.environ if env is None else env
+    if fmt == "auto":
+        fmt = "console" if out.isatty() else "json"
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    elif env.get("JOURNAL_STREAM"):
+        renderer = _journald_json
+    else:
+        renderer = _plain_json
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str = "fluxagent") -> Any:
+    """Return a bound structlog logger."""
+    return structlog.get_logger(name)

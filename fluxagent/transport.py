@@ -1,0 +1,391 @@
+"""HTTP transport: one POST per call via httpx, with verified TLS, proxy, deadline and size cap.
+
+The `Transport` protocol has one method, so the daemon and tests can pass a plain function.
+`HttpxTransport` is the only code here that touches the network; everything else is pure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import ipaddress
+import math
+import os
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from fluxagent import __version__
+from fluxagent.config import ServerConfig, is_loopback_host
+from fluxagent.errors import ConfigError, ServerUnavailable
+
+Kind = Literal["connect", "dns", "tls", "timeout", "deadline", "too_large", "redirect", "protocol"]
+USER_AGENT = f"fluxagent/{__version__}"
+_GZIP_SLACK = 64 * 1024  # gzip of incompressible data is slightly larger than the data
+
+
+class TransportError(ServerUnavailable):
+    """A request that got no usable HTTP response; `kind` says why, the message names the URL."""
+
+    def __init__(self, kind: Kind, url: str, detail: str, *, status: int | None = None) -> None:
+        super().__init__(f"{redact_url(url)}: {detail}")
+        self.kind: Kind = kind
+        self.url = url
+        self.status = status
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A complete HTTP response: status, headers (lowercased names) and the decoded body."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = field(default=b"", repr=False)  # may carry credentials; never in a repr
+
+    def __repr__(self) -> str:
+        return f"HttpResponse(status={self.status}, body=<{len(self.body)} bytes>)"
+
+
+class Transport(Protocol):
+    """POST body to url within `deadline` seconds; return the response or raise TransportError."""
+
+    def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse: ...
+
+
+def send(
+    transport: Transport, url: str, body: bytes, *, deadline: float
+) -> HttpResponse | TransportError:
+    """Return the transport's response, or the TransportError it raised (what `classify` takes)."""
+    try:
+        return transport(url, body, deadline=deadline)
+    except TransportError as exc:
+        return exc
+
+
+def redact_url(url: str) -> str:
+    """Return url with any password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+
+
+def parse_retry_after(value: str | None, now: float, cap: float) -> float | None:
+    """Return seconds to wait per Retry-After (seconds or HTTP date), capped; None if unusable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        # a huge digit string is just "a long time"; int() of >4300 digits would raise
+        return min(float(int(text)), cap) if len(text) <= 12 else cap
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC without a claim about local time
+        when = when.replace(tzinfo=datetime.UTC)
+    wait = when.timestamp() - now
+    if math.isnan(wait):
+        return None
+    return min(max(wait, 0.0), cap)
+
+
+# ---- proxy selection: pure ----
+
+
+def proxy_for(url: str, configured: str | None, env: Mapping[str, str]) -> str | None:
+    """Return the proxy for url: `configured`, else *_PROXY from env unless NO_PROXY covers url."""
+    if configured:
+        return configured
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    names = [f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"]
+    proxy = next((env[n].strip() for n in names if env.get(n, "").strip()), None)
+    if proxy is None:
+        return None
+    no_proxy = env.get("no_proxy", "").strip() or env.get("NO_PROXY", "").strip()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return None if bypasses_proxy(parts.hostname or "", port, no_proxy) else proxy
+
+
+def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
+    """True when NO_PROXY (curl syntax: *, names, .domains, IPs, CIDRs, :port) covers host:port."""
+    host = host.strip("[]").rstrip(".").lower()
+    for raw in no_proxy.split(","):
+        entry, entry_port = _split_no_proxy_entry(raw.strip().lower())
+        if not entry or (entry_port is not None and entry_port != port):
+            continue
+        if entry == "*":
+            return True
+        if _ip_entry_matches(host, entry):
+            return True
+        name = entry.lstrip(".").rstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+        # "localhost" and the loopback addresses name the same place; users list one, mean all
+        if is_loopback_host(host) and is_loopback_host(name):
+            return True
+    return False
+
+
+def _split_no_proxy_entry(entry: str) -> tuple[str, int | None]:
+    if entry.startswith("["):
+        inner, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return inner, int(port) if port.isdigit() else None
+    if entry.count(":") == 1:
+        name, _, port = entry.partition(":")
+        return name, int(port) if port.isdigit() else None
+    return entry, None
+
+
+def _ip_entry_matches(host: str, entry: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(host)
+        net = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return addr.version == net.version and addr in net
+
+
+# ---- the edge: httpx exceptions → TransportError, once ----
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportError:
+    """Return the TransportError for an httpx/OS exception raised while requesting url."""
+    via = f" via proxy {redact_url(proxy)}" if proxy else ""
+    chain = list(_causes(exc))
+    if isinstance(exc, httpx.TimeoutException):
+        what = {
+            httpx.ConnectTimeout: "connecting timed out",
+            httpx.ReadTimeout: "the server stopped sending (read timeout)",
+            httpx.WriteTimeout: "sending the request timed out",
+            httpx.PoolTimeout: "no free connection in time",
+        }.get(type(exc), "timed out")
+        return TransportError("timeout", url, what + via)
+    for c in chain:
+        if isinstance(c, socket.gaierror):
+            return TransportError("dns", url, f"cannot resolve the host name{via}: {c.strerror}")
+        if isinstance(c, ssl.SSLCertVerificationError):
+            return TransportError("tls", url, f"TLS certificate not trusted: {c.verify_message}")
+        if isinstance(c, ssl.SSLError):
+            return TransportError("tls", url, f"TLS failed: {c.reason or c.strerror or c}")
+    if isinstance(exc, httpx.ProxyError):
+        return TransportError("connect", url, f"the proxy{via} refused the tunnel: {exc}")
+    if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
+        return TransportError("connect", url, f"cannot connect{via}: {_strerror(chain)}")
+    if isinstance(exc, httpx.NetworkError | OSError):
+        return TransportError("connect", url, f"connection broken{via}: {_strerror(chain)}")
+    return TransportError("protocol", url, f"bad HTTP from the server{via}: {exc}")
+
+
+def _strerror(chain: list[BaseException]) -> str:
+    for c in chain:
+        if isinstance(c, OSError) and c.strerror:
+            return c.strerror
+    return str(chain[0]) or type(chain[0]).__name__
+
+
+# ---- the shell: httpx ----
+
+
+@dataclass
+class _Job:
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    response: HttpResponse | None = None
+    error: Exception | None = None
+
+
+class HttpxTransport:
+    """The real Transport: verified TLS, proxy, timeouts, overall deadline, decoded-size cap."""
+
+    def __init__(self, server: ServerConfig, *, env: Mapping[str, str] | None = None) -> None:
+        parts = urlsplit(server.url)
+        host = parts.hostname or ""
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(host)):
+            raise ConfigError([f"server.url: {server.url!r}: use https:// (http:// loopback only)"])
+        self._origin = _origin(server.url)
+        self._cap = server.max_response_bytes
+        self._connect, self._read = server.connect_timeout, server.read_timeout
+        self._proxy = proxy_for(server.url, server.proxy, os.environ if env is None else env)
+        try:
+            self._client = httpx.Client(
+                verify=_tls_context(server.ca_bundle),
+                proxy=_proxy_config(self._proxy),
+                trust_env=False,  # env was read above, explicitly, so callers can pass it in
+                follow_redirects=False,
+                timeout=httpx.Timeout(self._read, connect=self._connect),
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=1),
+                headers={
+                    "User-Agent": USER_AGENT,
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                    "Accept-Encoding": "gzip",
+                },
+            )
+        except (ImportError, ValueError, httpx.InvalidURL) as exc:
+            source = "server.proxy" if server.proxy else "HTTPS_PROXY/ALL_PROXY"
+            shown = redact_url(self._proxy or "")
+            raise ConfigError([f"{source}: {shown}: unusable: {exc}"]) from None
+
+    def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse:
+        """POST body to url on the configured server within deadline s; raises TransportError."""
+        if _origin(url) != self._origin:
+            raise ValueError(f"{redact_url(url)} is not on the configured server")
+        if not deadline > 0:
+            raise TransportError("deadline", url, "no time left for the request")
+        job = _Job()
+        # httpx bounds each socket operation, not the whole exchange (slow drip, DNS stalls); a
+        # worker thread lets the caller leave exactly at the deadline whatever the socket does
+        worker = threading.Thread(
+            target=self._run, args=(job, url, body, deadline), name="fluxagent-http", daemon=True
+        )
+        worker.start()
+        if not job.done.wait(deadline):
+            job.cancelled.set()
+            raise TransportError("deadline", url, f"no complete response within {deadline:g}s")
+        if job.error is not None:
+            raise job.error
+        assert job.response is not None
+        return job.response
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._client.close()
+
+    def __enter__(self) -> HttpxTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, job: _Job, url: str, body: bytes, deadline: float) -> None:
+        try:
+            job.response = self._post(url, body, deadline, job.cancelled)
+        except Exception as exc:  # handed to the caller's thread, which raises it
+            job.error = exc
+        finally:
+            job.done.set()
+
+    def _post(
+        self, url: str, body: bytes, deadline: float, cancelled: threading.Event
+    ) -> HttpResponse:
+        end = time.monotonic() + deadline
+        # each blocking step is bounded by the deadline too, so an abandoned worker ends soon
+        step = min(self._read, deadline)
+        timeout = httpx.Timeout(step, connect=min(self._connect, deadline))
+
+        def expired() -> bool:
+            return cancelled.is_set() or time.monotonic() > end
+
+        try:
+            with self._client.stream("POST", url, content=body, timeout=timeout) as resp:
+                if 300 <= resp.status_code < 400:
+                    target = _origin_text(resp.headers.get("location", ""))
+                    raise TransportError(
+                        "redirect", url,
+                        f"server answered {resp.status_code} redirect to {target} (not followed;"
+                        " check server.url)", status=resp.status_code,
+                    )
+                headers: dict[str, str] = {}
+                for name, value in resp.headers.multi_items():
+                    headers[name] = f"{headers[name]}, {value}" if name in headers else value
+                data = _read_capped(resp.iter_raw(), headers, self._cap, url, expired)
+                return HttpResponse(resp.status_code, headers, data)
+        except TransportError:
+            raise
+        except (httpx.HTTPError, OSError) as exc:
+            if expired():
+                late = f"no complete response within {deadline:g}s"
+                raise TransportError("deadline", url, late) from exc
+            raise translate(exc, url, self._proxy) from exc
+
+
+def _read_capped(
+    chunks: Iterator[bytes],
+    headers: Mapping[str, str],
+    cap: int,
+    url: str,
+    expired: Callable[[], bool],
+) -> bytes:
+    """Return the decoded body, refusing more than cap decoded bytes before buffering them."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip"):
+        raise TransportError("protocol", url, f"unsupported Content-Encoding {encoding[:40]!r}")
+    length = headers.get("content-length", "").strip()
+    if length.isdigit() and int(length) > cap:
+        too_big = f"response of {length} bytes exceeds the {cap}-byte limit"
+        raise TransportError("too_large", url, too_big)
+    gz = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip") else None
+    out = bytearray()
+    raw = 0
+    for chunk in chunks:
+        if expired():
+            raise TransportError("deadline", url, "response body still arriving at the deadline")
+        raw += len(chunk)
+        pending = chunk
+        while pending:
+            if gz is None:
+                out += pending
+                pending = b""
+            else:
+                # max_length bounds memory: a gzip bomb yields at most cap+1 bytes before we stop
+                out += gz.decompress(pending, cap + 1 - len(out))
+                if gz.eof and (gz.unused_data or gz.unconsumed_tail):
+                    raise TransportError("protocol", url, "data after the end of the gzip stream")
+                pending = gz.unconsumed_tail
+            if len(out) > cap or raw > cap + _GZIP_SLACK:
+                raise TransportError("too_large", url, f"response exceeds the {cap}-byte limit")
+    if gz is not None and not gz.eof:
+        raise TransportError("protocol", url, "gzip response body is truncated")
+    return bytes(out)
+
+
+def _tls_context(ca_bundle: object) -> ssl.SSLContext:
+    """Return a verifying context: the system trust store, or only ca_bundle when set."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        problem = f"server.ca_bundle: {ca_bundle}: not a readable PEM file: {reason}"
+        raise ConfigError([problem]) from None
+
+
+def _proxy_config(proxy: str | None) -> httpx.Proxy | None:
+    if proxy is None:
+        return None
+    if urlsplit(proxy).scheme == "https":
+        # httpcore would verify an https proxy against certifi; use the system trust store
+        return httpx.Proxy(proxy, ssl_context=ssl.create_default_context())
+    return httpx.Proxy(proxy)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def _origin_text(url: str) -> str:
+    # the origin only: a Location's path or query may carry tokens we should not log
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" if parts.scheme and parts.hostname else "elsewhere"
