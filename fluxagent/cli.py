@@ -47,7 +47,9 @@ def main_options(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Config file [env FLUXAGENT_CONFIG; default /etc/fluxagent/fluxagent.toml]"),
+        typer.Option(
+            "--config", "-c", help="Config file [env FLUXAGENT_CONFIG; default /etc/fluxagent/fluxagent.toml]"
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -73,9 +75,13 @@ def _load(ctx: typer.Context) -> Config:
 @app.command()
 def init(
     ctx: typer.Context,
-    bound_domain: Annotated[str | None, typer.Option(help="Domain the license is bound to [default: this host's FQDN]")] = None,
+    bound_domain: Annotated[
+        str | None, typer.Option(help="Domain the license is bound to [default: this host's FQDN]")
+    ] = None,
     server_url: Annotated[str | None, typer.Option(help="Licensing server URL")] = None,
-    vendor_key: Annotated[list[str] | None, typer.Option(help="Pinned vendor public key (base64); repeat for each")] = None,
+    vendor_key: Annotated[
+        list[str] | None, typer.Option(help="Pinned vendor public key (base64); repeat for each")
+    ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="State directory")] = None,
     database: Annotated[str | None, typer.Option(help="Platform database URL")] = None,
     license_file: Annotated[Path | None, typer.Option(help="License file path")] = None,
@@ -93,9 +99,15 @@ def init(
             cfg = config_mod.load(path)
             typer.echo(f"config: {path} exists, left untouched")
         else:
-            cfg = write_initial_config(path, bound_domain=bound_domain, server_url=server_url,
-                                       vendor_keys=vendor_key or [], state_dir=state_dir,
-                                       database=database, license_file=license_file)
+            cfg = write_initial_config(
+                path,
+                bound_domain=bound_domain,
+                server_url=server_url,
+                vendor_keys=vendor_key or [],
+                state_dir=state_dir,
+                database=database,
+                license_file=license_file,
+            )
             typer.echo(f"config: wrote {path}")
         ident, created = identity.ensure(cfg.instance.state_dir, now=int(time.time()))
     except FluxError as exc:
@@ -112,7 +124,9 @@ def init(
 @app.command()
 def preview(
     ctx: typer.Context,
-    kind: Annotated[list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KIND_NAMES))] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KIND_NAMES))
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per message")] = False,
 ) -> None:
     """Show exactly what would be sent. Sends nothing, writes nothing, does not advance seq."""
@@ -143,7 +157,10 @@ def _kinds(kind: list[str] | None) -> list[str]:
 @app.command()
 def run(
     ctx: typer.Context,
-    once: Annotated[bool, typer.Option("--once", help="One full cycle, then exit: 0 all delivered, 69 server unavailable, 1 otherwise")] = False,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="One full cycle, then exit: 0 all delivered, 69 server unavailable, 1 otherwise"),
+    ] = False,
 ) -> None:
     """Run the agent (the systemd service), or one full cycle with --once."""
     from fluxagent.agent import run as run_agent
@@ -195,7 +212,9 @@ def log_cmd(
             if as_json:
                 typer.echo(json.dumps(asdict(res), indent=2))
             elif res.ok:
-                typer.echo(f"ledger ok: {res.checked} entries, hash chain intact" + (f" ({res.note})" if res.note else ""))
+                typer.echo(
+                    f"ledger ok: {res.checked} entries, hash chain intact" + (f" ({res.note})" if res.note else "")
+                )
             else:
                 typer.echo(f"ledger BROKEN: {res.reason} (checked {res.checked} entries before it)")
             raise typer.Exit(EXIT_OK if res.ok else EXIT_CHECK_FAILED)

@@ -12,6 +12,7 @@ from fluxagent.errors import ConfigError, FluxError
 from fluxagent.fsutil import atomic_write
 from fluxagent.messages import Sealed
 
+
 def write_initial_config(
     path: Path,
     *,
@@ -39,7 +40,7 @@ def write_initial_config(
     doc["server"]["vendor_keys"] = list(vendor_keys)
     if database:
         doc["platform"]["database"] = database
-    cfg = config.from_mapping(doc, Path("--options"))
+    config.from_mapping(doc, Path("--options"))  # validate the options before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         atomic_write(path, tomli_w.dumps(doc).encode(), mode=0o640, exclusive=True)

@@ -33,8 +33,13 @@ class Workspace:
     data: sample.SampleData
 
 
-def make_workspace(root: Path, *, server_url: str = "http://127.0.0.1:9", now: float | None = None,
-                   vendor_keys: list[nacl.signing.SigningKey] | None = None) -> Workspace:
+def make_workspace(
+    root: Path,
+    *,
+    server_url: str = "http://127.0.0.1:9",
+    now: float | None = None,
+    vendor_keys: list[nacl.signing.SigningKey] | None = None,
+) -> Workspace:
     """Create sample database, vendor keys, signed license, config and identity under root."""
     t = time.time() if now is None else now
     root.mkdir(parents=True, exist_ok=True)
@@ -42,8 +47,15 @@ def make_workspace(root: Path, *, server_url: str = "http://127.0.0.1:9", now: f
     db = sample.write_sqlite(root / "fluxbilling.db", data)
     keys = vendor_keys or [nacl.signing.SigningKey.generate() for _ in range(2)]
     lic = root / "license.json"
-    lic.write_bytes(make_license(keys[0], license_id="FB-DEMO-0001", bound_domain=BOUND_DOMAIN,
-                                 issued_at=int(t) - 86400, expires_at=int(t) + 365 * 86400))
+    lic.write_bytes(
+        make_license(
+            keys[0],
+            license_id="FB-DEMO-0001",
+            bound_domain=BOUND_DOMAIN,
+            issued_at=int(t) - 86400,
+            expires_at=int(t) + 365 * 86400,
+        )
+    )
     doc = config.to_mapping(config.Config())
     doc["instance"].update(bound_domain=BOUND_DOMAIN, state_dir=str(root / "state"), license_file=str(lic))
     doc["server"].update(url=server_url, vendor_keys=[base64.b64encode(bytes(k.verify_key)).decode() for k in keys])
@@ -75,15 +87,18 @@ def run_demo(where: Path | None, echo: Echo) -> int:
 
     root = where or Path(tempfile.mkdtemp(prefix="fluxagent-demo-"))
     keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
-    policy = LicensePolicy(license_id="FB-DEMO-0001", expires_at=int(time.time()) + 365 * 86400,
-                           grace_until=int(time.time()) + 379 * 86400)
+    policy = LicensePolicy(
+        license_id="FB-DEMO-0001", expires_at=int(time.time()) + 365 * 86400, grace_until=int(time.time()) + 379 * 86400
+    )
     failed = False
     try:
         with ReferenceServer(signing_keys=keys, license=policy) as server:
             ws = make_workspace(root, server_url=server.url, vendor_keys=keys)
             d = ws.data
-            echo(f"== sample platform: {len(d.clients)} clients ({d.active_clients} active), {len(d.users)} users, "
-                 f"{len(d.servers)} servers, {len(d.network_ranges)} network ranges, {len(d.invoices)} invoices")
+            echo(
+                f"== sample platform: {len(d.clients)} clients ({d.active_clients} active), {len(d.users)} users, "
+                f"{len(d.servers)} servers, {len(d.network_ranges)} network ranges, {len(d.invoices)} invoices"
+            )
             echo(f"   workspace {root}{'' if where else ' (removed at the end)'}\n")
             sealed, failures = build_preview(ws.cfg, ["license", "heartbeat", "digest", "credentials"])
             echo("== 1. fluxagent preview: exactly what would be sent\n")
@@ -108,16 +123,24 @@ def run_demo(where: Path | None, echo: Echo) -> int:
                 kind = r.endpoint.rsplit("/", 1)[-1].replace("update-credentials", "credentials")
                 same = _without_volatile(got) == _without_volatile(previewed.get(kind, {}))
                 failed |= not same
-                echo(f"   POST {r.endpoint:<24} {len(r.body):>6} bytes  http {r.status}  "
-                     + ("body identical to the preview (apart from seq/ts/nonce)" if same else "DIFFERS from the preview"))
+                echo(
+                    f"   POST {r.endpoint:<24} {len(r.body):>6} bytes  http {r.status}  "
+                    + (
+                        "body identical to the preview (apart from seq/ts/nonce)"
+                        if same
+                        else "DIFFERS from the preview"
+                    )
+                )
             failed |= code != 0
 
             echo("\n== 3. the ledger: what left the machine (`fluxagent log`)")
             ledger = Ledger(ws.cfg.instance.state_dir / "ledger", readonly=True)
             echo(ledger_lines(list(ledger.entries())))
             res = ledger.verify()
-            echo(f"   `fluxagent log --verify`: {'hash chain intact' if res.ok else 'BROKEN: ' + str(res.reason)} "
-                 f"({res.checked} entries)")
+            echo(
+                f"   `fluxagent log --verify`: {'hash chain intact' if res.ok else 'BROKEN: ' + str(res.reason)} "
+                f"({res.checked} entries)"
+            )
             failed |= not res.ok
 
             needles = sample.personal_data(d)
@@ -125,17 +148,23 @@ def run_demo(where: Path | None, echo: Echo) -> int:
             blobs += [(f"request {i + 1} to {r.endpoint}", r.body) for i, r in enumerate(received)]
             hits = sample.scan(blobs, needles)
             total = sum(len(b) for _, b in blobs)
-            echo(f"\n== 4. personal-data scan: {len(needles)} strings from the sample (names, emails, phones, "
-                 f"addresses, usernames, password hashes, invoices, server names, IPs, ranges)")
-            echo(f"   searched {total} bytes: {len(sealed)} previewed envelopes and every byte of the "
-                 f"{len(received)} requests the server received, raw and base64-decoded")
+            echo(
+                f"\n== 4. personal-data scan: {len(needles)} strings from the sample (names, emails, phones, "
+                f"addresses, usernames, password hashes, invoices, server names, IPs, ranges)"
+            )
+            echo(
+                f"   searched {total} bytes: {len(sealed)} previewed envelopes and every byte of the "
+                f"{len(received)} requests the server received, raw and base64-decoded"
+            )
             if hits:
                 for h in hits[:20]:
                     echo(f"   FOUND {h.needle!r} in {h.where}")
                 echo(f"   verdict: FAIL — {len(hits)} personal-data strings left or would leave the machine")
                 return 1
-            echo("   verdict: PASS — none of them left the machine" + ("" if not failed else
-                 "; but see the problems above"))
+            echo(
+                "   verdict: PASS — none of them left the machine"
+                + ("" if not failed else "; but see the problems above")
+            )
             return 1 if failed else 0
     finally:
         if where is None:

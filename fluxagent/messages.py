@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def _public_key(v: Any) -> bool:
 
 
 def _tokens(v: Any) -> bool:
-    return isinstance(v, list) and all(_hex(32)(t) for t in v) and all(a < b for a, b in zip(v, v[1:]))
+    return isinstance(v, list) and all(_hex(32)(t) for t in v) and all(a < b for a, b in itertools.pairwise(v))
 
 
 # value type name → (description for people, validator)
@@ -70,7 +71,10 @@ TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "uuid": ("random UUID", lambda v: isinstance(v, str) and bool(_UUID.match(v))),
     "nonce": ("16 random bytes, base64url", lambda v: isinstance(v, str) and bool(_NONCE.match(v))),
     "version": ("version string", lambda v: isinstance(v, str) and bool(_VERSION.match(v))),
-    "license_id": ("vendor license id or null", lambda v: v is None or (isinstance(v, str) and bool(_LICENSE_ID.match(v)))),
+    "license_id": (
+        "vendor license id or null",
+        lambda v: v is None or (isinstance(v, str) and bool(_LICENSE_ID.match(v))),
+    ),
     "license_state": ("one of " + "/".join(LICENSE_STATES), lambda v: v in LICENSE_STATES),
     "public_key": ("Ed25519 public key, base64", _public_key),
     "key_id": ("16 hex digits", _hex(16)),

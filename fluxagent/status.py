@@ -26,10 +26,14 @@ def _spool_facts(spool_dir: Path) -> dict[str, Any]:
         counters = state.read_json(spool_dir / "counters.json") or {}
     except StateError:
         counters = {}
-    return {"depth": len(names), "by_kind": by_kind,
-            "bytes": sum((new / n).stat().st_size for n in names if (new / n).exists()),
-            "superseded": counters.get("superseded", 0), "dropped_overflow": counters.get("dropped_overflow", 0),
-            "corrupt": counters.get("corrupt", 0)}
+    return {
+        "depth": len(names),
+        "by_kind": by_kind,
+        "bytes": sum((new / n).stat().st_size for n in names if (new / n).exists()),
+        "superseded": counters.get("superseded", 0),
+        "dropped_overflow": counters.get("dropped_overflow", 0),
+        "corrupt": counters.get("corrupt", 0),
+    }
 
 
 def _last_per_kind(ledger_dir: Path, limit: int = 5000) -> dict[str, dict[str, Any]]:
@@ -55,14 +59,22 @@ def collect_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     last = _last_per_kind(sd / "ledger")
     for k in ("license", "heartbeat", "digest"):
         ks = sched.kind(k)
-        kinds[k] = {"last_delivered": last.get(k, {}).get("ts"), "next_due": ks.next_due,
-                    "consecutive_failures": ks.consecutive_failures, "last_error": ks.last_error}
+        kinds[k] = {
+            "last_delivered": last.get(k, {}).get("ts"),
+            "next_due": ks.next_due,
+            "consecutive_failures": ks.consecutive_failures,
+            "last_error": ks.last_error,
+        }
     server_ts = lic.get("server_ts")
     behind = isinstance(server_ts, int) and t < server_ts - 300
     return {
-        "license": {"state": lic.get("state", "unknown"), "license_id": lic.get("license_id"),
-                    "expires_at": lic.get("expires_at"), "grace_until": lic.get("grace_until"),
-                    "checked_at": lic.get("checked_at")},
+        "license": {
+            "state": lic.get("state", "unknown"),
+            "license_id": lic.get("license_id"),
+            "expires_at": lic.get("expires_at"),
+            "grace_until": lic.get("grace_until"),
+            "checked_at": lic.get("checked_at"),
+        },
         "clock_skew": bool(lic.get("clock_skew")) or behind,
         "kinds": kinds,
         "spool": _spool_facts(sd / "spool"),
@@ -91,16 +103,22 @@ def status_text(st: dict[str, Any]) -> str:
     """Return `status` for people."""
     now = st["now"]
     lic = st["license"]
-    lines = [f"license:   {lic['state']}" + (f" ({lic['license_id']})" if lic.get("license_id") else "")
-             + (f", expires {_when(lic['expires_at'], now)}" if lic.get("expires_at") else ""),
-             f"clock:     {'SKEWED (local clock disagrees with the server by >300 s)' if st['clock_skew'] else 'ok'}"]
+    lines = [
+        f"license:   {lic['state']}"
+        + (f" ({lic['license_id']})" if lic.get("license_id") else "")
+        + (f", expires {_when(lic['expires_at'], now)}" if lic.get("expires_at") else ""),
+        f"clock:     {'SKEWED (local clock disagrees with the server by >300 s)' if st['clock_skew'] else 'ok'}",
+    ]
     for k, v in st["kinds"].items():
         err = f"; {v['consecutive_failures']} failures, last: {v['last_error']}" if v["consecutive_failures"] else ""
-        lines.append(f"{k + ':':<10} last delivered {_when(v['last_delivered'], now)}; next due "
-                     f"{_when(v['next_due'], now)}{err}")
+        lines.append(
+            f"{k + ':':<10} last delivered {_when(v['last_delivered'], now)}; next due {_when(v['next_due'], now)}{err}"
+        )
     sp = st["spool"]
-    lines.append(f"spool:     {sp['depth']} unsent ({sp['bytes']} bytes); superseded {sp['superseded']}, "
-                 f"dropped {sp['dropped_overflow']}, corrupt {sp['corrupt']}")
+    lines.append(
+        f"spool:     {sp['depth']} unsent ({sp['bytes']} bytes); superseded {sp['superseded']}, "
+        f"dropped {sp['dropped_overflow']}, corrupt {sp['corrupt']}"
+    )
     return "\n".join(lines)
 
 
@@ -110,8 +128,10 @@ def ledger_lines(entries: list[LedgerEntry]) -> str:
     for e in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(e.ts))
         http = f" http {e.http_status}" if e.http_status else ""
-        rows.append(f"{e.n:>6}  {stamp}  {e.event:<10} {e.kind:<11} seq {e.seq!s:<6} {e.outcome}{http}"
-                    + (f"  ({e.detail})" if e.detail else ""))
+        rows.append(
+            f"{e.n:>6}  {stamp}  {e.event:<10} {e.kind:<11} seq {e.seq!s:<6} {e.outcome}{http}"
+            + (f"  ({e.detail})" if e.detail else "")
+        )
     return "\n".join(rows) if rows else "(the ledger is empty)"
 
 

@@ -112,6 +112,8 @@ def proxy_for(url: str, configured: str | None, env: Mapping[str, str]) -> str |
     proxy = next((env[n].strip() for n in names if env.get(n, "").strip()), None)
     if proxy is None:
         return None
+    if "://" not in proxy:  # curl and wget read "proxy:3128" as http://proxy:3128
+        proxy = "http://" + proxy
     no_proxy = env.get("no_proxy", "").strip() or env.get("NO_PROXY", "").strip()
     port = parts.port or (443 if scheme == "https" else 80)
     return None if bypasses_proxy(parts.hostname or "", port, no_proxy) else proxy
@@ -185,9 +187,11 @@ def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportEr
         if isinstance(c, socket.gaierror):
             return TransportError("dns", url, f"cannot resolve the host name{via}: {c.strerror}")
         if isinstance(c, ssl.SSLCertVerificationError):
-            return TransportError("tls", url, f"TLS certificate not trusted: {c.verify_message}")
-        if isinstance(c, ssl.SSLError):
-            return TransportError("tls", url, f"TLS failed: {c.reason or c.strerror or c}")
+            why = c.verify_message or c.reason
+            return TransportError("tls", url, f"TLS certificate not trusted: {why}")
+        # an SSL error after the handshake (e.g. EOF without close_notify) is a broken connection
+        if isinstance(c, ssl.SSLError) and isinstance(exc, httpx.ConnectError):
+            return TransportError("tls", url, f"TLS handshake failed: {c.reason or c}")
     if isinstance(exc, httpx.ProxyError):
         return TransportError("connect", url, f"the proxy{via} refused the tunnel: {exc}")
     if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
@@ -253,6 +257,8 @@ class HttpxTransport:
             raise ValueError(f"{redact_url(url)} is not on the configured server")
         if not deadline > 0:
             raise TransportError("deadline", url, "no time left for the request")
+        if deadline >= threading.TIMEOUT_MAX:
+            raise ValueError(f"deadline {deadline} is not a finite number of seconds")
         job = _Job()
         # httpx bounds each socket operation, not the whole exchange (slow drip, DNS stalls); a
         # worker thread lets the caller leave exactly at the deadline whatever the socket does
@@ -267,6 +273,11 @@ class HttpxTransport:
             raise job.error
         assert job.response is not None
         return job.response
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy in use, password redacted (for `validate` and logs), or None."""
+        return redact_url(self._proxy) if self._proxy else None
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -313,6 +324,8 @@ class HttpxTransport:
                 return HttpResponse(resp.status_code, headers, data)
         except TransportError:
             raise
+        except zlib.error as exc:
+            raise TransportError("protocol", url, f"gzip response body is corrupt: {exc}") from exc
         except (httpx.HTTPError, OSError) as exc:
             if expired():
                 late = f"no complete response within {deadline:g}s"

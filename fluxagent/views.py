@@ -10,8 +10,12 @@ from fluxagent.messages import REGISTRY, Sealed
 _ITEMS = {(f.kind, f.path): f.item for f in REGISTRY}
 
 
-_KIND_ITEM = {"license": "License validation", "heartbeat": "Heartbeat metrics",
-              "digest": "Infrastructure digest", "credentials": "Update delivery"}
+_KIND_ITEM = {
+    "license": "License validation",
+    "heartbeat": "Heartbeat metrics",
+    "digest": "Infrastructure digest",
+    "credentials": "Update delivery",
+}
 _ORDER = {"v": 0, "aud": 1, "iid": 2, "seq": 3, "ts": 4, "nonce": 5}
 
 
@@ -38,8 +42,11 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         if not value:
             return "[] (empty)"
-        return f"{len(value)} tokens: " + ", ".join(str(v)[:12] + "…" for v in value[:2]) + (
-            ", …" if len(value) > 2 else "")
+        return (
+            f"{len(value)} tokens: "
+            + ", ".join(str(v)[:12] + "…" for v in value[:2])
+            + (", …" if len(value) > 2 else "")
+        )
     if isinstance(value, dict):
         return "{} (empty: the signed envelope is the request)"
     return json.dumps(value, ensure_ascii=False)

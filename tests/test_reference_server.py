@@ -622,23 +622,24 @@ def test_standalone_prints_url_and_public_keys_then_serves_https(
     cert.private_key_pem.write_to_path(str(key_pem))
     argv = [sys.executable, "-m", "fluxagent.testing.server", "--port", "0"]
     argv += ["--tls-cert", str(cert_pem), "--tls-key", str(key_pem), "--url-host", "localhost"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
-        assert set(info) == {"url", "vendor_keys"} and info["url"].startswith("https://localhost:")
-        keys = [base64.b64decode(k) for k in info["vendor_keys"]]
-        assert len(keys) == 2 and all(len(k) == 32 for k in keys)
-        client_ctx = ssl.create_default_context()
-        ca.configure_trust(client_ctx)
-        with httpx.Client(base_url=info["url"], verify=client_ctx, timeout=10) as c:
-            # The standalone server runs on the real clock, so this agent does too.
-            agent = Agent(c, Clock(time.time()), "localhost")
-            sealed, resp = agent.send(agent.license())
-            assert resp.status_code == 200
-            obj = envelope.open_envelope(resp.content, keys, envelope.RECEIPT_TYPE).obj
-            assert obj["req"] == "sha256:" + hashlib.sha256(sealed.payload).hexdigest()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            info = json.loads(proc.stdout.readline())
+            assert set(info) == {"url", "vendor_keys"}
+            assert info["url"].startswith("https://localhost:")
+            keys = [base64.b64decode(k) for k in info["vendor_keys"]]
+            assert len(keys) == 2 and all(len(k) == 32 for k in keys)
+            client_ctx = ssl.create_default_context()
+            ca.configure_trust(client_ctx)
+            with httpx.Client(base_url=info["url"], verify=client_ctx, timeout=10) as c:
+                # The standalone server runs on the real clock, so this agent does too.
+                agent = Agent(c, Clock(time.time()), "localhost")
+                sealed, resp = agent.send(agent.license())
+                assert resp.status_code == 200
+                obj = envelope.open_envelope(resp.content, keys, envelope.RECEIPT_TYPE).obj
+                assert obj["req"] == "sha256:" + hashlib.sha256(sealed.payload).hexdigest()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
     assert proc.returncode == 0

@@ -199,7 +199,9 @@ def test_proxy_credentials_are_sent_to_the_proxy(https: Any, ca_pem: Path) -> No
     srv = https(reply(200, b"authed"))
     with ConnectProxy("agent", "s3cret-pw") as proxy:
         cfg = server_config(srv.url, ca_bundle=ca_pem, proxy=proxy.url)
-        assert post(cfg).body == b"authed"
+        with HttpxTransport(cfg, env=NO_ENV) as t:
+            assert t(srv.url + "/v1/license", b"{}", deadline=5).body == b"authed"
+            assert t.proxy == proxy.url.replace("s3cret-pw", "***")
     assert proxy.users == ["agent"]
 
 
@@ -282,6 +284,13 @@ def test_gzip_bomb_is_cut_off_with_bounded_memory(https: Any, ca_pem: Path) -> N
 
 def test_unsupported_content_encoding_is_a_protocol_error(https: Any, ca_pem: Path) -> None:
     srv = https(reply(200, b"xx", {"Content-Encoding": "br"}))
+    assert failure(server_config(srv.url, ca_bundle=ca_pem)).kind == "protocol"
+
+
+def test_corrupt_gzip_body_is_a_protocol_error(https: Any, ca_pem: Path) -> None:
+    body = bytearray(gzip.compress(b"y" * 1000))
+    body[12:20] = b"\xff" * 8
+    srv = https(reply(200, bytes(body), {"Content-Encoding": "gzip"}))
     assert failure(server_config(srv.url, ca_bundle=ca_pem)).kind == "protocol"
 
 
@@ -377,6 +386,7 @@ def test_proxy_selection_prefers_config_then_scheme_variable_then_all_proxy() ->
     assert proxy_for(url, None, {"ALL_PROXY": "http://b:1"}) == "http://b:1"
     assert proxy_for(url, None, {"HTTP_PROXY": "http://c:1"}) is None
     assert proxy_for(url, None, {**env, "no_proxy": ".example"}) is None
+    assert proxy_for(url, None, {"https_proxy": "proxy:3128"}) == "http://proxy:3128"
 
 
 def test_redact_url_hides_only_the_password() -> None:

@@ -62,6 +62,16 @@ def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
     return value
 
 
+_READ_ACTIONS = frozenset(
+    getattr(sqlite3, name) for name in ("SQLITE_SELECT", "SQLITE_READ", "SQLITE_FUNCTION", "SQLITE_RECURSIVE")
+    if hasattr(sqlite3, name)
+)
+
+
+def _read_only_authorizer(action: int, *_args: object) -> int:
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+
+
 class SqliteSource:
     """A SQLite platform database opened read-only (`mode=ro`); every query shape-checked."""
 
@@ -74,6 +84,8 @@ class SqliteSource:
             self.conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
             self.conn.execute("PRAGMA query_only = ON")
             self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            # mode=ro still lets ATTACH / VACUUM INTO create files elsewhere: allow reads only
+            self.conn.set_authorizer(_read_only_authorizer)
         except sqlite3.Error as exc:
             raise SourceError(f"platform.database: cannot open {path} read-only: {exc}") from exc
 

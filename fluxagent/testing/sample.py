@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import random
 import sqlite3
@@ -16,16 +17,92 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-FIRST = ("Olivia", "Liam", "Emma", "Noah", "Amelia", "Oliver", "Sophia", "Elijah", "Mia", "Lucas",
-         "Zoë", "Mateo", "Chloé", "Jürgen", "Aiko", "Søren", "Priya", "Kwame", "Léa", "Tomás",
-         "Fatima", "Dmitri", "Ingrid", "Rahul", "Yuki", "Björn", "Aoife", "Nikolai", "Camila", "Wei")
-LAST = ("Smith", "Johnson", "García", "Müller", "Rossi", "Nakamura", "Kowalski", "O'Brien",
-        "Dubois", "Andersson", "Novák", "Haddad", "Okafor", "Fernández", "Lindqvist", "Papadopoulos",
-        "Schröder", "Yılmaz", "Van der Berg", "Ivanova", "Chen", "Kaur", "Silva", "Nguyen")
-STREETS = ("Maple Avenue", "Hauptstraße", "Rue de Rivoli", "Via Roma", "King Street", "Calle Mayor",
-           "Oak Lane", "Kungsgatan", "Elm Road", "Baker Street", "Park Place", "Sakura-dōri")
-CITIES = ("Springfield", "Berlin", "Paris", "Milano", "Toronto", "Madrid", "Stockholm", "Leeds",
-          "Osaka", "Dublin", "Lagos", "São Paulo")
+FIRST = (
+    "Olivia",
+    "Liam",
+    "Emma",
+    "Noah",
+    "Amelia",
+    "Oliver",
+    "Sophia",
+    "Elijah",
+    "Mia",
+    "Lucas",
+    "Zoë",
+    "Mateo",
+    "Chloé",
+    "Jürgen",
+    "Aiko",
+    "Søren",
+    "Priya",
+    "Kwame",
+    "Léa",
+    "Tomás",
+    "Fatima",
+    "Dmitri",
+    "Ingrid",
+    "Rahul",
+    "Yuki",
+    "Björn",
+    "Aoife",
+    "Nikolai",
+    "Camila",
+    "Wei",
+)
+LAST = (
+    "Smith",
+    "Johnson",
+    "García",
+    "Müller",
+    "Rossi",
+    "Nakamura",
+    "Kowalski",
+    "O'Brien",
+    "Dubois",
+    "Andersson",
+    "Novák",
+    "Haddad",
+    "Okafor",
+    "Fernández",
+    "Lindqvist",
+    "Papadopoulos",
+    "Schröder",
+    "Yılmaz",
+    "Van der Berg",
+    "Ivanova",
+    "Chen",
+    "Kaur",
+    "Silva",
+    "Nguyen",
+)
+STREETS = (
+    "Maple Avenue",
+    "Hauptstraße",
+    "Rue de Rivoli",
+    "Via Roma",
+    "King Street",
+    "Calle Mayor",
+    "Oak Lane",
+    "Kungsgatan",
+    "Elm Road",
+    "Baker Street",
+    "Park Place",
+    "Sakura-dōri",
+)
+CITIES = (
+    "Springfield",
+    "Berlin",
+    "Paris",
+    "Milano",
+    "Toronto",
+    "Madrid",
+    "Stockholm",
+    "Leeds",
+    "Osaka",
+    "Dublin",
+    "Lagos",
+    "São Paulo",
+)
 MAIL = ("example.com", "example.net", "example.org", "mail.example", "inbox.example")
 STATUSES = ("active",) * 7 + ("suspended",) * 2 + ("closed",)
 
@@ -59,14 +136,27 @@ def generate(seed: int = 8, clients: int = 3000, servers: int = 240, version: st
         for u in range(rng.choice((1, 1, 1, 2, 3))):
             uid = len(d.users) + 1
             uname = f"{first.lower()}{cid}{'' if u == 0 else u}"
-            d.users.append((uid, cid, uname, f"{uname}@{rng.choice(MAIL)}", f"$argon2id$v=19${rng.getrandbits(128):032x}"))
+            d.users.append(
+                (uid, cid, uname, f"{uname}@{rng.choice(MAIL)}", f"$argon2id$v=19${rng.getrandbits(128):032x}")
+            )
         for _ in range(rng.randint(1, 6)):
             iid = len(d.invoices) + 1
-            d.invoices.append((iid, cid, f"{rng.randint(5, 900)}.{rng.randint(0, 99):02d}",
-                               rng.choice(("EUR", "USD", "GBP")), f"2026-{rng.randint(1, 11):02d}-{rng.randint(1, 28):02d}"))
+            d.invoices.append(
+                (
+                    iid,
+                    cid,
+                    f"{rng.randint(5, 900)}.{rng.randint(0, 99):02d}",
+                    rng.choice(("EUR", "USD", "GBP")),
+                    f"2026-{rng.randint(1, 11):02d}-{rng.randint(1, 28):02d}",
+                )
+            )
     for sid in range(1, servers + 1):
         ip = f"198.51.{100 + sid // 250}.{sid % 250 + 1}" if sid % 5 else f"2001:db8:{sid:x}::10"
-        hostname = None if sid % 17 == 0 else f"node{sid:03d}.{rng.choice(CITIES).lower().replace(' ', '-').replace('ã', 'a')}.dc.example.net"
+        hostname = (
+            None
+            if sid % 17 == 0
+            else f"node{sid:03d}.{rng.choice(CITIES).lower().replace(' ', '-').replace('ã', 'a')}.dc.example.net"
+        )
         d.servers.append((sid, hostname, ip, rng.choice(CITIES), rng.choice(("active", "active", "maintenance"))))
     for nid in range(1, servers // 4 + 1):
         cidr = f"203.0.{nid % 256}.0/24" if nid % 3 else f"2001:db8:{nid + 4096:x}::/48"
@@ -136,10 +226,8 @@ def _views(blob: bytes) -> Iterable[tuple[str, str]]:
     except ValueError:
         return
     if isinstance(env, dict) and isinstance(env.get("payload"), str):
-        try:
+        with contextlib.suppress(binascii.Error, ValueError):
             yield "payload", base64.b64decode(env["payload"]).decode("utf-8", errors="replace")
-        except (binascii.Error, ValueError):
-            pass
 
 
 def scan(blobs: Iterable[tuple[str, bytes]], needles: set[str]) -> list[Hit]:

@@ -24,7 +24,14 @@ from typing import Any
 import nacl.signing
 
 from fluxagent.testing.server_faults import Fault, FaultQueue, gzip_of_zeros, zeros
-from fluxagent.testing.server_http import HTTPServer, HTTPServer6, error_body, rechunk, reply
+from fluxagent.testing.server_http import (
+    Answer,
+    HTTPServer,
+    HTTPServer6,
+    error_body,
+    rechunk,
+    send,
+)
 from fluxagent.testing.server_protocol import (
     KIND_BY_ENDPOINT,
     IssuedCredential,
@@ -55,7 +62,12 @@ class Received:
 
 
 class ReferenceServer:
-    """The reference license server on a background thread; a context manager."""
+    """The reference license server on a background thread; a context manager.
+
+    url_host is the host in `.url` (default: host, or "localhost" for TLS on loopback, since
+    test certificates name it); audience is the `aud` messages must carry (default: url_host;
+    pass it for an IPv6 literal host, which the allowlist does not take as a hostname).
+    """
 
     def __init__(
         self,
@@ -186,34 +198,40 @@ class ReferenceServer:
     # ---- serving ----
 
     def handle_post(self, h: BaseHTTPRequestHandler) -> None:
-        """Read, check and answer one POST, and record it in `.received`."""
+        """Read, check and answer one POST; record it in `.received` before answering."""
         path = h.path.split("?", 1)[0]
         headers = dict(h.headers.items())
-        data, status = b"", 0
+        data = b""
         try:
             read = self._read_body(h)
-            if isinstance(read, int):
-                status = read
+            if isinstance(read, Answer):
+                answer = read
             else:
                 data = read
-                status = self._answer(h, path, data)
-        finally:
-            with self._lock:
-                self._received.append(Received(path, data, headers, peek(data), status))
+                answer = self._answer(path, data)
+        except OSError:  # the client went away or timed out mid-request
+            answer = Answer(0)
+        # Recorded first, so a test that has the response also finds the record.
+        with self._lock:
+            self._received.append(Received(path, data, headers, peek(data), answer.status))
+        if answer.status == 0:
+            h.close_connection = True
+        else:
+            send(h, answer, self._stopping)
 
-    def _read_body(self, h: BaseHTTPRequestHandler) -> bytes | int:
-        """Return the request body, or the status of the refusal already sent."""
+    def _read_body(self, h: BaseHTTPRequestHandler) -> bytes | Answer:
+        """Return the request body, or the refusal to send instead."""
         length = h.headers.get("Content-Length")
         if h.headers.get("Transfer-Encoding") or length is None or not length.isdigit():
             h.close_connection = True  # the unread body would desync the connection
-            return reply(h, 411, error_body("length_required", "send a Content-Length"))
+            return Answer(411, error_body("length_required", "send a Content-Length"))
         if int(length) > self.max_body:
             h.close_connection = True
             _drain(h, int(length), self.max_body * 8)
-            return reply(h, 413, error_body("too_large", f"body over {self.max_body} bytes"))
+            return Answer(413, error_body("too_large", f"body over {self.max_body} bytes"))
         return h.rfile.read(int(length))
 
-    def _answer(self, h: BaseHTTPRequestHandler, path: str, data: bytes) -> int:
+    def _answer(self, path: str, data: bytes) -> Answer:
         fault = self.faults.take(path, KIND_BY_ENDPOINT.get(path))
         # Pure replacement faults leave the request unprocessed, so no seq is used up.
         genuine = fault is None or fault.process or (fault.code is None and not fault.hangup)
@@ -221,12 +239,11 @@ class ReferenceServer:
         if fault is not None and fault.wait > 0:
             self._stopping.wait(fault.wait)
         if fault is not None and fault.hangup:
-            h.close_connection = True
-            return 0
+            return Answer(0)
         if fault is not None and fault.code is not None:
-            return self._fault_reply(h, fault)
+            return self._fault_answer(fault)
         assert outcome is not None
-        return reply(h, outcome.status, self._outcome_body(outcome, fault))
+        return Answer(outcome.status, self._outcome_body(outcome, fault))
 
     def _outcome_body(self, outcome: Outcome, fault: Fault | None) -> bytes:
         if outcome.status != 200:
@@ -235,7 +252,7 @@ class ReferenceServer:
         mutate = fault.mutate if fault is not None else None
         return build_receipt(outcome, key, int(self.clock()), mutate)
 
-    def _fault_reply(self, h: BaseHTTPRequestHandler, fault: Fault) -> int:
+    def _fault_answer(self, fault: Fault) -> Answer:
         headers = list(fault.headers)
         pieces: Iterable[bytes] = [fault.body]
         length = len(fault.body)
@@ -247,15 +264,8 @@ class ReferenceServer:
             pieces, length = zeros(fault.body_size), fault.body_size
         if fault.chunk:
             pieces = rechunk(pieces, fault.chunk)
-        return reply(
-            h,
-            fault.code or 200,
-            pieces,
-            headers,
-            None if fault.chunked else length,
-            fault.interval,
-            self._stopping,
-        )
+        code = fault.code or 200
+        return Answer(code, pieces, headers, None if fault.chunked else length, fault.interval)
 
 
 def _drain(h: BaseHTTPRequestHandler, length: int, limit: int) -> None:
@@ -289,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         ssl_context=ctx,
-        url_host=args.url_host or (args.host if ctx else None),
+        url_host=args.url_host,
         audience=args.audience,
         verbose=args.verbose,
     )

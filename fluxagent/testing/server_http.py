@@ -14,6 +14,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -50,7 +51,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Answer 405: the protocol only POSTs."""
         self.close_connection = True
-        reply(self, 405, error_body("method_not_allowed", "POST only"))
+        send(self, Answer(405, error_body("method_not_allowed", "POST only")), threading.Event())
 
     def log_message(self, format: str, *args: Any) -> None:
         """Log to stderr only when the owner is verbose."""
@@ -135,27 +136,32 @@ class HTTPServer6(HTTPServer):
     address_family = socket.AF_INET6
 
 
-def reply(
-    h: BaseHTTPRequestHandler,
-    status: int,
-    body: bytes | Iterable[bytes],
-    headers: Iterable[tuple[str, str]] = (),
-    length: int | None = -1,
-    interval: float = 0.0,
-    stopping: threading.Event | None = None,
-) -> int:
-    """Send status, headers and body; Content-Length, or chunked when length is None; return status.
+@dataclass(frozen=True)
+class Answer:
+    """A response to send: status (0 = close without answering), body pieces, extra headers.
 
-    With interval, the pieces of body go out that many seconds apart (a slow drip).
+    length None sends the body chunked; -1 means "len(body)", which needs body to be bytes.
+    interval spaces the body pieces that many seconds apart (a slow drip).
     """
+
+    status: int
+    body: bytes | Iterable[bytes] = b""
+    headers: Iterable[tuple[str, str]] = ()
+    length: int | None = -1
+    interval: float = 0.0
+
+
+def send(h: BaseHTTPRequestHandler, answer: Answer, stopping: threading.Event) -> None:
+    """Write answer to the handler's connection; a client gone mid-answer just ends it."""
+    body = answer.body
     pieces = [body] if isinstance(body, bytes) else body
+    length = answer.length
     if length == -1:
         length = len(body) if isinstance(body, bytes) else None
-    stop = stopping or threading.Event()
     try:
-        h.send_response(status)
+        h.send_response(answer.status)
         h.send_header("Content-Type", "application/json")
-        for name, value in headers:
+        for name, value in answer.headers:
             h.send_header(name, value)
         if length is None:
             h.send_header("Transfer-Encoding", "chunked")
@@ -163,7 +169,7 @@ def reply(
             h.send_header("Content-Length", str(length))
         h.end_headers()
         for i, piece in enumerate(pieces):
-            if interval and i and stop.wait(interval):
+            if answer.interval and i and stopping.wait(answer.interval):
                 h.close_connection = True  # stopping: the body stays short
                 break
             if length is not None:
@@ -173,9 +179,8 @@ def reply(
         if length is None:
             h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
-    except OSError:  # the client went away mid-answer; that is its business
+    except OSError:
         h.close_connection = True
-    return status
 
 
 def rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
