@@ -183,5 +183,5 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
             agent.close()
 
 
-__all__ = ["Agent", "instance_lock", "once_exit_code", "run", "STOP_DEADLINE"]
+__all__ = ["STOP_DEADLINE", "Agent", "instance_lock", "once_exit_code", "run"]
 _ = Any

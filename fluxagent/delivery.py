@@ -284,4 +284,4 @@ class Engine:
         return result
 
 
-__all__ = ["Deps", "Engine", "FluxError", "FlushResult", "backoff", "next_due"]
+__all__ = ["Deps", "Engine", "FlushResult", "FluxError", "backoff", "next_due"]

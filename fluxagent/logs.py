@@ -13,7 +13,9 @@ from typing import Any, TextIO
 
 import structlog
 
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|private|signing_key|digest_key|authorization|cookie|credential)", re.I)
+_SECRET_KEY = re.compile(
+    r"(secret|password|passwd|token|private|signing_key|digest_key|authorization|cookie|credential)", re.I
+)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

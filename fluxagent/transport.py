@@ -106,6 +106,7 @@ def proxy_for(url: str, configured: str | None, env: Mapping[str, str]) -> str |
     """Return the proxy for url: `configured`, else *_PROXY from env unless NO_PROXY covers url."""
     if configured:
         return configured
+    # loopback is not bypassed implicitly (curl, Python agree; Go differs): list it in NO_PROXY
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     names = [f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"]
@@ -122,16 +123,20 @@ def proxy_for(url: str, configured: str | None, env: Mapping[str, str]) -> str |
 def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
     """True when NO_PROXY (curl syntax: *, names, .domains, IPs, CIDRs, :port) covers host:port."""
     host = host.strip("[]").rstrip(".").lower()
+    try:
+        host_is_ip = bool(ipaddress.ip_address(host))
+    except ValueError:
+        host_is_ip = False  # a name: suffix rules apply; an address: only IP and CIDR entries
     for raw in no_proxy.split(","):
         entry, entry_port = _split_no_proxy_entry(raw.strip().lower())
         if not entry or (entry_port is not None and entry_port != port):
             continue
         if entry == "*":
             return True
-        if _ip_entry_matches(host, entry):
-            return True
         name = entry.lstrip(".").rstrip(".")
-        if name and (host == name or host.endswith("." + name)):
+        if host_is_ip and _ip_entry_matches(host, entry):
+            return True
+        if not host_is_ip and name and (host == name or host.endswith("." + name)):
             return True
         # "localhost" and the loopback addresses name the same place; users list one, mean all
         if is_loopback_host(host) and is_loopback_host(name):

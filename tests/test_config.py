@@ -289,7 +289,7 @@ def _documents(draw: st.DrawFn) -> dict[str, object]:
             table = table.setdefault(sub, {})  # type: ignore[assignment]
         table[key] = draw(_toml_values)
     if draw(st.booleans()):
-        doc[draw(st.sampled_from(list(doc) + ["extra"]))] = draw(_toml_values)
+        doc[draw(st.sampled_from([*list(doc), "extra"]))] = draw(_toml_values)
     return doc
 
 

@@ -366,6 +366,8 @@ def test_redirect_is_reported_and_not_followed(https: Any, ca_pem: Path) -> None
         ("licensing.example", 443, "licensing.example:8443", False),
         ("10.1.2.3", 443, "10.0.0.0/8", True),
         ("10.1.2.3", 443, "10.1.2.4", False),
+        ("10.1.2.3", 443, "2.3", False),
+        ("10.1.2.3", 443, "10.1.2.3:443", True),
         ("::1", 443, "[::1]", True),
         ("::1", 443, "::1", True),
         ("[::1]", 443, "localhost", True),

@@ -1,0 +1,303 @@
+"""Sources: the platform database read-only and shape-checked, and this host via psutil."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import sqlite3
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from fluxagent import collect, config
+from fluxagent.config import HostConfig, PlatformConfig, Queries
+from fluxagent.errors import SourceError
+from fluxagent.facts import HostFacts
+from fluxagent.identity import ensure
+from fluxagent.sources import host
+from fluxagent.sources.platform import BATCH, SqliteSource, open_platform
+from fluxagent.testing import sample
+
+
+def _small_db(path: Path, *, servers: int = 3, version: str | None = "4.12.3") -> Path:
+    data = sample.generate(seed=3, clients=20, servers=servers)
+    if version is None:
+        data.settings = []
+    else:
+        data.settings = [("version", version)]
+    return sample.write_sqlite(path, data)
+
+
+def _fingerprint(db: Path) -> tuple[str, list[str]]:
+    conn = sqlite3.connect(db)
+    try:
+        dump = list(conn.iterdump())
+    finally:
+        conn.close()
+    return hashlib.sha256(db.read_bytes()).hexdigest(), dump
+
+
+def test_default_queries_read_the_reference_schema(sample_db, sample_data):
+    src = SqliteSource(sample_db, Queries())
+    try:
+        counts = src.counts()
+        assert counts.active_clients == sample_data.active_clients
+        assert counts.total_users == len(sample_data.users)
+        assert counts.servers_total == len(sample_data.servers)
+        assert src.version() == "4.12.3"
+        assert list(src.iter_servers()) == [(s[1], s[2]) for s in sample_data.servers]
+        assert list(src.iter_networks()) == [n[1] for n in sample_data.network_ranges]
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize(
+    "sql, detail",
+    [
+        ("SELECT 1 UNION ALL SELECT 2", "returned 2 rows"),
+        ("SELECT 1 WHERE 0", "returned 0 rows"),
+        ("SELECT 1, 2", "returned 2 columns"),
+        ("SELECT 'twelve'", "not an integer"),
+        ("SELECT '12'", "not an integer"),
+        ("SELECT -3", "must not be negative"),
+        ("SELECT NULL", "NoneType"),
+        ("SELECT 2.5", "float"),
+        ("SELECT x'00'", "bytes"),
+        ("SELECT name FROM clients LIMIT 1", "not an integer"),
+        ("SELECT COUNT(*) FROM no_such_table", "no such table"),
+    ],
+)
+def test_a_count_query_of_the_wrong_shape_fails_naming_the_query(tmp_path, sql, detail):
+    db = _small_db(tmp_path / "p.db")
+    src = SqliteSource(db, Queries(total_users=sql))
+    with pytest.raises(SourceError) as info:
+        src.counts()
+    src.close()
+    assert "platform.queries.total_users" in str(info.value)
+    assert sql in str(info.value)
+    assert detail in str(info.value)
+
+
+def test_a_failing_count_stops_only_the_heartbeat(tmp_path, write_config):
+    db = _small_db(tmp_path / "p.db")
+    doc = config.to_mapping(config.Config())
+    doc["instance"].update(bound_domain="billing.example.com", state_dir=str(tmp_path / "state"))
+    doc["platform"].update(database=f"sqlite:///{db}", hostname="billing-01.example.com")
+    cfg = config.load(write_config(doc | {"platform": doc["platform"] | {"queries": {"active_clients": "SELECT -1"}}}))
+    ident, _ = ensure(cfg.instance.state_dir, now=1_760_000_000)
+    world = collect.World(read_host=lambda _c: HostFacts("billing-01.example.com", None, (), ()),
+                          read_license=lambda _p: None)
+    built = {b.kind: b for b in collect.gather(cfg, ident, ["heartbeat", "digest", "license"],
+                                               now=1_760_000_000, world=world)}
+    assert built["heartbeat"].message is None
+    assert isinstance(built["heartbeat"].error, SourceError)
+    assert "platform.queries.active_clients" in str(built["heartbeat"].error)
+    assert built["digest"].message is not None and built["license"].message is not None
+
+
+@pytest.mark.parametrize(
+    "field, sql",
+    [
+        ("active_clients", "DELETE FROM clients"),
+        ("total_users", "UPDATE users SET email = 'x@example.com' RETURNING 1"),
+        ("servers_total", "INSERT INTO servers (hostname) VALUES ('evil.example') RETURNING 1"),
+        ("active_clients", "DROP TABLE invoices"),
+        ("active_clients", "CREATE TABLE loot AS SELECT * FROM clients"),
+        ("active_clients", "PRAGMA query_only = OFF"),
+        ("active_clients", "PRAGMA journal_mode = WAL"),
+        ("active_clients", "VACUUM"),
+    ],
+)
+def test_a_count_query_that_writes_fails_and_the_database_is_unchanged(tmp_path, field, sql):
+    db = _small_db(tmp_path / "p.db")
+    before = _fingerprint(db)
+    src = SqliteSource(db, Queries(**{field: sql}))
+    with pytest.raises(SourceError, match=f"platform.queries.{field}"):
+        src.counts()
+    src.close()
+    assert _fingerprint(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.db"]
+
+
+def test_an_identifier_query_that_writes_fails_and_the_database_is_unchanged(tmp_path):
+    db = _small_db(tmp_path / "p.db")
+    before = _fingerprint(db)
+    src = SqliteSource(db, Queries(servers="UPDATE servers SET hostname = 'x' RETURNING hostname, ip_address",
+                                   networks="DELETE FROM network_ranges RETURNING cidr"))
+    with pytest.raises(SourceError, match="platform.queries.servers"):
+        list(src.iter_servers())
+    with pytest.raises(SourceError, match="platform.queries.networks"):
+        list(src.iter_networks())
+    src.close()
+    assert _fingerprint(db) == before
+
+
+@pytest.mark.parametrize("sql", ["ATTACH DATABASE '{dir}/evil.db' AS evil", "VACUUM INTO '{dir}/copy.db'"])
+def test_queries_cannot_create_files_next_to_or_away_from_the_database(tmp_path, sql):
+    db = _small_db(tmp_path / "p.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    src = SqliteSource(db, Queries(active_clients=sql.format(dir=elsewhere)))
+    with pytest.raises(SourceError):
+        src.counts()
+    src.close()
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "p.db"]
+
+
+def test_reading_leaves_no_journal_or_wal_files_behind(tmp_path):
+    db = _small_db(tmp_path / "p.db")
+    before = _fingerprint(db)
+    src = SqliteSource(db, Queries())
+    src.counts()
+    list(src.iter_servers())
+    src.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.db"]
+    assert _fingerprint(db) == before
+
+
+def test_missing_database_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope" / "fluxbilling.db"
+    with pytest.raises(SourceError) as info:
+        open_platform(PlatformConfig(database=f"sqlite:///{missing}"))
+    assert str(missing) in str(info.value) and "does not exist" in str(info.value)
+    assert not missing.parent.exists()
+
+
+def test_a_directory_or_a_non_database_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="does not exist or is not a file"):
+        SqliteSource(tmp_path, Queries())
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SourceError, match="cannot open"):
+        SqliteSource(junk, Queries())
+    assert junk.read_bytes() == b"this is not a database" * 100
+
+
+def test_database_path_with_url_special_characters_opens(tmp_path):
+    odd = tmp_path / "we?ird #dir %20"
+    odd.mkdir()
+    db = _small_db(odd / "plat form.db")
+    src = open_platform(PlatformConfig(database=f"sqlite:///{db}"))
+    try:
+        assert src.counts().servers_total == 3
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql://u@db/fb", "mysql://u@db/fb"])
+def test_server_databases_without_their_extra_say_which_extra_to_install(scheme):
+    with pytest.raises(SourceError) as info:
+        open_platform(PlatformConfig(database=scheme))
+    assert "fluxagent[" in str(info.value)
+
+
+def test_identifier_query_of_the_wrong_width_fails_naming_the_query(tmp_path):
+    src = SqliteSource(_small_db(tmp_path / "p.db"), Queries(servers="SELECT hostname FROM servers",
+                                                                 networks="SELECT cidr, id FROM network_ranges"))
+    with pytest.raises(SourceError, match="platform.queries.servers must return 2"):
+        list(src.iter_servers())
+    with pytest.raises(SourceError, match="platform.queries.networks must return 1"):
+        list(src.iter_networks())
+    src.close()
+
+
+def test_missing_version_row_is_an_error_suggesting_the_config_setting(tmp_path):
+    src = SqliteSource(_small_db(tmp_path / "p.db", version=None), Queries())
+    try:
+        with pytest.raises(SourceError) as info:
+            src.version()
+        assert "platform.queries.version" in str(info.value)
+        assert "platform.version" in (info.value.hint or "")
+    finally:
+        src.close()
+
+
+def test_version_that_is_not_a_version_number_is_not_sent(tmp_path):
+    cfg = config.Config(platform=PlatformConfig(database="sqlite:///unused"))
+    src = SqliteSource(_small_db(tmp_path / "p.db", version="4.12.3 licensed to Alice Smith"), Queries())
+    try:
+        with pytest.raises(SourceError, match="does not look like a version"):
+            collect.platform_version(cfg, src)
+        override = config.Config(platform=PlatformConfig(database="sqlite:///unused", version="5.0.1"))
+        assert collect.platform_version(override, src) == "5.0.1"
+    finally:
+        src.close()
+
+
+def _big_db(path: Path, rows: int) -> Path:
+    conn = sqlite3.connect(path)
+    conn.executescript(sample.ddl("sqlite"))
+    conn.executemany(
+        "INSERT INTO servers (id, hostname, ip_address, location, status) VALUES (?, ?, ?, 'x', 'active')",
+        ((i, f"node{i:06d}.rack{i % 97:02d}.dc.example.net" if i % 3 else None,
+          str(ipaddress.IPv4Address(0x0A000000 + i))) for i in range(rows)),
+    )
+    conn.executemany("INSERT INTO network_ranges (id, cidr) VALUES (?, ?)",
+                     ((i, f"{ipaddress.IPv4Address(0x64000000 + i * 256)}/24") for i in range(rows)))
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_identifiers_of_a_50k_row_database_are_streamed(tmp_path):
+    rows = 50_000
+    db = _big_db(tmp_path / "big.db", rows)
+    src = SqliteSource(db, Queries())
+    try:
+        tracemalloc.start()
+        n = 0
+        for _hostname, ip in src.iter_servers():
+            n += 1
+            assert ip is not None
+        streamed_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        everything = src.conn.execute(Queries().servers).fetchall()
+        all_at_once_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n == rows == len(everything)
+        del everything
+        # a streamed read holds one batch of rows, not the whole table
+        assert streamed_peak < all_at_once_peak / 4, (streamed_peak, all_at_once_peak)
+        assert rows > BATCH
+
+        toks = collect.tokens_for(src, HostFacts("h.example", None, (), ()), b"\x01" * 32)
+        assert len(toks.servers) == rows
+        assert len(toks.networks) == rows
+        assert toks.skipped == {"host_without_machine_id": 1}
+    finally:
+        src.close()
+
+
+# ---- this host ----
+
+
+def test_machine_id_is_read_from_the_given_file(tmp_path):
+    mid = tmp_path / "machine-id"
+    mid.write_text("5f2c0e1d9a8b4c7d8e6f1a2b3c4d5e6f\n")
+    assert host.read_machine_id(mid) == "5f2c0e1d9a8b4c7d8e6f1a2b3c4d5e6f"
+    assert host.read_machine_id(tmp_path / "absent") is None
+    (tmp_path / "empty").write_text("")
+    assert host.read_machine_id(tmp_path / "empty") is None
+
+
+def test_host_networks_exclude_loopback_and_excluded_interfaces(tmp_path):
+    facts = host.read_host(HostConfig(), machine_id_path=tmp_path / "absent")
+    assert facts.machine_id is None
+    for net in facts.networks:
+        parsed = ipaddress.ip_network(net)
+        assert not parsed.network_address.is_loopback and not parsed.network_address.is_link_local
+    excluded = host.read_host(HostConfig(exclude_interfaces=("*",)))
+    assert excluded.networks == () and excluded.macs == ()
+
+
+def test_include_interfaces_false_sends_no_networks_but_keeps_macs_for_the_host_token():
+    on = host.read_host(HostConfig(include_interfaces=True))
+    off = host.read_host(HostConfig(include_interfaces=False))
+    assert off.networks == ()
+    assert off.macs == on.macs
+
+
+def test_fqdn_is_a_nonempty_name():
+    assert host.fqdn()
