@@ -181,9 +181,9 @@ class Agent:
             self.close()
             self.cfg, self.transport = new, transport
             self.engine.reconfigure(new, transport)
+            self.log.info("config.reloaded", path=str(config_path), changed=changed)  # before a new level hides it
             logs.configure(new.log.format, new.log.level, stream=logs.current_stream())
-            self.log = logs.get()
-            self.log.info("config.reloaded", path=str(config_path), changed=changed)
+            self.log = self.engine.deps.log = logs.get()
         self.notifier.ready(self.status_line())
 
     def loop(self, config_path: Path) -> int:

@@ -7,7 +7,14 @@ import base64
 import io
 import json
 import os
+import shutil
+import socket
 import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -115,3 +122,90 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(extra)
     return env
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+
+    def __init__(self) -> None:
+        # sun_path is short (108 bytes): a fresh directory under /tmp rather than pytest's deep tmp_path
+        self.dir = Path(tempfile.mkdtemp(prefix="fa-notify-", dir="/tmp"))
+        self.path = self.dir / "notify"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.messages: list[dict[str, str]] = []
+
+    def wait_for(self, name: str, value: str | None = None, timeout: float = 15) -> dict[str, str]:
+        """Receive until a message carries name (=value); return it. Raises TimeoutError."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {name} notification; got {self.messages}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(msg)
+            if name in msg and (value is None or msg[name] == value):
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Daemon:
+    """`fluxagent run` as a real subprocess; its stdout lines are collected by a thread."""
+
+    def __init__(self, config_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fluxagent", "--config", str(config_path), "run", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or clean_env())
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Return the JSON log events printed so far (a `<N>` journald prefix is stripped)."""
+        out = []
+        for line in list(self.lines):
+            text = line[3:] if line[:1] == "<" and line[2:3] == ">" else line
+            if text.startswith("{"):
+                event = json.loads(text)
+                if name is None or event["event"] == name:
+                    out.append(event)
+        return out
+
+    def wait_event(self, name: str, timeout: float = 15) -> dict[str, Any]:
+        """Wait until the daemon logs event name; return it. Raises TimeoutError."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = self.events(name)
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise TimeoutError(f"no {name} event; output:\n" + "\n".join(self.lines[-30:]))
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 15) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        """Make sure the process is gone (a test that failed may leave it running)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
