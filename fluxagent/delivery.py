@@ -139,6 +139,14 @@ class Engine:
 
     def produce(self, kinds: Sequence[str], now: float, *, force_full: bool = False) -> list[Sealed]:
         """Build, seal (seq persisted first) and spool kinds; a failing source skips its kind. Returns sealed."""
+        if "license" in kinds and self.schedule.license.last_sent is None and self.spool.holds("license"):
+            # The first license registers the instance, and a superseding one would queue behind the
+            # heartbeats already waiting (seq order), which an unregistered instance cannot deliver.
+            kinds = [k for k in kinds if k != "license"]
+            ks = self.schedule.license
+            due = next_due(now, interval_of(self.cfg, "license"), self.cfg.schedule.jitter, self.deps.rng)
+            self.schedule = self.schedule.with_kind("license", replace(ks, next_due=due))
+            self._log("license.registration_pending", spool=self.spool.depth())
         license_state = self.read_license_status().get("state") if "license" in kinds else None
         built = collect.gather(self.cfg, self.ident, kinds, now=now,
                                last_acked_root=None if force_full else self.schedule.last_acked_root,

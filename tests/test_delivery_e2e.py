@@ -129,8 +129,10 @@ class Outage:
     hours: int
 
 
-def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = None) -> Outage:
-    """Deliver once, take the server down for `hours` of injected time, bring it back, drain the spool."""
+def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = None,
+                    deliver_first: bool = True) -> Outage:
+    """Deliver once (unless not deliver_first), take the server down for `hours` of injected time,
+    bring it back, drain the spool."""
     keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
     t0 = float(int(time.time()))
     clock = Clock(t0)
@@ -142,8 +144,9 @@ def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = No
     ws = wire(root, server, keys, now=t0, **sections)
     agent = make_agent(ws.cfg, clock)
     try:
-        clock.now += agent.step()  # everything delivered while the server is up
-        assert agent.engine.spool.depth() == 0
+        if deliver_first:
+            clock.now += agent.step()  # everything delivered while the server is up
+            assert agent.engine.spool.depth() == 0
         server.stop()
         while clock.now < t0 + hours * HOUR:
             clock.now += max(1.0, agent.step())
@@ -207,3 +210,12 @@ def test_outage_longer_than_the_spool_bound_drops_the_oldest_heartbeats_and_coun
     assert got[0] == out.spooled[0]  # delivered before the outage
     assert got[1:] == out.spooled[-len(got) + 1:]  # of the outage's heartbeats the newest survive, in order
     assert Spool(out.cfg.instance.state_dir / "spool", 12, 10**8).counters()["dropped_overflow"] == len(dropped)
+
+
+def test_outage_from_the_first_start_keeps_the_first_license_first_so_nothing_is_refused(tmp_path: Path) -> None:
+    out = simulate_outage(tmp_path / "ws", hours=20, deliver_first=False)
+    statuses = [(r.endpoint, r.status) for r in out.server.received if r.status]
+    assert statuses[0] == ("/v1/license", 200)  # registers the instance before anything else
+    assert {s for _, s in statuses} == {200}
+    assert [p["seq"] for p in delivered(out.server, "/v1/heartbeat")] == out.spooled
+    assert out.log.events("license.registration_pending")
