@@ -21,13 +21,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import nacl.signing  # noqa: E402
+from agentkit import clean_env, wire  # noqa: E402
+from conftest import run_cli  # noqa: E402
+from killkit import Soak, backlog, check_server_side, check_state, kill_trial, reopen  # noqa: E402
 
 from fluxagent.testing.server import ReferenceServer  # noqa: E402
-from tests.agentkit import clean_env, wire  # noqa: E402
-from tests.conftest import run_cli  # noqa: E402
-from tests.killkit import Soak, backlog, check_server_side, check_state, kill_trial, reopen  # noqa: E402
 
 
 def main() -> int:

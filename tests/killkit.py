@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentkit import Daemon
+
 from fluxagent import identity, state
 from fluxagent.config import Config
 from fluxagent.delivery import SCHEDULED, Deps, Engine
@@ -19,7 +21,6 @@ from fluxagent.ledger import Ledger
 from fluxagent.spool import Spool
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.transport import HttpResponse, TransportError
-from tests.agentkit import Daemon
 
 MAX_LINE_CUE = 10  # log lines of a busy start: opened, started, 3 spooled, then one per message sent
 

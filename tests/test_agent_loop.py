@@ -10,10 +10,10 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
+from agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, wire
 
 from fluxagent.agent import Signals
 from fluxagent.testing.server import Fault, ReferenceServer
-from tests.agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, wire
 
 
 def kill_self_later(delay: float, sig: int) -> threading.Timer:

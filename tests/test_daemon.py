@@ -13,12 +13,12 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
+from agentkit import Daemon, NotifySocket, clean_env, delivered, rewrite, sent_seqs, wire
+from conftest import run_cli
+from netutil import closed_port
 
 from fluxagent.demo import Workspace
 from fluxagent.testing.server import Fault, ReferenceServer
-from tests.agentkit import Daemon, NotifySocket, clean_env, delivered, rewrite, sent_seqs, wire
-from tests.conftest import run_cli
-from tests.netutil import closed_port
 
 
 @pytest.fixture

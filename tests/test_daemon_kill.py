@@ -11,12 +11,12 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
+from agentkit import clean_env, ledger_entries, wire
+from conftest import run_cli
+from killkit import Soak, backlog, check_server_side, check_state, kill_trial, reopen
 
 from fluxagent.ledger import Ledger
 from fluxagent.testing.server import ReferenceServer
-from tests.agentkit import clean_env, ledger_entries, wire
-from tests.conftest import run_cli
-from tests.killkit import Soak, backlog, check_server_side, check_state, kill_trial, reopen
 
 TRIALS = int(os.environ.get("FLUXAGENT_KILL_TRIALS", "50"))
 

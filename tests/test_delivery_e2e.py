@@ -15,13 +15,7 @@ from typing import Any
 import nacl.signing
 import pytest
 import trustme
-
-from fluxagent import state
-from fluxagent.commands import build_preview
-from fluxagent.config import Config
-from fluxagent.spool import Spool
-from fluxagent.testing.server import ReferenceServer
-from tests.agentkit import (
+from agentkit import (
     Clock,
     LogCapture,
     delivered,
@@ -32,7 +26,13 @@ from tests.agentkit import (
     tls_server_context,
     wire,
 )
-from tests.proxy import ConnectProxy
+from proxy import ConnectProxy
+
+from fluxagent import state
+from fluxagent.commands import build_preview
+from fluxagent.config import Config
+from fluxagent.spool import Spool
+from fluxagent.testing.server import ReferenceServer
 
 KINDS = ["license", "heartbeat", "digest"]
 VOLATILE = ("seq", "ts", "nonce")
