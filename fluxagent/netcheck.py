@@ -83,9 +83,9 @@ def tunnel(sock: socket.socket, host: str, port: int, proxy: str, deadline: floa
         raise ConnectionRefusedError(f"the proxy answered {status[:80]!r}")
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return str(exc) if str(exc) and str(exc) != "timed out" else "no answer in time"
+def _why(exc: BaseException, deadline: float) -> str:
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since 3.10
+        return f"no answer in time (deadline {deadline:g}s)"
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
@@ -104,7 +104,7 @@ def _tls(sock: socket.socket, server: ServerConfig, host: str) -> Check:
         return fail("tls", f"certificate of {host} not trusted by {trust}: {exc.verify_message or exc.reason}",
                     "set server.ca_bundle to the CA that issued the server's certificate", EXIT_CHECK_FAILED)
     except (OSError, ssl.SSLError) as exc:
-        return fail("tls", f"TLS handshake with {host} failed: {_why(exc)}",
+        return fail("tls", f"TLS handshake with {host} failed: {_why(exc, server.connect_timeout)}",
                     "check that server.url points at the license server's HTTPS port", EXIT_UNAVAILABLE)
     return ok("tls", f"certificate for {host} verified with {trust}, valid until {cert.get('notAfter', '?')}")
 
@@ -125,14 +125,15 @@ def network_checks(server: ServerConfig, env: Mapping[str, str] | None = None) -
     try:
         addrs = resolve(dial_host, dial_port, deadline)
     except OSError as exc:
-        yield fail("dns", f"cannot resolve {dial_host}: {_why(exc)}", "check /etc/resolv.conf and the name",
+        yield fail("dns", f"cannot resolve {dial_host}: {_why(exc, deadline)}", "check /etc/resolv.conf and the name",
                    EXIT_UNAVAILABLE)
         return
     yield ok("dns", f"{dial_host} resolves to {', '.join(a for a, _ in addrs[:4])}")
     try:
         sock = connect(addrs, deadline)
     except OSError as exc:
-        yield fail("tcp", f"cannot connect to {dial_host} port {dial_port}: {_why(exc)}", net_fix, EXIT_UNAVAILABLE)
+        yield fail("tcp", f"cannot connect to {dial_host} port {dial_port}: {_why(exc, deadline)}", net_fix,
+                   EXIT_UNAVAILABLE)
         return
     with sock:
         yield ok("tcp", f"connected to {dial_host} port {dial_port}")
@@ -140,7 +141,7 @@ def network_checks(server: ServerConfig, env: Mapping[str, str] | None = None) -
             try:
                 tunnel(sock, host, port, proxy, deadline)
             except OSError as exc:
-                yield fail("proxy", f"{redact_url(proxy)}: no tunnel to {host}:{port}: {_why(exc)}",
+                yield fail("proxy", f"{redact_url(proxy)}: no tunnel to {host}:{port}: {_why(exc, deadline)}",
                            "check server.proxy / HTTPS_PROXY and the proxy's rules", EXIT_UNAVAILABLE)
                 return
             yield ok("proxy", f"tunnel to {host}:{port} through {redact_url(proxy)}")

@@ -216,6 +216,8 @@ def run_checks(config_path: Path, *, offline: bool, transport_factory: Callable[
                     getattr(transport, "close", lambda: None)()
         else:
             yield Check("license server", "skip", "not tried: the server cannot be reached")
+    if offline:
+        yield Check("network", "skip", "not checked (--offline): no DNS, connection or live license check")
     yield check_clock(cfg, clock())
     yield check_state(cfg, clock())
 
