@@ -268,3 +268,15 @@ def test_status_line_shows_offline_when_the_server_goes_away(setup: Setup) -> No
         assert collect_status(setup.cfg, now=setup.clock.now)["license"]["state"] == "offline"
     finally:
         agent.close()
+
+
+def test_reference_server_auto_policy_follows_its_own_clock_through_valid_grace_expired(setup: Setup) -> None:
+    setup.server.license = LicensePolicy(state="auto", license_id=LID, expires_at=T0 + DAY,
+                                         grace_until=T0 + 2 * DAY)
+    e = setup.engine()
+    seen = []
+    for at in (T0, T0 + DAY + 60, T0 + 2 * DAY + 60):
+        setup.check(e, at)
+        seen.append(setup.status_doc()["receipt"]["state"])  # type: ignore[index]
+    assert seen == ["valid", "grace", "expired"]
+    assert setup.status_doc()["state"] == "expired"

@@ -69,11 +69,11 @@ class Site:
         self.config.write_text(tomli_w.dumps(self.doc))
         return self.config
 
-    def license(self, domain: str = BOUND_DOMAIN) -> Path:
+    def license(self, domain: str = BOUND_DOMAIN, servers: int = 500) -> Path:
         path = Path(self.doc["instance"]["license_file"])
         now = int(time.time())
         path.write_bytes(make_license(self.key, license_id=LID, bound_domain=domain, issued_at=now - 86400,
-                                      expires_at=now + 365 * 86400))
+                                      expires_at=now + 365 * 86400, servers=servers))
         return path
 
     def validate(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, float]:
@@ -217,6 +217,13 @@ def test_license_for_another_domain_fails_the_license_line_with_exit_1(site: Sit
     assert code == 1, out
     assert "bound to 'other.example.org'" in line(out, "fail", "license file")
     assert "set instance.bound_domain" in out
+
+
+def test_more_servers_than_the_license_allocates_is_a_warning(site: Site) -> None:
+    site.license(servers=10)
+    code, out, _ = site.validate("--offline")
+    assert code == 0, out
+    assert "more servers than the license allocates (10)" in line(out, "warn", "database")
 
 
 def test_key_file_with_mode_0644_fails_the_identity_line_with_exit_78(site: Site) -> None:
