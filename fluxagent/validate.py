@@ -218,6 +218,8 @@ def run_checks(config_path: Path, *, offline: bool, transport_factory: Callable[
             yield Check("license server", "skip", "not tried: the server cannot be reached")
     if offline:
         yield Check("network", "skip", "not checked (--offline): no DNS, connection or live license check")
+    elif ident is None:
+        yield Check("network", "skip", "not checked: nothing is sent without a usable identity")
     yield check_clock(cfg, clock())
     yield check_state(cfg, clock())
 

@@ -17,6 +17,7 @@ from fluxagent import config, identity, license_store
 from fluxagent.agent import Agent
 from fluxagent.config import Config
 from fluxagent.delivery import Deps, Engine
+from fluxagent.notify import Notifier
 from fluxagent.status import collect_status
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import LicensePolicy, ReferenceServer
@@ -255,19 +256,26 @@ def test_daemon_rewrites_status_when_the_license_file_changes_and_checks_at_once
         agent.close()
 
 
-def test_status_line_shows_offline_when_the_server_goes_away(setup: Setup) -> None:
-    agent = Agent(setup.cfg, clock=setup.clock)
-    try:
-        agent.step()
-        setup.server.stop()
-        setup.clock.now = T0 + 7 * 3600
-        sched = agent.engine.schedule
-        agent.engine.schedule = sched.with_kind("license", replace(sched.kind("license"), next_due=int(T0)))
-        agent.step()
-        assert "license offline" in agent.status_line()
-        assert collect_status(setup.cfg, now=setup.clock.now)["license"]["state"] == "offline"
-    finally:
-        agent.close()
+def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd_sock:
+        sd_sock.bind(str(sock_path))
+        sd_sock.settimeout(5)
+        agent = Agent(setup.cfg, clock=setup.clock, notifier=Notifier({"NOTIFY_SOCKET": str(sock_path)}))
+        try:
+            agent.step()
+            assert "STATUS=license valid;" in sd_sock.recv(4096).decode()
+            setup.server.stop()
+            setup.clock.now = T0 + 7 * 3600
+            sched = agent.engine.schedule
+            agent.engine.schedule = sched.with_kind("license", replace(sched.kind("license"), next_due=int(T0)))
+            agent.step()
+            assert "STATUS=license offline;" in sd_sock.recv(4096).decode()
+            assert setup.status_doc()["state"] == "offline"
+            assert collect_status(setup.cfg, now=setup.clock.now)["license"]["state"] == "offline"
+        finally:
+            agent.close()
+            agent.notifier.close()
 
 
 def test_reference_server_auto_policy_follows_its_own_clock_through_valid_grace_expired(setup: Setup) -> None:
