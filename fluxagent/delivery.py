@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fluxagent import collect, license_store, messages, state
+from fluxagent import collect, license_store, licensing, messages, state
 from fluxagent.config import Config
 from fluxagent.errors import FluxError, StateError
 from fluxagent.identity import Identity
@@ -29,8 +29,8 @@ SCHEDULED = ("license", "heartbeat", "digest")
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
-SKEW_LIMIT = 300.0
-LICENSE_STATUS_FILE = "license-status.json"
+SKEW_LIMIT = licensing.SKEW_LIMIT
+LICENSE_STATUS_FILE = license_store.FILE
 
 
 def interval_of(cfg: Config, kind: str) -> float:

@@ -21,6 +21,7 @@ never stops or degrades the platform. Rules, in order:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from fluxagent.license import LicenseFile
@@ -73,8 +74,15 @@ class Status:
 
 def _ago(seconds: float) -> str:
     s = int(abs(seconds))
-    return f"{s // 86400}d{(s % 86400) // 3600}h" if s >= 86400 else f"{s // 3600}h{(s % 3600) // 60}m" \
-        if s >= 3600 else f"{s}s"
+    if s >= 86400:
+        return f"{s // 86400}d{(s % 86400) // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60}m"
+    return f"{s}s"
+
+
+def _stamp(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
 
 
 def clock_skew(receipt: Receipt | None, now: float, seen_until: float | None) -> tuple[bool, list[str]]:
@@ -148,7 +156,7 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
                        + (f" (grace ended {_ago(t - r.grace_until)} ago)" if r.grace_until else ""))
         if phase == "grace":
             filenote = " (the license file has expired)" if file_end is not None and t >= file_end else ""
-            return out("grace", f"the license server granted grace until {until}{filenote}", until)
+            return out("grace", f"the license server granted grace until {_stamp(until or 0)}{filenote}", until)
         why = "license confirmed by the license server"
     # phase valid: how fresh is the confirmation?
     anchor = r.received_at if r is not None else (contact.since if contact.outcome in ("unreachable", "rejected")
@@ -162,9 +170,9 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
         if failing:
             what = "unreachable" if contact.outcome == "unreachable" else "rejecting license checks"
             return out("offline", f"the license server is {what}"
-                       + (f" since {int(contact.since)}" if contact.since else "")
+                       + (f" since {_stamp(contact.since)}" if contact.since else "")
                        + (f": {contact.reason}" if contact.reason else "")
-                       + f"; state holds until {fresh_until}", until, fresh_until)
+                       + f"; this state holds until {_stamp(fresh_until)}", until, fresh_until)
         return out("valid", why, until, fresh_until)
     return out("valid", why, until)
 
