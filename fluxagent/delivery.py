@@ -201,7 +201,8 @@ class Engine:
                 self._error(f"{entry.kind}.rejected", seq=entry.seq, status=outcome.status,
                           reason=outcome.reason)
                 if entry.kind == "license":
-                    self.refresh_license(now, Contact("rejected", now, now, f"HTTP {outcome.status}"))
+                    why = f"HTTP {outcome.status}: {outcome.reason}"[:200]
+                    self.refresh_license(now, Contact("rejected", now, now, why))
                 result.rejected.append((entry, outcome))
                 continue
             self._ledger_entry(int(now), "sent", entry, outcome="delivered", http_status=outcome.status,

@@ -20,7 +20,7 @@ from fluxagent.delivery import Deps, Engine
 from fluxagent.notify import Notifier
 from fluxagent.status import collect_status
 from fluxagent.testing.licenses import make_license
-from fluxagent.testing.server import LicensePolicy, ReferenceServer
+from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer
 from fluxagent.transport import HttpxTransport
 from tests.conftest import BOUND_DOMAIN, base_config, fixed_world
 
@@ -288,3 +288,25 @@ def test_reference_server_auto_policy_follows_its_own_clock_through_valid_grace_
         seen.append(setup.status_doc()["receipt"]["state"])  # type: ignore[index]
     assert seen == ["valid", "grace", "expired"]
     assert setup.status_doc()["state"] == "expired"
+
+
+def test_rejected_license_check_turns_valid_into_offline_with_the_reason(setup: Setup) -> None:
+    e = setup.engine()
+    setup.check(e, T0)
+    setup.server.inject(Fault.status(403, endpoint="license"))
+    setup.check(e, T0 + 6 * 3600)
+    doc = setup.status_doc()
+    assert doc["state"] == "offline" and doc["contact"]["outcome"] == "rejected"  # type: ignore[index]
+    assert "rejecting license checks since" in doc["reasons"][0]  # type: ignore[index]
+    assert "HTTP 403" in doc["reasons"][0]  # type: ignore[index]
+    setup.check(e, T0 + 12 * 3600)  # accepted again
+    assert setup.status_doc()["state"] == "valid"
+
+
+def test_503_from_the_server_counts_as_unreachable(setup: Setup) -> None:
+    e = setup.engine()
+    setup.check(e, T0)
+    setup.server.inject(Fault.status(503, endpoint="license"))
+    setup.check(e, T0 + 3600)
+    assert setup.status_doc()["state"] == "offline"
+    assert setup.status_doc()["contact"]["since"] == T0 + 3600  # type: ignore[index]
