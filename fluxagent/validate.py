@@ -152,6 +152,9 @@ def check_live(cfg: Config, ident: Identity, transport: Transport, clock: Callab
                      "see `fluxagent status`; stop the agent to run the live check here")
     except FluxError as exc:
         return fail(name, exc.message, exc.hint or "check the state directory", exc.exit_code)
+    except OSError as exc:
+        return fail(name, f"cannot use the state directory {cfg.instance.state_dir}: {exc.strerror or exc}",
+                    "run validate as the user fluxagent runs as", EXIT_CONFIG)
     seqs = {s.obj["seq"] for s in sealed}
     for entry, d in result.delivered:
         if entry.seq in seqs:

@@ -273,6 +273,13 @@ def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tm
             assert "STATUS=license offline;" in sd_sock.recv(4096).decode()
             assert setup.status_doc()["state"] == "offline"
             assert collect_status(setup.cfg, now=setup.clock.now)["license"]["state"] == "offline"
+            setup.clock.now = T0 + GRACE - 10
+            assert agent.step() <= 10  # the loop wakes when offline_grace runs out
+            sd_sock.recv(4096)
+            setup.clock.now = T0 + GRACE
+            agent.step()
+            assert "STATUS=license grace;" in sd_sock.recv(4096).decode()
+            assert setup.status_doc()["state"] == "grace"
         finally:
             agent.close()
             agent.notifier.close()
@@ -310,3 +317,11 @@ def test_503_from_the_server_counts_as_unreachable(setup: Setup) -> None:
     setup.check(e, T0 + 3600)
     assert setup.status_doc()["state"] == "offline"
     assert setup.status_doc()["contact"]["since"] == T0 + 3600  # type: ignore[index]
+
+
+def test_corrupt_license_status_file_is_derived_again_and_rewritten(setup: Setup) -> None:
+    path = setup.cfg.instance.state_dir / license_store.FILE
+    path.write_text("{not json")
+    assert collect_status(setup.cfg, now=T0)["license"]["state"] == "valid"
+    assert setup.engine().refresh_license(T0).state == "valid"
+    assert setup.status_doc()["state"] == "valid"
