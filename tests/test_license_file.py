@@ -9,6 +9,8 @@ from typing import Any
 
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fluxagent import envelope
 from fluxagent.license import MAX_LICENSE_BYTES, LicenseFile, check_license
@@ -133,3 +135,46 @@ def test_clock_off_by_more_than_300_s_at_the_receipt_is_skew_and_less_is_not() -
     assert derive(GOOD, receipt(skew=301.0), Contact(), NOW, 14 * DAY).clock_skew
     assert not derive(GOOD, receipt(skew=299.0), Contact(), NOW, 14 * DAY).clock_skew
     assert not derive(GOOD, receipt(skew=9999.0, source="import"), Contact(), NOW, 14 * DAY).clock_skew
+
+
+# ---- properties of the machine ----
+
+times = st.integers(NOW - 60 * DAY, NOW + 60 * DAY)
+receipts = st.builds(
+    Receipt, st.sampled_from(["valid", "grace", "expired", "revoked", "invalid", "unlicensed"]),
+    st.sampled_from(["FB-1", "FB-2", None]), st.none() | times, st.none() | times, st.none(), times,
+    times.map(float), st.floats(-1000, 1000), st.sampled_from(["online", "import"]))
+contacts = st.builds(Contact, st.sampled_from(["none", "delivered", "unreachable", "rejected"]),
+                     st.none() | times.map(float), st.none() | times.map(float))
+files = st.builds(lambda exp, issued: check_license(lic(issued_at=issued, expires_at=exp), KEYS, DOMAIN, NOW),
+                  times, st.integers(NOW - 90 * DAY, NOW - 61 * DAY))
+
+
+@settings(max_examples=150, deadline=None)
+@given(files, st.none() | receipts, contacts, times, st.none() | times)
+def test_setting_the_clock_back_never_changes_the_state(file: LicenseFile, rec: Receipt | None, contact: Contact,
+                                                         now: int, seen: int | None) -> None:
+    top = max(now, seen or now, rec.server_ts if rec else now)
+    later = derive(file, rec, contact, top, 14 * DAY, seen)
+    earlier = derive(file, rec, contact, now, 14 * DAY, seen)
+    assert earlier.state == later.state
+
+
+@settings(max_examples=150, deadline=None)
+@given(files, st.none() | receipts, contacts, times)
+def test_valid_is_never_shown_past_the_expiry_that_decides_it(file: LicenseFile, rec: Receipt | None,
+                                                              contact: Contact, now: int) -> None:
+    s = derive(file, rec, contact, now, 14 * DAY)
+    if s.state == "valid":
+        applies = rec is not None and rec.license_id in (None, file.license_id)
+        end = rec.expires_at if applies and rec is not None else file.expires_at
+        assert end is None or s.effective_now < end
+
+
+@settings(max_examples=150, deadline=None)
+@given(times, contacts, st.integers(1, 30 * DAY))
+def test_server_granted_grace_holds_whatever_the_license_file_dates_say(now: int, contact: Contact,
+                                                                        left: int) -> None:
+    expired_file = check_license(lic(issued_at=now - 90 * DAY, expires_at=now - 1), KEYS, DOMAIN, now)
+    rec = receipt("grace", at=now, expires_at=now - 1, grace_until=now + left)
+    assert derive(expired_file, rec, contact, now, 14 * DAY).state == "grace"
