@@ -148,7 +148,7 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
     if r is None:
         if file_end is not None and t >= file_end:
             return out("expired", f"license file expired {_ago(t - file_end)} ago: install a renewed license")
-        phase, until, why = "valid", file_end, "license file verified; not yet confirmed by the license server"
+        until, why = file_end, "license file verified; not yet confirmed by the license server"
     else:
         phase, until = server_phase(r, t)
         if phase == "expired":
