@@ -6,19 +6,23 @@ helper protocol channel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fluxagent.cli import _load, app, fail
-from fluxagent.errors import EXIT_OK, FluxError
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, FluxError
 
 if TYPE_CHECKING:
     from fluxagent.config import Config
     from fluxagent.credentials import Credential
+    from fluxagent.delivery import Engine
 
 credentials_app = typer.Typer(
     help="Short-lived update credentials: print them, or act as a docker/git credential helper or apt entry.",
@@ -134,3 +138,97 @@ def docker_helper_main() -> None:
         app(args=["credentials", "docker", *sys.argv[1:]], prog_name="docker-credential-fluxagent")
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+# ---- air-gapped exchange ----
+
+
+@contextlib.contextmanager
+def _offline_engine(cfg: Config) -> Iterator[Engine]:
+    """Yield an Engine for cfg under the instance lock, with a transport that never connects."""
+    from fluxagent import identity, logs
+    from fluxagent.agent import instance_lock
+    from fluxagent.delivery import Deps, Engine
+    from fluxagent.transport import HttpResponse, TransportError
+
+    def no_network(url: str, body: bytes, *, deadline: float) -> HttpResponse:
+        raise TransportError("connect", url, "an offline exchange sends nothing")
+
+    logs.configure(cfg.log.format, cfg.log.level, stream=sys.stderr)
+    ident = identity.load(cfg.instance.state_dir)
+    with instance_lock(cfg.instance.state_dir):
+        yield Engine(cfg, ident, Deps(no_network, time.time, log=logs.get()))
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Bundle file [default: ./fluxagent-bundle-<UTC time>.json]")
+    ] = None,
+) -> None:
+    """Air-gapped: write a signed bundle of the messages `run` would send, for the vendor to answer."""
+    from fluxagent.credentials import utc_text
+    from fluxagent.fsutil import atomic_write
+    from fluxagent.offline import commit_export, prepare_export
+
+    try:
+        cfg = _load(ctx)
+        now = time.time()
+        target = output or Path(f"fluxagent-bundle-{utc_text(int(now)).replace(':', '')}.json")
+        with _offline_engine(cfg) as engine:
+            bundle, entries = prepare_export(engine, now)
+            try:
+                atomic_write(target.absolute(), bundle, mode=0o640)
+            except OSError as exc:
+                raise FluxError(f"cannot write the bundle {target}: {exc.strerror or exc}") from None
+            commit_export(engine, entries, now, str(target))
+            failures = dict(engine.source_errors)
+    except FluxError as exc:
+        raise fail(exc) from None
+    kinds = ", ".join(f"{e.kind} (seq {e.seq})" for e in entries) or "nothing"
+    typer.echo(f"bundle {target}: {kinds}")
+    for kind, why in failures.items():
+        typer.echo(f"fluxagent: {kind} not exported: {why}", err=True)
+    raise typer.Exit(EXIT_CHECK_FAILED if failures else EXIT_OK)
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    answer: Annotated[Path, typer.Argument(help="The vendor's signed answer to an exported bundle")],
+) -> None:
+    """Air-gapped: verify the vendor's answer, record its receipts and install a renewed license file."""
+    import hashlib
+
+    from fluxagent.offline import MAX_ANSWER_BYTES, ImportRefused, import_answer
+
+    try:
+        cfg = _load(ctx)
+        try:
+            with answer.open("rb") as f:
+                data = f.read(MAX_ANSWER_BYTES + 1)
+        except OSError as exc:
+            raise FluxError(f"cannot read the answer {answer}: {exc.strerror or exc}") from None
+        with _offline_engine(cfg) as engine:
+            now = time.time()
+            try:
+                result = import_answer(engine, data, now)
+            except ImportRefused as exc:
+                engine.ledger.append(now=int(now), event="refused", kind="answer", outcome="refused",
+                                     payload_sha256=hashlib.sha256(data).hexdigest(), detail=exc.message)
+                raise
+    except FluxError as exc:
+        raise fail(exc) from None
+    for p, d in result.delivered:
+        extra = f": license {d.receipt_body.get('state')}" if p.kind == "license" else ""
+        typer.echo(f"{p.kind} (seq {p.seq}) delivered{extra}")
+    for p, _code, why in result.rejected:
+        typer.echo(f"{p.kind} (seq {p.seq}) rejected by the server: {why}")
+    for why in result.bad:
+        typer.echo(f"fluxagent: receipt refused: {why}", err=True)
+    if result.unknown:
+        typer.echo(f"{result.unknown} receipt(s) for requests not waiting here (already imported?) ignored")
+    if result.license_installed:
+        typer.echo(result.license_installed)
+    raise typer.Exit(EXIT_CHECK_FAILED if result.bad or result.rejected else EXIT_OK)
