@@ -18,6 +18,7 @@ from typing import Any
 from fluxagent import config as config_mod
 from fluxagent import identity, logs
 from fluxagent.config import Config
+from fluxagent.control import DaemonUpdates
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld
 from fluxagent.fsutil import ensure_private_dir
@@ -91,6 +92,8 @@ class Agent:
         self.transport = self.transport_factory(cfg)
         self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
         self.signals = Signals()
+        self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
+        self.updates: DaemonUpdates | None = None
 
     def close(self) -> None:
         closer = getattr(self.transport, "close", None)
@@ -115,16 +118,19 @@ class Agent:
         """Do whatever is due now; return seconds until the next wake-up."""
         now = self.clock()
         try:
-            due = self.engine.due(now)
-            if due:
-                self.engine.produce(due, now)
-            if self.engine.spool.depth() and now >= self.engine.retry_at:
-                self.engine.flush()
+            with self.engine_lock:
+                due = self.engine.due(now)
+                if due:
+                    self.engine.produce(due, now)
+                if self.engine.spool.depth() and now >= self.engine.retry_at:
+                    self.engine.flush()
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
         self.notifier.status(self.status_line())
-        return max(0.0, self.engine.next_wake(self.clock()) - self.clock())
+        wait = max(0.0, self.engine.next_wake(self.clock()) - self.clock())
+        apt_due = self.updates.tick() if self.updates is not None else None
+        return wait if apt_due is None else min(wait, apt_due)
 
     def reload(self, config_path: Path) -> None:
         """Re-read the config; a bad one is logged and the old one keeps running."""
@@ -148,6 +154,7 @@ class Agent:
     def loop(self, config_path: Path) -> int:
         """Run until SIGTERM/SIGINT; return 0 after a graceful stop."""
         self.signals.install()
+        self.updates = DaemonUpdates(self)
         self.notifier.ready(self.status_line())
         self.log.info("agent.started", pid=os.getpid(), state_dir=str(self.cfg.instance.state_dir))
         wd = self.notifier.watchdog_interval
@@ -164,6 +171,7 @@ class Agent:
                 self.signals.reload = False
                 self.reload(config_path)
         self.notifier.stopping()
+        self.updates.close()
         self.log.info("agent.stopping", spool=self.engine.spool.depth())
         self.close()
         return EXIT_OK

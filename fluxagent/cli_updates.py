@@ -127,9 +127,18 @@ def apt(
         cfg, cred = _credential(ctx)
         target = path or cfg.updates.apt_auth_file
         credhelpers.write_apt(target, cred, cfg.instance.state_dir, credhelpers.boot_id())
+        _wake_daemon(cfg)
     except FluxError as exc:
         raise fail(exc) from None
     typer.echo(f"apt entry {target} for {cred.registry}, valid until {utc_text(cred.expires_utc)}")
+
+
+def _wake_daemon(cfg: Config) -> None:
+    """Tell a running daemon that an apt entry was written, so it removes it when due."""
+    from fluxagent import control
+
+    with contextlib.suppress(FluxError):
+        control.ask(cfg.instance.state_dir, "wake", 5)
 
 
 def docker_helper_main() -> None:

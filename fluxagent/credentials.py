@@ -17,7 +17,7 @@ from typing import Any
 from fluxagent import identity, messages
 from fluxagent.config import Config
 from fluxagent.delivery import RETRY_AFTER_CAP, Deps, Engine
-from fluxagent.errors import FluxError, ServerUnavailable
+from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
 from fluxagent.receipts import Delivered, Rejected, classify
 from fluxagent.transport import HttpxTransport, Transport, send
 
@@ -140,16 +140,26 @@ class CredentialCache:
 
 
 def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, mono: Clock = monotonic) -> Credential:
-    """Take the instance lock, request credentials and return them; raises FluxError (LockHeld: 75)."""
+    """Return credentials: fetched under the instance lock, or from the running daemon; raises FluxError."""
+    from fluxagent import control
     from fluxagent.agent import instance_lock
 
-    ident = identity.load(cfg.instance.state_dir)
-    with instance_lock(cfg.instance.state_dir):
-        tr = transport if transport is not None else HttpxTransport(cfg.server)
-        try:
-            engine = Engine(cfg, ident, Deps(tr, time.time, log=log))
-            return CredentialCache(lambda: fetch(engine, mono), mono, cfg.updates.min_remaining).get()
-        finally:
-            closer = getattr(tr, "close", None)
-            if transport is None and callable(closer):
-                closer()
+    sd = cfg.instance.state_dir
+    ident = identity.load(sd)
+    try:
+        with instance_lock(sd):
+            tr = transport if transport is not None else HttpxTransport(cfg.server)
+            try:
+                engine = Engine(cfg, ident, Deps(tr, time.time, log=log))
+                return CredentialCache(lambda: fetch(engine, mono), mono, cfg.updates.min_remaining).get()
+            finally:
+                closer = getattr(tr, "close", None)
+                if transport is None and callable(closer):
+                    closer()
+    except LockHeld:
+        pass  # the daemon runs: it owns seq and spool, so it makes the request
+    deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 10
+    cred = control.credential_of(control.ask(sd, "credentials", deadline))
+    if not cred.usable(mono(), cfg.updates.min_remaining):  # checked here too: never hand out an expired one
+        raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
+    return cred

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,45 @@ def test_credentials_for_an_unregistered_instance_are_refused_and_ledgered(tmp_p
     last = next(Ledger(w.cfg.instance.state_dir / "ledger", readonly=True).entries(reverse=True))
     assert (last.kind, last.outcome, last.http_status) == ("credentials", "rejected", 403)
 
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_while_the_daemon_runs_helpers_get_credentials_from_it_and_it_removes_the_expired_apt_entry(
+    tmp_path: Path,
+) -> None:
+    with ReferenceServer(credentials_ttl=3) as srv:
+        w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
+        cfg_path = w.root / "fluxagent.toml"
+        cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"'))
+        sock = w.cfg.instance.state_dir / "control.sock"
+        env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
+        daemon = subprocess.Popen([sys.executable, "-m", "fluxagent", "--config", str(cfg_path), "run"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert _wait_for(sock.exists, 20) and _wait_for(lambda: len(srv.received) >= 3, 20)
+            first = helper(w, ["docker-credential-fluxagent", "get"], REGISTRY)
+            second = helper(w, ["docker-credential-fluxagent", "get"], REGISTRY)
+            assert first.returncode == 0, first.stdout + first.stderr
+            assert json.loads(first.stdout) == json.loads(second.stdout)  # from the daemon's memory
+            assert len(srv.issued_credentials) == 1
+            entry = tmp_path / "apt.conf"
+            assert helper(w, ["fluxagent", "credentials", "apt", "--path", str(entry)], "").returncode == 0
+            assert entry.exists()
+            assert _wait_for(lambda: not entry.exists(), 10)  # the daemon removed it once expired
+            assert daemon.poll() is None
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            out, err = daemon.communicate(timeout=20)
+        assert daemon.returncode == 0, err
+        assert "credentials.apt_entry_removed" in out
+        assert not sock.exists()
+        for cred in srv.issued_credentials:
+            assert cred.secret not in out + err
