@@ -87,6 +87,9 @@ def test_round_trip_delivers_every_message_updates_the_license_state_and_install
     assert all(e.receipt_sha256 for e in ledger(ws)[3:6])
     assert json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
     assert cli(ws, "log", "--verify")[0] == 0
+    shown = json.loads(cli(ws, "status", "--json")[1])
+    assert shown["license"]["state"] == "grace"
+    assert all(shown["kinds"][k]["last_delivered"] for k in ("license", "heartbeat", "digest"))
 
 
 def _ident_key(w: Workspace) -> bytes:
