@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from fluxagent import config, identity
-from fluxagent.credentials import CredentialCache, CredentialsError, fetch
-from fluxagent.credhelpers import APT_STATE_FILE, cleanup_apt, write_apt
+from fluxagent.agent import Agent, instance_lock
+from fluxagent.credentials import Credential, CredentialCache, CredentialsError, fetch
+from fluxagent.credhelpers import APT_STATE_FILE, cleanup_apt, git_get, matches, parse_git_request, write_apt
 from fluxagent.delivery import Deps, Engine
 from fluxagent.demo import Workspace, make_workspace
 from fluxagent.ledger import Ledger
@@ -37,9 +38,18 @@ def server() -> Iterator[ReferenceServer]:
 def ws(tmp_path: Path, server: ReferenceServer) -> Workspace:
     """A workspace whose instance is registered with the server (one `run --once`)."""
     w = make_workspace(tmp_path / "ws", server_url=server.url, vendor_keys=server.signing_keys)
-    done = run_cli("--config", str(w.root / "fluxagent.toml"), "run", "--once")
-    assert done.returncode == 0, done.stderr
+    register(w)
     return w
+
+
+def register(w: Workspace) -> None:
+    """Register the workspace's instance with its server: one `run --once` cycle, in process."""
+    with instance_lock(w.cfg.instance.state_dir):
+        agent = Agent(w.cfg)
+        try:
+            assert agent.once() == 0
+        finally:
+            agent.close()
 
 
 def helper(ws: Workspace, argv: list[str], stdin: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -108,7 +118,7 @@ def test_apt_entry_is_written_0600_and_removed_by_cleanup_after_expiry(tmp_path:
     with ReferenceServer(credentials_ttl=2) as srv:
         w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
         cfg_path = w.root / "fluxagent.toml"
-        assert run_cli("--config", str(cfg_path), "run", "--once").returncode == 0
+        register(w)
         cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"'))
         entry = tmp_path / "auth.conf.d" / "fluxagent.conf"
         entry.parent.mkdir()
@@ -152,7 +162,7 @@ def test_expired_credential_is_never_handed_out(ws: Workspace, server: Reference
 def test_credentials_shorter_lived_than_the_margin_are_refused(tmp_path: Path) -> None:
     with ReferenceServer(credentials_ttl=5) as srv:
         w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
-        assert run_cli("--config", str(w.root / "fluxagent.toml"), "run", "--once").returncode == 0
+        register(w)
         mono = MonoClock()
         engine = _engine(w)
         cache = CredentialCache(lambda: fetch(engine, mono), mono, margin=10)
@@ -247,3 +257,22 @@ def test_while_the_daemon_runs_helpers_get_credentials_from_it_and_it_removes_th
         assert not sock.exists()
         for cred in srv.issued_credentials:
             assert cred.secret not in out + err
+
+
+@pytest.mark.parametrize(("requested", "expected"), [
+    (REGISTRY, True), (f"https://{REGISTRY}", True), (f"https://{REGISTRY}/v2/", True), (f"{REGISTRY.upper()}.", True),
+    (f"{REGISTRY}:443", True), (f"evil.{REGISTRY}", False), (f"{REGISTRY}.evil.example", False),
+    ("https://index.docker.io/v1/", False), ("", False), (f"https://user@{REGISTRY}@evil.example", False),
+])
+def test_helpers_answer_only_for_the_registry_host(requested: str, expected: bool) -> None:
+    assert matches(requested, REGISTRY) is expected
+
+
+def test_git_request_parsing_stops_at_the_blank_line_and_the_credential_repr_hides_the_secret() -> None:
+    req = parse_git_request(["protocol=https\n", f"host={REGISTRY}\n", "\n", "host=evil.example\n"])
+    assert req == {"protocol": "https", "host": REGISTRY}
+    cred = Credential("instance-x", "s3cr3t-value", REGISTRY, 100.0, 1_800_000_000)
+    assert "s3cr3t-value" not in repr(cred)
+    assert git_get(req, cred).splitlines() == ["username=instance-x", "password=s3cr3t-value",
+                                               "password_expiry_utc=1800000000"]
+    assert git_get({"host": "github.com"}, cred) == ""
