@@ -54,8 +54,11 @@ def credentials(ctx: typer.Context) -> None:
         _, cred = _credential(ctx)
     except FluxError as exc:
         raise fail(exc) from None
-    typer.echo(json.dumps({"registry": cred.registry, "username": cred.username, "secret": cred.secret,
-                           "expires_at": utc_text(cred.expires_utc)}))
+    shown = {"registry": cred.registry, "username": cred.username, "secret": cred.secret,
+             "expires_at": utc_text(cred.expires_utc)}
+    if sys.stdout.isatty():  # a handover to programs; a terminal would keep the secret in its scrollback
+        shown["secret"] = "<not shown on a terminal: pipe the output to a program>"
+    typer.echo(json.dumps(shown))
 
 
 @credentials_app.command("docker")

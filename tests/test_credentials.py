@@ -276,3 +276,21 @@ def test_git_request_parsing_stops_at_the_blank_line_and_the_credential_repr_hid
     assert git_get(req, cred).splitlines() == ["username=instance-x", "password=s3cr3t-value",
                                                "password_expiry_utc=1800000000"]
     assert git_get({"host": "github.com"}, cred) == ""
+
+
+def test_plain_credentials_print_the_secret_to_a_pipe_but_not_to_a_terminal(ws: Workspace,
+                                                                            server: ReferenceServer) -> None:
+    piped = json.loads(helper(ws, ["fluxagent", "credentials"], "").stdout)
+    assert server.credentials_valid(piped["username"], piped["secret"]) and piped["registry"] == REGISTRY
+    master, slave = os.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
+    done = subprocess.run([str(BIN / "fluxagent"), "--config", str(ws.root / "fluxagent.toml"), "credentials"],
+                          stdout=slave, stderr=subprocess.PIPE, env=env, timeout=60, check=False)
+    os.close(slave)
+    try:
+        shown = os.read(master, 65536).decode()
+    finally:
+        os.close(master)
+    assert done.returncode == 0 and "not shown on a terminal" in shown
+    assert len(server.issued_credentials) == 2
+    assert all(c.secret not in shown for c in server.issued_credentials)
