@@ -128,9 +128,7 @@ class Agent:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
         self.notifier.status(self.status_line())
-        wait = max(0.0, self.engine.next_wake(self.clock()) - self.clock())
-        apt_due = self.updates.tick() if self.updates is not None else None
-        return wait if apt_due is None else min(wait, apt_due)
+        return max(0.0, self.engine.next_wake(self.clock()) - self.clock())
 
     def reload(self, config_path: Path) -> None:
         """Re-read the config; a bad one is logged and the old one keeps running."""

@@ -131,12 +131,17 @@ def credential_of(answer: dict[str, Any]) -> Credential:
 
 
 class DaemonUpdates:
-    """What the daemon adds for update credentials: the control socket and removing the expired apt entry."""
+    """What the daemon adds for update credentials: the control socket, and removing the apt entry
+    when it expires (on a timer thread, so the main loop's waits stay as they are)."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.cache = CredentialCache(lambda: fetch(agent.engine, monotonic), monotonic,
                                      agent.cfg.updates.min_remaining)
+        self._timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
+        self._closed = False
+        self.rearm()
         self.server = ControlServer(agent.cfg.instance.state_dir, self.handle)
 
     def handle(self, request: str) -> dict[str, Any]:
@@ -145,10 +150,22 @@ class DaemonUpdates:
             with self.agent.engine_lock:
                 self.cache.margin = self.agent.cfg.updates.min_remaining
                 return credential_answer(self.cache.get())
-        if request == "wake":  # an apt entry was written: recompute when to remove it
-            self.agent.signals.wake.set()
+        if request == "wake":  # an apt entry was written: remove it when it expires
+            self.rearm()
             return {"ok": True}
         return {"ok": False, "code": "usage", "exit_code": 2, "message": f"unknown request {request[:40]!r}"}
+
+    def rearm(self) -> None:
+        """Remove the apt entry if it has expired, otherwise set a timer for when it does."""
+        due = self.tick()
+        with self._timer_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if due is not None and not self._closed:
+                self._timer = threading.Timer(due + 0.05, self.rearm)
+                self._timer.daemon = True
+                self._timer.start()
 
     def tick(self) -> float | None:
         """Remove the apt entry if it has expired; return seconds until it is due, or None."""
@@ -162,5 +179,9 @@ class DaemonUpdates:
         return done.due_in
 
     def close(self) -> None:
-        """Stop serving the control socket."""
+        """Stop serving the control socket and the removal timer."""
+        with self._timer_lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
         self.server.close()

@@ -139,10 +139,11 @@ def cleanup_apt(state_dir: Path, mono_now: float, boot: str) -> Cleanup:
         assert isinstance(expires, int | float)
         return Cleanup(False, float(expires) - mono_now)
     try:
-        if isinstance(path, str):
-            with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):  # another cleanup may have been first
+            if isinstance(path, str):
                 os.unlink(path)
-        os.unlink(state_dir / APT_STATE_FILE)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state_dir / APT_STATE_FILE)
     except OSError as exc:
         raise StateError(f"cannot remove the expired apt entry {path}: {exc.strerror or exc}",
                          hint="run `fluxagent credentials apt --cleanup` as root") from None

@@ -54,8 +54,10 @@ def ledger(w: Workspace) -> list[LedgerEntry]:
     return list(Ledger(w.cfg.instance.state_dir / "ledger", readonly=True).entries())
 
 
-def status(w: Workspace) -> dict[str, object]:
-    return json.loads((w.cfg.instance.state_dir / "license-status.json").read_text())
+def license_shown(w: Workspace) -> tuple[str, str | None]:
+    """Return the license (state, id) `fluxagent status --json` shows."""
+    lic = json.loads(cli(w, "status", "--json")[1])["license"]
+    return lic["state"], lic["license_id"]
 
 
 def renewed_license(srv: ReferenceServer, w: Workspace, license_id: str = "FB-RENEWED-0002") -> bytes:
@@ -77,8 +79,7 @@ def test_round_trip_delivers_every_message_updates_the_license_state_and_install
     code, out, err = cli(ws, "import", str(answer))
     assert code == 0, out + err
     assert "license (seq 1) delivered: license grace" in out
-    st = status(ws)
-    assert (st["state"], st["source"], st["license_id"]) == ("grace", "receipt", "FB-DEMO-0001")
+    assert license_shown(ws) == ("grace", "FB-DEMO-0001")
     assert b"FB-RENEWED-0002" in base64.b64decode(json.loads(ws.cfg.instance.license_file.read_bytes())["payload"])
     events = [(e.event, e.kind, e.seq) for e in ledger(ws)]
     assert events[:3] == [("exported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
@@ -88,7 +89,6 @@ def test_round_trip_delivers_every_message_updates_the_license_state_and_install
     assert json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
     assert cli(ws, "log", "--verify")[0] == 0
     shown = json.loads(cli(ws, "status", "--json")[1])
-    assert shown["license"]["state"] == "grace"
     assert all(shown["kinds"][k]["last_delivered"] for k in ("license", "heartbeat", "digest"))
 
 
@@ -124,6 +124,7 @@ def test_second_export_carries_only_new_messages_and_a_digest_without_lists_once
 
 def test_tampered_answer_is_refused_and_recorded(ws: Workspace, server: ReferenceServer) -> None:
     answer = json.loads(server.answer_bundle(export(ws)))
+    before = license_shown(ws)
     payload = json.loads(base64.b64decode(answer["payload"]))
     payload["receipts"] = payload["receipts"][:1]
     answer["payload"] = base64.b64encode(envelope.canonical_json(payload)).decode()
@@ -131,7 +132,7 @@ def test_tampered_answer_is_refused_and_recorded(ws: Workspace, server: Referenc
     path.write_text(json.dumps(answer))
     code, _, err = cli(ws, "import", str(path))
     assert code == 1 and "does not verify against the pinned vendor keys" in err
-    assert not (ws.cfg.instance.state_dir / "license-status.json").exists()
+    assert license_shown(ws) == before
     assert len(json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"]) == 3
     last = ledger(ws)[-1]
     assert (last.event, last.kind, last.outcome) == ("refused", "answer", "refused")
@@ -149,11 +150,13 @@ def test_answer_signed_by_an_unpinned_key_is_refused(ws: Workspace, server: Refe
 def test_answer_for_another_instance_is_refused(tmp_path: Path, ws: Workspace, server: ReferenceServer) -> None:
     other = _ws(tmp_path / "other", server)
     export(ws)
+    before = license_shown(ws)
+    server.license = LicensePolicy(state="revoked")
     path = ws.root / "answer.json"
     path.write_bytes(server.answer_bundle(export(other)))
     code, _, err = cli(ws, "import", str(path))
     assert code == 1 and "addressed to another instance" in err
-    assert not (ws.cfg.instance.state_dir / "license-status.json").exists()
+    assert license_shown(ws) == before and before[0] != "revoked"
 
 
 def test_renewed_license_for_another_domain_is_refused_and_the_old_one_kept(ws: Workspace,
