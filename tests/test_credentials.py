@@ -19,6 +19,7 @@ from fluxagent.credentials import Credential, CredentialCache, CredentialsError,
 from fluxagent.credhelpers import APT_STATE_FILE, cleanup_apt, git_get, matches, parse_git_request, write_apt
 from fluxagent.delivery import Deps, Engine
 from fluxagent.demo import Workspace, make_workspace
+from fluxagent.errors import ConfigError
 from fluxagent.ledger import Ledger
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.transport import HttpxTransport
@@ -294,3 +295,15 @@ def test_plain_credentials_print_the_secret_to_a_pipe_but_not_to_a_terminal(ws: 
     assert done.returncode == 0 and "not shown on a terminal" in shown
     assert len(server.issued_credentials) == 2
     assert all(c.secret not in shown for c in server.issued_credentials)
+
+
+def test_updates_section_defaults_match_the_example_and_mistakes_name_their_dotted_path(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "fluxagent.example.toml"
+    assert config.load(example).updates == config.UpdatesConfig()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[instance]\nbound_domain = "billing.example.com"\n'
+                   '[updates]\napt_auth_fle = "/tmp/x"\nmin_remaining = "2h"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(bad)
+    assert any("updates.apt_auth_fle: unknown key (did you mean 'apt_auth_file'?)" in p for p in info.value.problems)
+    assert any("updates.min_remaining:" in p and "out of range" in p for p in info.value.problems)
