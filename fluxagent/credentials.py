@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fluxagent import identity, messages
-from fluxagent.config import Config
-from fluxagent.delivery import RETRY_AFTER_CAP, Deps, Engine
 from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
-from fluxagent.receipts import Delivered, Rejected, classify
-from fluxagent.transport import HttpxTransport, Transport, send
+
+if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, erase) stay fast
+    from fluxagent.config import Config
+    from fluxagent.delivery import Engine
+    from fluxagent.transport import Transport
 
 Clock = Callable[[], float]
 
@@ -80,6 +80,11 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
     request overtaking a spooled message would get that message refused.
     Raises ServerUnavailable (69) when the server cannot be reached, CredentialsError when refused.
     """
+    from fluxagent import messages
+    from fluxagent.delivery import RETRY_AFTER_CAP
+    from fluxagent.receipts import Delivered, Rejected, classify
+    from fluxagent.transport import send
+
     cfg, ident, deps = engine.cfg, engine.ident, engine.deps
     flushed = engine.flush()
     if flushed.retry is not None:
@@ -141,8 +146,10 @@ class CredentialCache:
 
 def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, mono: Clock = monotonic) -> Credential:
     """Return credentials: fetched under the instance lock, or from the running daemon; raises FluxError."""
-    from fluxagent import control
+    from fluxagent import control, identity
     from fluxagent.agent import instance_lock
+    from fluxagent.delivery import Deps, Engine
+    from fluxagent.transport import HttpxTransport
 
     sd = cfg.instance.state_dir
     ident = identity.load(sd)
