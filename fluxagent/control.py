@@ -142,7 +142,12 @@ class DaemonUpdates:
         self._timer_lock = threading.Lock()
         self._closed = False
         self.rearm()
-        self.server = ControlServer(agent.cfg.instance.state_dir, self.handle)
+        self.server: ControlServer | None = None
+        try:
+            self.server = ControlServer(agent.cfg.instance.state_dir, self.handle)
+        except OSError as exc:  # e.g. a state dir path too long for a Unix socket: the agent still runs
+            agent.log.error("credentials.control_socket_unavailable", error=exc.strerror or str(exc),
+                            effect="`fluxagent credentials` cannot reach this daemon")
 
     def handle(self, request: str) -> dict[str, Any]:
         """Answer one control request: `credentials` (from memory, or fetched) or `wake`."""
@@ -184,4 +189,5 @@ class DaemonUpdates:
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
-        self.server.close()
+        if self.server is not None:
+            self.server.close()

@@ -15,6 +15,7 @@ import pytest
 
 from fluxagent import config, identity
 from fluxagent.agent import Agent, instance_lock
+from fluxagent.control import DaemonUpdates
 from fluxagent.credentials import Credential, CredentialCache, CredentialsError, fetch
 from fluxagent.credhelpers import APT_STATE_FILE, cleanup_apt, git_get, matches, parse_git_request, write_apt
 from fluxagent.delivery import Deps, Engine
@@ -307,3 +308,15 @@ def test_updates_section_defaults_match_the_example_and_mistakes_name_their_dott
         config.load(bad)
     assert any("updates.apt_auth_fle: unknown key (did you mean 'apt_auth_file'?)" in p for p in info.value.problems)
     assert any("updates.min_remaining:" in p and "out of range" in p for p in info.value.problems)
+
+
+def test_daemon_keeps_running_without_a_control_socket_when_the_path_is_too_long(tmp_path: Path) -> None:
+    w = make_workspace(tmp_path / ("d" * 110), server_url="http://127.0.0.1:9")
+    agent = Agent(w.cfg)
+    try:
+        updates = DaemonUpdates(agent)
+        assert updates.server is None and not (w.cfg.instance.state_dir / "control.sock").exists()
+        assert updates.handle("credentials-please")["ok"] is False
+        updates.close()
+    finally:
+        agent.close()

@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--url-host", help="host name in the printed URL (default: --host)")
     p.add_argument("--audience", help="expected `aud` (default: the URL host)")
+    p.add_argument("--credentials-ttl", type=int, default=900, help="lifetime of update credentials, s (default 900)")
     p.add_argument("--verbose", action="store_true", help="log each request to stderr")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         ssl_context=ctx,
         url_host=args.url_host,
         audience=args.audience,
+        credentials_ttl=args.credentials_ttl,
         verbose=args.verbose,
     )
     done = threading.Event()
