@@ -19,6 +19,7 @@ from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
 if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, erase) stay fast
     from fluxagent.config import Config
     from fluxagent.delivery import Engine
+    from fluxagent.identity import Identity
     from fluxagent.transport import Transport
 
 Clock = Callable[[], float]
@@ -148,25 +149,39 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
     """Return credentials: fetched under the instance lock, or from the running daemon; raises FluxError."""
     from fluxagent import control, identity
     from fluxagent.agent import instance_lock
-    from fluxagent.delivery import Deps, Engine
-    from fluxagent.transport import HttpxTransport
 
     sd = cfg.instance.state_dir
     ident = identity.load(sd)
-    try:
-        with instance_lock(sd):
-            tr = transport if transport is not None else HttpxTransport(cfg.server)
-            try:
-                engine = Engine(cfg, ident, Deps(tr, time.time, log=log))
-                return CredentialCache(lambda: fetch(engine, mono), mono, cfg.updates.min_remaining).get()
-            finally:
-                closer = getattr(tr, "close", None)
-                if transport is None and callable(closer):
-                    closer()
-    except LockHeld:
-        pass  # the daemon runs: it owns seq and spool, so it makes the request
     deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 10
-    cred = control.credential_of(control.ask(sd, "credentials", deadline))
-    if not cred.usable(mono(), cfg.updates.min_remaining):  # checked here too: never hand out an expired one
-        raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
-    return cred
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            with instance_lock(sd):
+                return _fetch_once(cfg, ident, log, transport, mono)
+        except LockHeld:
+            pass
+        try:  # a daemon owns seq and spool, so it makes the request
+            cred = control.credential_of(control.ask(sd, "credentials", deadline))
+        except LockHeld:
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(0.1)  # another one-shot command (helpers run in parallel) holds the lock briefly
+            continue
+        if not cred.usable(mono(), cfg.updates.min_remaining):  # checked here too: never hand out an expired one
+            raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
+        return cred
+
+
+def _fetch_once(cfg: Config, ident: Identity, log: Any, transport: Transport | None, mono: Clock) -> Credential:
+    """Under the instance lock: open the state, request credentials once, close the transport."""
+    from fluxagent.delivery import Deps, Engine
+    from fluxagent.transport import HttpxTransport
+
+    tr = transport if transport is not None else HttpxTransport(cfg.server)
+    try:
+        engine = Engine(cfg, ident, Deps(tr, time.time, log=log))
+        return CredentialCache(lambda: fetch(engine, mono), mono, cfg.updates.min_remaining).get()
+    finally:
+        closer = getattr(tr, "close", None)
+        if transport is None and callable(closer):
+            closer()

@@ -320,3 +320,22 @@ def test_daemon_keeps_running_without_a_control_socket_when_the_path_is_too_long
         updates.close()
     finally:
         agent.close()
+
+
+def test_helpers_started_in_parallel_without_a_daemon_wait_for_the_lock_and_all_succeed(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    full = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
+    full["FLUXAGENT_CONFIG"] = str(ws.root / "fluxagent.toml")
+    procs = [subprocess.Popen([str(BIN / "docker-credential-fluxagent"), "get"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full) for _ in range(3)]
+    answers = [p.communicate(REGISTRY, timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], answers
+    secrets = {json.loads(out)["Secret"] for out, _ in answers}
+    assert len(secrets) == 3 and all(server.credentials_valid(f"instance-{ws_iid(ws)}", s) for s in secrets)
+    seqs = [e.seq for e in Ledger(ws.cfg.instance.state_dir / "ledger", readonly=True).entries()]
+    assert len(seqs) == len(set(seqs))  # no seq used twice
+
+
+def ws_iid(w: Workspace) -> str:
+    return identity.load(w.cfg.instance.state_dir).instance_id
