@@ -281,6 +281,11 @@ def demo(
     raise typer.Exit(code)
 
 
+from fluxagent import cli_updates  # noqa: E402  (registers `credentials`, `export`, `import` on app)
+
+_ = cli_updates
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
