@@ -109,7 +109,9 @@ class Agent:
         lic = self.engine.read_license_status().get("state", "unknown")
         depth = self.engine.spool.depth()
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
-        return f"license {lic}; spool {depth}{outage}"
+        held = ", ".join(sorted(self.engine.source_errors))
+        sources = f"; not sent: {held} (source failing, see status)" if held else ""
+        return f"license {lic}; spool {depth}{outage}{sources}"
 
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""
