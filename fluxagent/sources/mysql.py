@@ -150,6 +150,10 @@ class MysqlSource(ShapedSource):
         except pymysql.Error as exc:
             raise query_error(name, sql, exc, self._secret) from exc
 
+    def iter_servers(self) -> Iterator[tuple[Any, ...]]:
+        """Yield (hostname, ip_address) of every inventory server, streamed (MySQL has no address types)."""
+        return self._stream("servers", self.queries.servers, 2)
+
     def close(self) -> None:
         """Close the connection."""
         if self.conn.open:
