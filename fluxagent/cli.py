@@ -243,12 +243,14 @@ def log_cmd(
 @app.command()
 def demo(
     workspace: Annotated[Path | None, typer.Option(help="Keep the workspace here instead of a temp dir")] = None,
+    database: Annotated[str | None, typer.Option(
+        help="Fill this EMPTY postgresql:// or mysql:// database with the sample instead of a SQLite file")] = None,
 ) -> None:
     """Run fluxagent end to end on a throw-away sample platform and check nothing personal leaves."""
     from fluxagent.demo import run_demo
 
     try:
-        code = run_demo(workspace, typer.echo)
+        code = run_demo(workspace, typer.echo, database)
     except FluxError as exc:
         raise fail(exc) from None
     raise typer.Exit(code)

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,55 @@ def test_a_database_restarted_under_a_running_engine_is_picked_up_again(tmp_path
     assert any(e[1] == "heartbeat.source_recovered" for e in log.seen)
     assert status.collect_status(cfg, now=clock[0])["kinds"]["heartbeat"]["not_sent"] is None
     assert engine.spool.depth() == 2  # the first heartbeat and the one after the restart
+
+
+@pytest.fixture(scope="module")
+def big_db(server):
+    """A database on the server with 50,000 inventory servers."""
+    from fluxagent.testing.sample_db import create_schema, load_rows
+
+    url = server.create_database(f"fa_big_{server.engine}")
+    create_schema(url)
+    load_rows(url, "servers", ("id", "hostname", "ip_address"),
+              ((i, f"node{i}.example.net", f"10.1.{i >> 8 & 255}.{i & 255}") for i in range(50_000)))
+    return url
+
+
+def test_identifiers_stream_through_a_server_side_cursor(server, big_db):
+    src = open_platform(PlatformConfig(database=big_db))
+    try:
+        tracemalloc.start()
+        rows = src.iter_servers()
+        assert next(rows) is not None
+        if server.engine == "postgresql":  # one row read, and the named cursor is still open on the server
+            assert ("fluxagent_servers",) in src.conn.execute("SELECT name FROM pg_cursors").fetchall()
+        assert sum(1 for _ in rows) == 50_000 - 1
+        streamed_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        with src.conn.cursor() as cur:  # the same query through an ordinary, client-side cursor
+            cur.execute(Queries().servers)
+            everything = cur.fetchall()
+        all_at_once_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(everything) == 50_000
+        assert streamed_peak < all_at_once_peak / 4, (streamed_peak, all_at_once_peak)
+    finally:
+        tracemalloc.stop()
+        src.close()
+
+
+def test_demo_fills_a_server_database_and_keeps_the_password_out_of_the_config(server, tmp_path):
+    url = server.create_database(f"fa_demo_{server.engine}")
+    proc = run_cli("demo", "--workspace", str(tmp_path / "ws"), "--database", url, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert "verdict: PASS" in proc.stdout and "heartbeat would not be sent" not in proc.stdout
+    cfg_text = (tmp_path / "ws" / "fluxagent.toml").read_text()
+    assert server.admin_password not in cfg_text and "password_file" in cfg_text
+    assert (tmp_path / "ws" / "db.password").stat().st_mode & 0o777 == 0o600
+    assert server.admin_password not in proc.stdout + proc.stderr
+    cfg = config.load(tmp_path / "ws" / "fluxagent.toml")
+    src = open_platform(cfg.platform)
+    try:
+        assert src.counts().servers_total == 240
+    finally:
+        src.close()

@@ -29,6 +29,15 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
+def without_password(url: str) -> str:
+    """Return url with its password (if any) removed, keeping the user."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+
+
 def scrub(text: str, secret: str | None) -> str:
     """Return text with every occurrence of secret masked (for driver messages)."""
     return text.replace(secret, MASK) if secret else text

@@ -104,15 +104,19 @@ class DbServer:
         """(Re)start the server on its port; raises ServerUnavailableError."""
         (_start_postgres if self.engine == "postgresql" else _start_mariadb)(self)
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown); data stays, `start` brings it back."""
+    def stop(self, *, immediate: bool = False) -> None:
+        """Stop the server (clean shutdown, or at once when its data is thrown away); `start` brings it back."""
         if self.engine == "postgresql":
             bindir = postgres_bindir()
             assert bindir is not None
-            _run(_as(self.user, [str(bindir / "pg_ctl"), "stop", "-D", str(self.root / "data"), "-m", "fast", "-w"]),
+            mode = "immediate" if immediate else "fast"
+            _run(_as(self.user, [str(bindir / "pg_ctl"), "stop", "-D", str(self.root / "data"), "-m", mode, "-w"]),
                  "pg_ctl stop")
         elif self.proc is not None:
-            self.proc.terminate()
+            if immediate:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -148,7 +152,7 @@ class DbServer:
     def destroy(self) -> None:
         """Stop the server if it runs and remove its directory."""
         with contextlib.suppress(ServerUnavailableError, subprocess.SubprocessError, OSError):
-            self.stop()
+            self.stop(immediate=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
