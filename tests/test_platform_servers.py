@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from conftest import base_config, fixed_world, run_cli
+from conftest import base_config, run_cli
 
 from fluxagent import config, identity, status
 from fluxagent.config import PlatformConfig, Queries
-from fluxagent.delivery import Deps, Engine
 from fluxagent.errors import (
     EXIT_CONFIG,
     EXIT_UNAVAILABLE,
@@ -202,38 +201,52 @@ class _Events:
         return lambda event, **kw: self.seen.append((level, event, kw))
 
 
-def test_a_database_restarted_under_a_running_engine_is_picked_up_again(tmp_path, server, small_db):
-    cfg = config.load(_workspace(tmp_path, small_db))
-    ident = identity.load(cfg.instance.state_dir)
-    clock = [1_760_000_000.0]
-    log = _Events()
-    engine = Engine(cfg, ident, Deps(transport=lambda *_a: None, clock=lambda: clock[0],  # type: ignore[arg-type]
-                                     world=fixed_world(), log=log))
-    assert [s.kind for s in engine.produce(["heartbeat"], clock[0])] == ["heartbeat"]
+def test_a_database_restarted_under_a_running_agent_is_picked_up_again(tmp_path, server):
+    from fluxagent.agent import Agent
+    from fluxagent.demo import make_workspace
+    from fluxagent.testing.server import ReferenceServer
 
-    stopped = False
-    try:
-        server.stop()
-        stopped = True
-        for _ in range(3):  # three hours of heartbeats while the database is down
-            clock[0] += 3600
-            assert engine.produce(["heartbeat"], clock[0]) == []
-        warnings = [e for e in log.seen if e[1] == "heartbeat.not_sent"]
-        assert len(warnings) == 1 and warnings[0][2]["code"] == "db_unreachable"
-        st = status.collect_status(cfg, now=clock[0])
-        assert st["kinds"]["heartbeat"]["not_sent"]["code"] == "db_unreachable"
-        assert st["kinds"]["heartbeat"]["not_sent"]["since"] == 1_760_003_600
-        text = status.status_text(st)
-        assert "NOT SENT since" in text and "cannot reach the server" in text
-        assert server.admin_password not in text
-    finally:
-        if stopped:
-            server.start()
-    clock[0] += 3600
-    assert [s.kind for s in engine.produce(["heartbeat"], clock[0])] == ["heartbeat"]
-    assert any(e[1] == "heartbeat.source_recovered" for e in log.seen)
-    assert status.collect_status(cfg, now=clock[0])["kinds"]["heartbeat"]["not_sent"] is None
-    assert engine.spool.depth() == 2  # the first heartbeat and the one after the restart
+    clock = [float(int(time.time()))]
+    with ReferenceServer(clock=lambda: clock[0]) as ref:
+        ws = make_workspace(tmp_path / "ws", server_url=ref.url, vendor_keys=ref.signing_keys, now=clock[0],
+                            database=server.create_database(f"fa_restart_{server.engine}"))
+        agent = Agent(ws.cfg, clock=lambda: clock[0])
+        log = agent.engine.deps.log = _Events()
+        cfg = ws.cfg
+
+        def heartbeats() -> int:
+            return sum(1 for r in ref.received if r.endpoint == "/v1/heartbeat" and r.status == 200)
+
+        try:
+            agent.step()
+            assert heartbeats() == 1
+            stopped = False
+            try:
+                server.stop()
+                stopped = True
+                for _ in range(3):  # three hours of heartbeats while the database is down
+                    clock[0] += 3601
+                    agent.step()
+                assert heartbeats() == 1
+                warnings = [e for e in log.seen if e[1] == "heartbeat.not_sent"]
+                assert len(warnings) == 1 and warnings[0][2]["code"] == "db_unreachable"  # logged once
+                assert "not sent: heartbeat" in agent.status_line()
+                st = status.collect_status(cfg, now=clock[0])
+                assert st["kinds"]["heartbeat"]["not_sent"]["code"] == "db_unreachable"
+                text = status.status_text(st)
+                assert "NOT SENT since" in text and "cannot reach the server" in text
+                assert server.admin_password not in text
+            finally:
+                if stopped:
+                    server.start()
+            clock[0] += 3601
+            agent.step()
+            assert heartbeats() == 2
+            assert any(e[1] == "heartbeat.source_recovered" for e in log.seen)
+            assert "not sent" not in agent.status_line()
+            assert status.collect_status(cfg, now=clock[0])["kinds"]["heartbeat"]["not_sent"] is None
+        finally:
+            agent.close()
 
 
 @pytest.fixture(scope="module")
