@@ -74,7 +74,8 @@ def _run(cmd: list[str], what: str, timeout: float = START_TIMEOUT) -> None:
 
 
 def _make_root(prefix: str, user: pwd.struct_passwd | None) -> Path:
-    root = Path(tempfile.mkdtemp(prefix=prefix))
+    # as root the server runs as a system user, which must reach the directory: not under a private $TMPDIR
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp" if user is not None else None))
     root.chmod(0o700)
     if user is not None:
         os.chown(root, user.pw_uid, user.pw_gid)
