@@ -27,7 +27,6 @@ from fluxagent.sources.shaped import BATCH, COUNT_QUERIES, ShapedSource, check_c
 __all__ = ["BATCH", "COUNT_QUERIES", "PlatformSource", "SqliteSource", "check_count", "open_platform"]
 
 
-
 class PlatformSource(Protocol):
     """What the builders need from the platform database."""
 
@@ -43,7 +42,7 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///"):])
 
 
-DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql")}
+DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql")}  # engine: (module, extra)
 
 
 def open_platform(cfg: PlatformConfig) -> PlatformSource:
