@@ -8,6 +8,7 @@ so an override cannot commit and write after it. Identifiers stream through an `
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,11 @@ class MysqlSource(ShapedSource):
         cur.execute("SET SESSION TRANSACTION READ ONLY")
         cur.execute("START TRANSACTION READ ONLY")
 
+    def _rollback(self) -> None:
+        """End this query's transaction after a failure, if the connection still allows it."""
+        with contextlib.suppress(pymysql.Error):
+            self.conn.rollback()
+
     def _fetch(self, name: str, sql: str, limit: int) -> list[tuple[Any, ...]]:
         try:
             with self.conn.cursor() as cur:
@@ -134,6 +140,7 @@ class MysqlSource(ShapedSource):
                 cur.execute("ROLLBACK")
                 return rows
         except pymysql.Error as exc:
+            self._rollback()
             raise query_error(name, sql, exc, self._secret) from exc
 
     def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
@@ -148,6 +155,7 @@ class MysqlSource(ShapedSource):
             with self.conn.cursor() as cur:
                 cur.execute("ROLLBACK")
         except pymysql.Error as exc:
+            self._rollback()
             raise query_error(name, sql, exc, self._secret) from exc
 
     def iter_servers(self) -> Iterator[tuple[Any, ...]]:
