@@ -157,7 +157,9 @@ class Agent:
             shown = "unknown"
         depth = self.engine.spool.depth()
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
-        return f"license {shown}; spool {depth}{outage}"
+        held = ", ".join(sorted(self.engine.source_errors))
+        sources = f"; not sent: {held} (source failing, see status)" if held else ""
+        return f"license {shown}; spool {depth}{outage}{sources}"
 
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""

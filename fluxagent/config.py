@@ -142,10 +142,14 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class PlatformConfig:
-    database: str = "sqlite:////var/lib/fluxbilling/fluxbilling.db"
+    # repr=False: a server URL may carry a password, and a dataclass repr ends up in logs and tracebacks
+    database: str = field(default="sqlite:////var/lib/fluxbilling/fluxbilling.db", repr=False)
     version: str = ""
     hostname: str = ""
     queries: Queries = field(default_factory=Queries)
+    password_file: Path | None = None  # first line is the database password; must be mode 0600
+    connect_timeout: float = 10.0
+    statement_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,14 @@ SCHEMA: dict[str, dict[str, Parser]] = {
         "jitter": _duration_range(0, 86400),
         "offline_grace": _duration_range(3600, 365 * 86400),
     },
-    "platform": {"database": _database, "version": _str, "hostname": _opt_hostname},
+    "platform": {
+        "database": _database,
+        "version": _str,
+        "hostname": _opt_hostname,
+        "password_file": _opt_path,
+        "connect_timeout": _duration_range(1, 300),
+        "statement_timeout": _duration_range(1, 3600),
+    },
     "platform.queries": {f.name: _SQL for f in fields(Queries)},
     "host": {"include_interfaces": _bool, "exclude_interfaces": _str_list},
     "spool": {"max_messages": _int_range(10, 1_000_000), "max_bytes": _size_range(64 * 1024, 10 * 2**30)},
@@ -458,7 +469,14 @@ def to_mapping(cfg: Config) -> dict[str, Any]:
             "max_response_bytes": s.max_response_bytes,
         },
         "schedule": {k.name: format_duration(getattr(sch, k.name)) for k in fields(ScheduleConfig)},
-        "platform": {"database": p.database, "version": p.version, "hostname": p.hostname},
+        "platform": {
+            "database": p.database,
+            "version": p.version,
+            "hostname": p.hostname,
+            "password_file": str(p.password_file) if p.password_file else "",
+            "connect_timeout": format_duration(p.connect_timeout),
+            "statement_timeout": format_duration(p.statement_timeout),
+        },
         "host": {
             "include_interfaces": cfg.host.include_interfaces,
             "exclude_interfaces": list(cfg.host.exclude_interfaces),
