@@ -21,6 +21,7 @@ from fluxagent.config import Config
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld
 from fluxagent.fsutil import ensure_private_dir
+from fluxagent.metrics import MetricsWriter
 from fluxagent.notify import Notifier
 from fluxagent.transport import HttpxTransport, Transport
 
@@ -91,6 +92,7 @@ class Agent:
         self.transport = self.transport_factory(cfg)
         self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
         self.signals = Signals()
+        self.metrics = MetricsWriter(self.log)
 
     def close(self) -> None:
         closer = getattr(self.transport, "close", None)
@@ -124,6 +126,7 @@ class Agent:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
         self.notifier.status(self.status_line())
+        self.metrics.write(self.cfg, self.clock())  # for node_exporter's textfile collector
         return max(0.0, self.engine.next_wake(self.clock()) - self.clock())
 
     def reload(self, config_path: Path) -> None:
