@@ -43,12 +43,16 @@ fi
 "$VENV/bin/python" -m compileall -q -j 0 -s "$ROOT" -p / "$VENV/lib"
 
 # 3. the rest of the layout
-install -D -m 0644 packaging/systemd/fluxagent.service "$ROOT/lib/systemd/system/fluxagent.service"
+for unit in fluxagent.service fluxagent-metrics.service fluxagent-metrics.timer; do
+    install -D -m 0644 "packaging/systemd/$unit" "$ROOT/lib/systemd/system/$unit"
+done
 install -D -m 0644 packaging/sysusers.d/fluxagent.conf "$ROOT/usr/lib/sysusers.d/fluxagent.conf"
 install -D -m 0644 packaging/tmpfiles.d/fluxagent.conf "$ROOT/usr/lib/tmpfiles.d/fluxagent.conf"
 install -D -m 0644 fluxagent.example.toml "$ROOT/etc/fluxagent/fluxagent.toml.example"
 install -D -m 0644 packaging/systemd/ip-allowlist.conf.example \
     "$ROOT/usr/share/doc/fluxagent/examples/ip-allowlist.conf"
+install -D -m 0644 packaging/prometheus/fluxagent-alerts.yml \
+    "$ROOT/usr/share/doc/fluxagent/examples/fluxagent-alerts.yml"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/fluxagent/README.md"
 install -D -m 0644 docs/PROTOCOL.md "$ROOT/usr/share/doc/fluxagent/PROTOCOL.md"
 mkdir -p "$ROOT/usr/bin"

@@ -174,3 +174,18 @@ def test_metrics_writer_logs_a_failing_write_once_and_its_recovery(workspace: An
     events = [json.loads(line)["event"] for line in buf.getvalue().splitlines()]
     assert events == ["metrics.write_failed", "metrics.write_recovered"]
     assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]  # no temp file left behind
+
+
+def test_alert_examples_use_only_metrics_and_labels_the_renderer_writes() -> None:
+    import re
+
+    from tests.packaging_util import PACKAGING
+
+    rules = (PACKAGING / "prometheus" / "fluxagent-alerts.yml").read_text()
+    text = render(status())
+    written = {k.split("{")[0] for k in samples(text)}
+    used = set(re.findall(r"\bfluxagent_[a-z_]+", rules))
+    assert used and used <= written, used - written
+    for name, label, value in re.findall(r'(fluxagent_[a-z_]+)\{(\w+)=~?"([^"]+)"\}', rules):
+        for v in value.split("|"):
+            assert f'{name}{{{label}="{v}"}}' in text or v in ("license", "digest"), (name, label, v)

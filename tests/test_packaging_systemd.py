@@ -111,3 +111,30 @@ def test_tmpfiles_makes_config_dir_root_group_readable_and_state_private(fake_ro
     st = (fake_root / "var/lib/fluxagent").stat()
     assert (st.st_mode & 0o7777, st.st_gid) == (0o700, gid)
     assert st.st_uid != 0
+
+
+def test_metrics_publisher_units_verify(tmp_path: Path) -> None:
+    tool = require_tool("systemd-analyze")
+    units = [PACKAGING / "systemd" / n for n in ("fluxagent-metrics.service", "fluxagent-metrics.timer")]
+    res = run(tool, "verify", "--man=no", *map(str, units))
+    assert (res.returncode, (res.stderr + res.stdout).strip()) == (0, "")
+
+
+def test_metrics_publisher_command_copies_the_file_whole_and_world_readable(tmp_path: Path) -> None:
+    unit = PACKAGING / "systemd" / "fluxagent-metrics.service"
+    command = unit_settings(unit)["ExecStart"][0]
+    assert command.startswith("/bin/sh -c '") and command.endswith("'")
+    state, textdir = tmp_path / "state", tmp_path / "textfile"
+    state.mkdir(mode=0o700)
+    textdir.mkdir()
+    (state / "metrics.prom").write_text("fluxagent_spool_messages 3\n")
+    (state / "metrics.prom").chmod(0o600)
+    script = (command[len("/bin/sh -c '"):-1].replace("/var/lib/fluxagent", str(state))
+              .replace("/var/lib/prometheus/node-exporter", str(textdir)))
+    for _ in range(2):  # a second run replaces the file
+        res = run("/bin/sh", "-c", script)
+        assert res.returncode == 0, res.stderr
+    published = textdir / "fluxagent.prom"
+    assert published.read_text() == "fluxagent_spool_messages 3\n"
+    assert published.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in textdir.iterdir()] == ["fluxagent.prom"]

@@ -87,6 +87,7 @@ def workload(config: Path, checks: list[str]) -> int:
     step("metrics.prom", lambda: _metrics(cfg))
     step("log --verify", lambda: _ledger(sd))
     step("sd_notify", _notify)
+    step("database drivers", _drivers)
     return 1 if failed else 0
 
 
@@ -160,6 +161,20 @@ def _notify() -> str:
 
     assert Notifier().ready("self-test"), "READY=1 not sent"
     return "READY=1 sent over NOTIFY_SOCKET"
+
+
+def _drivers() -> str:
+    """Load the PostgreSQL and MySQL drivers the package ships (libpq, OpenSSL) under the filters."""
+    import importlib
+    import importlib.util
+
+    loaded = []
+    if importlib.util.find_spec("psycopg") is not None:
+        pg = importlib.import_module("psycopg")  # imported by name: an optional extra, maybe without stubs
+        loaded.append(f"psycopg {pg.__version__} (libpq {pg.pq.version()}, {pg.pq.__impl__})")
+    if importlib.util.find_spec("pymysql") is not None:
+        loaded.append(f"PyMySQL {importlib.import_module('pymysql').__version__}")
+    return ", ".join(loaded) or "none installed"
 
 
 def _tls_context(work: Path) -> tuple[object | None, Path | None]:
