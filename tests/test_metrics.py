@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import fixed_world
+from packaging_util import require_tool
 
 from fluxagent import logs
 from fluxagent.agent import Agent
@@ -20,8 +22,6 @@ from fluxagent.demo import make_workspace
 from fluxagent.metrics import METRICS_FILE, MetricsWriter, render
 from fluxagent.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
-from tests.conftest import fixed_world
-from tests.packaging_util import require_tool
 
 
 def status(**over: Any) -> dict[str, Any]:
@@ -179,7 +179,7 @@ def test_metrics_writer_logs_a_failing_write_once_and_its_recovery(workspace: An
 def test_alert_examples_use_only_metrics_and_labels_the_renderer_writes() -> None:
     import re
 
-    from tests.packaging_util import PACKAGING
+    from packaging_util import PACKAGING
 
     rules = (PACKAGING / "prometheus" / "fluxagent-alerts.yml").read_text()
     text = render(status())

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.packaging_util import PACKAGING, UNIT, require_tool, run, unit_settings
+from packaging_util import PACKAGING, UNIT, require_tool, run, unit_settings
 
 MAX_EXPOSURE = 1.5
 INSTALLED_EXEC = "/opt/fluxagent/bin/fluxagent"

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging_util import UNIT, require_tool
 
 from fluxagent.testing.sandbox import PROT_EXEC, PROT_WRITE, filters, parse_groups, unit_sandbox
 from fluxagent.testing.seccomp import ACT_ALLOW, ACT_KILL_PROCESS, CMP_MASKED_EQ, Libseccomp, act_errno
-from tests.packaging_util import UNIT, require_tool
 
 GROUPS_TEXT = """\
 @default
