@@ -151,6 +151,12 @@ class Agent:
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
         return f"license {lic}; spool {depth}{outage}"
 
+    def _between_messages(self) -> bool:
+        """Called before each message of a flush: it is progress, so feed the watchdog; return whether to stop."""
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()  # a long flush (many spooled messages) must not trip WatchdogSec
+        return self.signals.stop
+
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""
         now = self.clock()
@@ -159,7 +165,7 @@ class Agent:
             if due and not self.signals.stop:
                 self.engine.produce(due, now)
             if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
-                self.engine.flush(should_stop=lambda: self.signals.stop)
+                self.engine.flush(should_stop=self._between_messages)
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
