@@ -1,0 +1,384 @@
+"""A hostile license server, over real loopback HTTPS, against the whole delivery engine.
+
+Each case scripts one misbehaviour of the reference server and drives `delivery.Engine` (real
+HttpxTransport, real state directory, injected clock). For every case: flush returns (no crash),
+memory stays bounded, nothing is trusted (no ledger "sent", no license-status.json), the message
+stays spooled under its seq, a clear log event names the cause — and the next honest answer
+delivers that same message.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import ssl
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import pytest
+import trustme
+from conftest import base_config, fixed_world
+
+from fluxagent import config, identity
+from fluxagent.delivery import LICENSE_STATUS_FILE, RETRY_AFTER_CAP, Deps, Engine, FlushResult
+from fluxagent.ledger import Ledger
+from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.transport import HttpResponse, HttpxTransport
+
+CAP = 64 * 1024  # server.max_response_bytes in these tests
+VENDOR = [nacl.signing.SigningKey.generate() for _ in range(2)]
+
+
+@dataclass
+class Events:
+    """A plain log recorder with the structlog methods the engine calls."""
+
+    seen: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.seen.append(("info", event, kw))
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.seen.append(("warning", event, kw))
+
+    def error(self, event: str, **kw: Any) -> None:
+        self.seen.append(("error", event, kw))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [kw for _, e, kw in self.seen if e == event]
+
+
+class Clock:
+    """A settable clock for the engine (the server keeps real time)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    server: ReferenceServer
+    events: Events
+    clock: Clock
+    state_dir: Path
+
+    def ledger_events(self) -> list[str]:
+        return [e.event for e in Ledger(self.state_dir / "ledger", readonly=True).entries()]
+
+    def spooled(self) -> list[int]:
+        return [e.seq for e in self.engine.spool.entries()]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def server_context(leaf: trustme.LeafCert) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path, sample_db: Path, ca: trustme.CA, ca_pem: Path) -> Iterator[Callable[..., Rig]]:
+    """Return rig(leaf=None): a reference server over HTTPS and an engine with one license spooled."""
+    servers: list[ReferenceServer] = []
+    transports: list[HttpxTransport] = []
+
+    def rig(leaf: trustme.LeafCert | None = None, **server_cfg: Any) -> Rig:
+        cert = leaf or ca.issue_cert("localhost", "127.0.0.1")
+        server = ReferenceServer(ssl_context=server_context(cert), signing_keys=VENDOR).start()
+        servers.append(server)
+        state_dir = tmp_path / f"state{len(servers)}"
+        server_cfg = {"url": server.url, "vendor_keys": server.vendor_keys_b64, "ca_bundle": str(ca_pem),
+                      "connect_timeout": "1s", "read_timeout": "1s", "max_response_bytes": CAP, **server_cfg}
+        cfg = config.from_mapping(base_config(state_dir, sample_db, server=server_cfg))
+        ident, _ = identity.ensure(state_dir, now=int(time.time()))
+        transport = HttpxTransport(cfg.server, env={})
+        transports.append(transport)
+        clock, events = Clock(), Events()
+        engine = Engine(cfg, ident, Deps(transport, clock, rng=random.Random(7), world=fixed_world(), log=events))
+        engine.produce(["license"], clock())
+        return Rig(engine, server, events, clock, state_dir)
+
+    yield rig
+    for t in transports:
+        t.close()
+    for s in servers:
+        s.stop()
+
+
+def assert_nothing_trusted(rig: Rig, result: FlushResult, cause: str) -> None:
+    """The hostile answer was not trusted, the message is still queued, one clear warning says why."""
+    assert result.retry is not None and not result.delivered and not result.rejected
+    assert cause in result.retry.reason
+    assert rig.spooled() == [1]
+    assert "sent" not in rig.ledger_events()
+    assert not (rig.state_dir / LICENSE_STATUS_FILE).exists()
+    started = rig.events.named("delivery.outage_started")
+    assert len(started) == 1 and cause in started[0]["reason"]
+    assert rig.engine.schedule.license.consecutive_failures == 1
+
+
+def assert_recovers(rig: Rig) -> None:
+    """The next honest answer delivers the same message (same seq): at-least-once, nothing lost."""
+    rig.clock.now += 60
+    result = rig.engine.flush()
+    assert [e.seq for e, _ in result.delivered] == [1]
+    assert rig.spooled() == []
+    assert rig.ledger_events() == ["sent"]
+    assert (rig.state_dir / LICENSE_STATUS_FILE).exists()
+    assert rig.events.named("delivery.recovered")
+    assert {r.payload["seq"] for r in rig.server.received if r.payload} == {1}
+
+
+def flush_traced(rig: Rig) -> tuple[FlushResult, int]:
+    tracemalloc.start()
+    try:
+        result = rig.engine.flush()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+# ---- bodies: size, encoding, shape ----
+
+SIZE_FAULTS = {
+    "content_length_over_cap": (Fault.oversized(64 * 2**20), "too_large"),
+    "chunked_over_cap": (Fault.oversized(64 * 2**20, chunked=True), "too_large"),
+    "gzip_bomb": (Fault.bomb(256 * 2**20), "too_large"),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZE_FAULTS))
+def test_oversized_and_bomb_answers_are_cut_off_with_bounded_memory_and_the_message_stays_spooled(
+    make_rig: Callable[..., Rig], name: str
+) -> None:
+    fault, cause = SIZE_FAULTS[name]
+    rig = make_rig()
+    rig.server.inject(fault)
+    result, peak = flush_traced(rig)
+    assert_nothing_trusted(rig, result, cause)
+    assert peak < 8 * 2**20, f"{name}: peak {peak} bytes for a {CAP}-byte cap"
+    assert_recovers(rig)
+
+
+@pytest.mark.slow
+def test_slow_drip_answer_is_cut_at_the_overall_deadline(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()  # deadline: connect 1s + read 1s + 5s; each piece arrives well within 1s
+    rig.server.inject(Fault.drip(10_000, chunk=16, interval=0.2))
+    start = time.monotonic()
+    result, peak = flush_traced(rig)
+    elapsed = time.monotonic() - start
+    assert_nothing_trusted(rig, result, "deadline")
+    assert 6.5 < elapsed < 9.0
+    assert peak < 8 * 2**20
+    assert_recovers(rig)
+
+
+BAD_BODIES = {
+    "truncated_json": (Fault.receipt("truncated"), "bad_receipt: envelope is not JSON"),
+    "json_array": (Fault.wrong_shape(), "bad_receipt: envelope is not a JSON object"),
+    "object_without_envelope_fields": (Fault.wrong_shape(b'{"state":"valid"}'), "bad_receipt: envelope lacks"),
+    "deeply_nested_json": (Fault.wrong_shape(b"[" * 50_000), "bad_receipt: envelope is not JSON"),
+    "deeply_nested_object": (Fault.wrong_shape(b'{"a":' * 10_000), "bad_receipt: envelope is not JSON"),
+    "not_utf8": (Fault.wrong_shape(b'{"payloadType":"\xff\xfe"}'), "bad_receipt: envelope is not JSON"),
+    "empty_200": (Fault.wrong_shape(b""), "bad_receipt: envelope is not JSON"),
+    "unsigned": (Fault.receipt("unsigned"), "bad_receipt: envelope carries no signature"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+def test_malformed_receipt_bodies_are_not_trusted_and_the_message_stays_spooled(
+    make_rig: Callable[..., Rig], name: str
+) -> None:
+    fault, cause = BAD_BODIES[name]
+    rig = make_rig()
+    rig.server.inject(fault)
+    assert_nothing_trusted(rig, rig.engine.flush(), cause)
+    assert_recovers(rig)
+
+
+def test_envelope_with_thousands_of_signatures_is_refused_without_burning_cpu(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    junk = b'{"keyid":"","sig":"' + b"A" * 86 + b'=="}'
+    body = b'{"payloadType":"application/vnd.fluxagent.receipt.v1+json","payload":"e30=","signatures":['
+    body += b",".join([junk] * 500) + b"]}"
+    rig.server.inject(Fault.wrong_shape(body))
+    cpu = time.process_time()
+    result = rig.engine.flush()
+    assert time.process_time() - cpu < 0.5
+    assert_nothing_trusted(rig, result, "bad_receipt: envelope carries more than")
+    assert_recovers(rig)
+
+
+# ---- receipts that verify as JSON but must not be trusted ----
+
+RECEIPT_FAULTS = {
+    "unpinned_key": "no trusted key verifies",
+    "wrong_req": "req does not match",
+    "wrong_nonce": "nonce does not match",
+    "wrong_aud": "aud is not this instance",
+    "wrong_type": "envelope type is",
+}
+MUTATION = {"unpinned_key": "unpinned"}
+
+
+@pytest.mark.parametrize("name", list(RECEIPT_FAULTS))
+def test_receipts_that_do_not_prove_delivery_of_this_message_are_not_trusted(
+    make_rig: Callable[..., Rig], name: str
+) -> None:
+    rig = make_rig()
+    rig.server.inject(Fault.receipt(MUTATION.get(name, name)))
+    assert_nothing_trusted(rig, rig.engine.flush(), RECEIPT_FAULTS[name])
+    assert_recovers(rig)  # the server processed it; the retry of the same seq is accepted again
+
+
+def test_genuine_receipt_replayed_from_an_earlier_request_is_not_trusted(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    captured: list[bytes] = []
+    real = rig.engine.deps.transport
+
+    def recording(url: str, body: bytes, *, deadline: float) -> HttpResponse:
+        response = real(url, body, deadline=deadline)
+        captured.append(response.body)
+        return response
+
+    rig.engine.deps.transport = recording
+    assert rig.engine.flush().delivered  # seq 1 delivered; its genuine receipt captured
+    rig.engine.produce(["license"], rig.clock())
+    rig.server.inject(Fault.wrong_shape(captured[0]))  # the old, validly signed receipt again
+    result = rig.engine.flush()
+    assert result.retry is not None and "bad_receipt: receipt req does not match" in result.retry.reason
+    assert rig.spooled() == [2]
+    assert rig.ledger_events() == ["sent"]
+    rig.clock.now += 60
+    assert [e.seq for e, _ in rig.engine.flush().delivered] == [2]
+
+
+# ---- redirects and TLS ----
+
+
+def test_redirect_to_another_host_is_not_followed(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    with ReferenceServer(signing_keys=VENDOR) as elsewhere:
+        rig.server.inject(Fault.redirect(elsewhere.url + "/v1/license", 307))
+        result = rig.engine.flush()
+        assert elsewhere.received == []
+    assert_nothing_trusted(rig, result, "redirect")
+    assert "127.0.0.1" in result.retry.reason if result.retry else False
+    assert_recovers(rig)
+
+
+def past(days: int) -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days)
+
+
+@pytest.mark.parametrize("problem", ["wrong_hostname", "expired"])
+def test_tls_certificate_problems_are_refused_and_nothing_is_sent_in_the_clear(
+    make_rig: Callable[..., Rig], ca: trustme.CA, problem: str
+) -> None:
+    leaf = {
+        "wrong_hostname": lambda: ca.issue_cert("licensing.other.example"),
+        "expired": lambda: ca.issue_cert("localhost", not_before=past(30), not_after=past(1)),
+    }[problem]()
+    rig = make_rig(leaf)
+    result = rig.engine.flush()
+    assert_nothing_trusted(rig, result, "tls")
+    assert "certificate" in result.retry.reason if result.retry else False
+    assert rig.server.received == []  # the handshake failed: no request body ever left
+
+
+# ---- 429/503 storms and absurd Retry-After values ----
+
+STORM = 12
+# Retry-After value → the wait it must give: a number, or None for "the engine's own backoff"
+RETRY_AFTER = {
+    "absent": (None, None),
+    "seconds": ("120", 120.0),
+    "zero": ("0", 0.0),
+    "negative": ("-5", None),
+    "huge_digits": ("9" * 40, RETRY_AFTER_CAP),
+    "date_far_future": ("Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_CAP),
+    "date_far_past": ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+    "garbage": ("soon, please", None),
+    "float": ("1.5", None),
+    "exponent": ("1e9", None),
+    "nan": ("NaN", None),
+    "year_10000": ("Sat, 01 Jan 10000 00:00:00 GMT", None),
+    "bad_zone": ("Mon, 01 Jan 2024 00:00:00 +9999", None),
+}
+
+
+STORMS = [(429, n) for n in RETRY_AFTER] + [(503, n) for n in ("absent", "seconds", "huge_digits", "garbage")]
+
+
+@pytest.mark.parametrize(("status", "name"), STORMS)
+def test_busy_storm_with_any_retry_after_waits_a_sane_time_logs_once_and_then_delivers(
+    make_rig: Callable[..., Rig], status: int, name: str
+) -> None:
+    value, expected = RETRY_AFTER[name]
+    rig = make_rig()
+    rig.server.inject(*[Fault.status(status, retry_after=value) for _ in range(STORM)])
+    for _ in range(STORM):
+        now = rig.clock()
+        result = rig.engine.flush()
+        assert result.retry is not None and result.retry.reason == f"http {status}"
+        wait = rig.engine.retry_at - now
+        if expected is None:
+            assert 0 <= wait <= 3600  # full-jitter backoff, capped
+        else:
+            assert wait == pytest.approx(expected, abs=1.0)
+        assert rig.spooled() == [1]
+        rig.clock.now = max(rig.engine.retry_at, now) + 1
+    assert len(rig.events.named("delivery.outage_started")) == 1  # one warning, no flood
+    assert len(rig.events.named("delivery.outage_continues")) == STORM // 10
+    assert "sent" not in rig.ledger_events()
+    assert_recovers(rig)
+    assert len(rig.server.received) == STORM + 1
+
+
+def test_connection_dropped_after_processing_is_retried_with_the_same_seq(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.server.inject(Fault.close(process=True))
+    assert_nothing_trusted(rig, rig.engine.flush(), "connect")
+    assert_recovers(rig)
+
+
+def test_engine_keeps_working_while_the_server_misbehaves_in_every_way_in_turn(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    faults = [f for f, _ in SIZE_FAULTS.values()] + [f for f, _ in BAD_BODIES.values()]
+    faults += [Fault.receipt(MUTATION.get(n, n)) for n in RECEIPT_FAULTS]
+    faults += [Fault.status(429, retry_after="Fri, 31 Dec 9999 23:59:59 GMT"), Fault.close()]
+    rig.server.inject(*faults)
+    for i in range(len(faults)):
+        result = rig.engine.flush()
+        assert result.retry is not None and not result.delivered, i
+        rig.clock.now = rig.engine.retry_at + 1
+    assert rig.spooled() == [1]
+    assert len(rig.events.named("delivery.outage_started")) == 1
+    assert_recovers(rig)
