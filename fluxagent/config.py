@@ -427,6 +427,8 @@ def load(path: Path) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per nesting level of arrays and inline tables
+        raise ConfigError([f"{path}: TOML syntax: arrays or tables nested too deeply"]) from None
     return from_mapping(doc, path)
 
 

@@ -15,7 +15,7 @@ import ssl
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,44 +23,18 @@ import nacl.signing
 import pytest
 import trustme
 from conftest import base_config, fixed_world
+from hostile import Clock, Events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fluxagent import config, identity
 from fluxagent.delivery import LICENSE_STATUS_FILE, RETRY_AFTER_CAP, Deps, Engine, FlushResult
 from fluxagent.ledger import Ledger
 from fluxagent.testing.server import Fault, ReferenceServer
-from fluxagent.transport import HttpResponse, HttpxTransport
+from fluxagent.transport import HttpResponse, HttpxTransport, parse_retry_after
 
 CAP = 64 * 1024  # server.max_response_bytes in these tests
 VENDOR = [nacl.signing.SigningKey.generate() for _ in range(2)]
-
-
-@dataclass
-class Events:
-    """A plain log recorder with the structlog methods the engine calls."""
-
-    seen: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.seen.append(("info", event, kw))
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.seen.append(("warning", event, kw))
-
-    def error(self, event: str, **kw: Any) -> None:
-        self.seen.append(("error", event, kw))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [kw for _, e, kw in self.seen if e == event]
-
-
-class Clock:
-    """A settable clock for the engine (the server keeps real time)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -382,3 +356,29 @@ def test_engine_keeps_working_while_the_server_misbehaves_in_every_way_in_turn(
     assert rig.spooled() == [1]
     assert len(rig.events.named("delivery.outage_started")) == 1
     assert_recovers(rig)
+
+
+HOSTILE_ERROR_BODIES = [b"[" * 4000, b'{"error":' * 1000, b"\xff" * 100, b'{"error":"' + b"\x1b[31m" * 500 + b'"}']
+
+
+@pytest.mark.parametrize("body", HOSTILE_ERROR_BODIES)
+def test_rejection_with_a_hostile_error_body_is_recorded_once_on_one_bounded_line(
+    make_rig: Callable[..., Rig], body: bytes
+) -> None:
+    rig = make_rig()
+    rig.server.inject(Fault.status(400, body=body))
+    result = rig.engine.flush()
+    assert [e.seq for e, _ in result.rejected] == [1] and rig.spooled() == []
+    (entry,) = Ledger(rig.state_dir / "ledger", readonly=True).entries()
+    assert entry.event == "rejected" and entry.http_status == 400
+    assert entry.detail is not None and len(entry.detail) <= 300 and entry.detail.isprintable()
+    assert rig.events.named("license.rejected")
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.one_of(st.text(max_size=60), st.from_regex(r"-?[0-9]{1,30}", fullmatch=True),
+                       st.datetimes(min_value=datetime.datetime(1, 1, 1), max_value=datetime.datetime(9999, 12, 31))
+                       .map(lambda d: d.strftime("%a, %d %b %Y %H:%M:%S GMT"))))
+def test_any_retry_after_value_gives_no_wait_or_a_wait_between_zero_and_the_cap(value: str) -> None:
+    wait = parse_retry_after(value, time.time(), RETRY_AFTER_CAP)
+    assert wait is None or 0 <= wait <= RETRY_AFTER_CAP

@@ -18,6 +18,7 @@ from fluxagent.facts import Counts
 
 BATCH = 2000
 COUNT_QUERIES = ("active_clients", "total_users", "servers_total")
+MAX_COUNT = 2**53 - 1  # the largest integer every JSON reader keeps exact (and the allowlist's bound)
 
 
 class PlatformSource(Protocol):
@@ -59,6 +60,8 @@ def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
         raise SourceError(f"{where} returned {type(value).__name__} {str(value)[:40]!r}, not an integer")
     if value < 0:
         raise SourceError(f"{where} returned {value}; a count must not be negative")
+    if value > MAX_COUNT:
+        raise SourceError(f"{where} returned {value}; not a plausible count (over 2^53)")
     return value
 
 
@@ -66,6 +69,18 @@ _READ_ACTIONS = frozenset(
     getattr(sqlite3, name) for name in ("SQLITE_SELECT", "SQLITE_READ", "SQLITE_FUNCTION", "SQLITE_RECURSIVE")
     if hasattr(sqlite3, name)
 )
+
+
+def tolerant_text(raw: bytes) -> str | bytes:
+    """Decode a TEXT value as UTF-8, or return its bytes when it is not valid UTF-8.
+
+    The default decoder raises for the whole query (and quotes the bad text in the error); as bytes
+    the value is simply not an identifier, so it is skipped and counted.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def _read_only_authorizer(action: int, *_args: object) -> int:
@@ -82,6 +97,7 @@ class SqliteSource:
         uri = f"file:{quote(str(path.absolute()))}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+            self.conn.text_factory = tolerant_text
             self.conn.execute("PRAGMA query_only = ON")
             self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             # mode=ro still lets ATTACH / VACUUM INTO create files elsewhere: allow reads only
