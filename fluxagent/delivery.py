@@ -144,10 +144,6 @@ class Engine:
                                world=self.deps.world)
         out: list[Sealed] = []
         for b in built:
-            if b.kind in SCHEDULED:
-                ks = self.schedule.kind(b.kind)
-                due = next_due(now, interval_of(self.cfg, b.kind), self.cfg.schedule.jitter, self.deps.rng)
-                self.schedule = self.schedule.with_kind(b.kind, replace(ks, next_due=due))
             if b.skipped:
                 self._log(f"{b.kind}.identifiers_skipped", **dict(b.skipped))
             if b.message is None:
@@ -155,6 +151,7 @@ class Engine:
                 if self.source_errors.get(b.kind) != err:  # log a failing source once, not every hour
                     self._warn(f"{b.kind}.not_sent", reason=err)
                 self.source_errors[b.kind] = err
+                self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
             if self.source_errors.pop(b.kind, None):
                 self._log(f"{b.kind}.source_recovered")
@@ -171,10 +168,18 @@ class Engine:
             for e in put.dropped:
                 self._ledger_entry(int(now), "dropped", e, outcome="dropped", detail="spool bound")
                 self._warn("spool.dropped_oldest_heartbeat", seq=e.seq)
+            # only now: a seq or spool write that failed (disk full) leaves the kind due, retried soon
+            self._advance(b.kind, now)
             self._log(f"{b.kind}.spooled", seq=seq, bytes=len(sealed.envelope))
             out.append(sealed)
         self._save_schedule()
         return out
+
+    def _advance(self, kind: str, now: float) -> None:
+        """Set the next due time of a scheduled kind after it was produced (or its source failed)."""
+        if kind in SCHEDULED:
+            due = next_due(now, interval_of(self.cfg, kind), self.cfg.schedule.jitter, self.deps.rng)
+            self.schedule = self.schedule.with_kind(kind, replace(self.schedule.kind(kind), next_due=due))
 
     # ---- send ----
 

@@ -278,7 +278,7 @@ class Ledger:
             try:
                 # One write() on an O_APPEND fd: a reader never sees two entries interleaved.
                 if self._write(fd, line) != len(line):
-                    raise OSError(28, "short write to the ledger")
+                    raise OSError(28, "short write to the ledger (is the disk full?)")
                 os.fsync(fd)
             except OSError:
                 with contextlib.suppress(OSError):

@@ -1,0 +1,178 @@
+"""Disk faults under a real state directory: a full filesystem (ENOSPC) and a read-only one (EROFS).
+
+The state directory lives on a small tmpfs mounted for the test (root only; skipped with the
+reason elsewhere). Each fault must give a clear error, leave the old state intact, and the
+agent must recover by itself once the disk is usable again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomli_w
+from conftest import run_cli
+from hostile import Clock, Events, engine_config, ledger_events, make_engine
+
+from fluxagent import config
+from fluxagent.agent import STATE_ERROR_PAUSE, Agent
+from fluxagent.errors import EXIT_CONFIG, StateError
+from fluxagent.notify import Notifier
+from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.transport import HttpxTransport
+
+DAY = 86400
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted at tmp_path/fs for this test."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs the suite as root)")
+    done = _mount("-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt))
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()} (CI runs as root with mount allowed)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def fill(mnt: Path) -> Path:
+    """Fill the filesystem at mnt completely; return the filler file."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        (mnt / "probe").write_bytes(b"x" * 4096)
+    assert not (mnt / "probe").exists() or (mnt / "probe").stat().st_size < 4096
+    return filler
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Return every file under root with its content (the whole state directory, byte for byte)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    with ReferenceServer() as srv:
+        yield srv
+
+
+def test_full_disk_refuses_to_seal_keeps_the_old_state_and_catches_up_when_space_returns(
+    small_fs: Path, sample_db: Path, server: ReferenceServer
+) -> None:
+    cfg = engine_config(small_fs / "state", sample_db, server)
+    clock, events = Clock(), Events()
+    clock.now -= 2 * DAY  # so that two days later everything is due and not in the server's future
+    engine = make_engine(cfg, events, clock)
+    assert len(engine.cycle(clock(), engine.due(clock())).delivered) == 3
+    before = snapshot(cfg.instance.state_dir)
+    filler = fill(small_fs)
+    clock.now += 2 * DAY
+    with pytest.raises(StateError) as info:
+        engine.produce(engine.due(clock()), clock())
+    assert "No space left on device" in info.value.message and str(cfg.instance.state_dir) in info.value.message
+    assert "free space" in (info.value.hint or "")
+    assert snapshot(cfg.instance.state_dir) == before  # no partial file, no temp file, nothing changed
+    assert engine.due(clock()) == ["license", "heartbeat", "digest"]  # not skipped for a whole interval
+    filler.unlink()
+    result = engine.cycle(clock(), engine.due(clock()))
+    assert [e.seq for e, _ in result.delivered] == [4, 5, 6]
+    assert engine.ledger.verify().ok and ledger_events(cfg.instance.state_dir) == ["sent"] * 6
+
+
+def test_full_disk_when_recording_a_delivery_keeps_the_message_and_records_it_after_space_returns(
+    small_fs: Path, sample_db: Path, server: ReferenceServer
+) -> None:
+    cfg = engine_config(small_fs / "state", sample_db, server)
+    clock = Clock()
+    engine = make_engine(cfg, Events(), clock)
+    engine.cycle(clock(), ["license"])
+    server.inject(Fault.status(503))
+    engine.produce(["digest"], clock())  # a digest ledger line is larger than a page: it needs space
+    assert engine.flush().retry is not None
+    ledger_before = snapshot(cfg.instance.state_dir / "ledger")
+    filler = fill(small_fs)
+    clock.now += 60
+    with pytest.raises(StateError) as info:
+        engine.flush()
+    message = info.value.message
+    assert "cannot append to the ledger" in message and ("No space left" in message or "disk full" in message)
+    assert snapshot(cfg.instance.state_dir / "ledger") == ledger_before  # no torn line
+    assert [e.kind for e in engine.spool.entries()] == ["digest"]
+    filler.unlink()
+    assert [e.kind for e, _ in engine.flush().delivered] == ["digest"]  # the same seq, sent again
+    assert engine.ledger.verify().ok and ledger_events(cfg.instance.state_dir) == ["sent", "sent"]
+    digests = [r for r in server.received if r.endpoint == "/v1/digest"]
+    assert len({r.payload["seq"] for r in digests if r.payload}) == 1
+
+
+def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
+    small_fs: Path, sample_db: Path, server: ReferenceServer
+) -> None:
+    cfg = engine_config(small_fs / "state", sample_db, server)
+    clock = Clock()
+    make_engine(cfg, Events(), clock)  # creates the identity
+    agent = Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
+                  notifier=Notifier(env={}))
+    try:
+        filler = fill(small_fs)
+        assert agent.step() == STATE_ERROR_PAUSE
+        filler.unlink()
+        clock.now += STATE_ERROR_PAUSE
+        agent.step()
+        assert agent.engine.spool.depth() == 0
+        assert ledger_events(cfg.instance.state_dir) == ["sent"] * 3
+    finally:
+        agent.close()
+
+
+def _write_config(cfg: config.Config, where: Path) -> Path:
+    path = where / "fluxagent.toml"
+    path.write_text(tomli_w.dumps(config.to_mapping(cfg)), encoding="utf-8")
+    return path
+
+
+def test_read_only_state_dir_gives_exit_78_with_the_reason_then_recovers_when_writable(
+    small_fs: Path, tmp_path: Path, sample_db: Path, server: ReferenceServer
+) -> None:
+    cfg = engine_config(small_fs / "state", sample_db, server)
+    clock = Clock()
+    make_engine(cfg, Events(), clock).cycle(clock(), ["license", "heartbeat", "digest"])
+    path = _write_config(cfg, tmp_path)
+    before = snapshot(cfg.instance.state_dir)
+    remount = _mount("-o", "remount,ro", str(small_fs))
+    assert remount.returncode == 0, remount.stderr
+    env = {"NO_PROXY": "127.0.0.1", "FLUXAGENT_CONFIG": str(path)}
+    done = run_cli("run", "--once", env=env)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "Read-only file system" in done.stderr and "Traceback" not in done.stderr
+    assert str(cfg.instance.state_dir) in done.stderr
+    assert snapshot(cfg.instance.state_dir) == before
+    for command in ("status", "log"):  # reading needs no writes
+        assert run_cli(command, env=env).returncode == 0
+    assert _mount("-o", "remount,rw", str(small_fs)).returncode == 0
+    done = run_cli("run", "--once", env=env)
+    assert done.returncode == 0, done.stderr
