@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +178,74 @@ def test_read_only_state_dir_gives_exit_78_with_the_reason_then_recovers_when_wr
     assert _mount("-o", "remount,rw", str(small_fs)).returncode == 0
     done = run_cli("run", "--once", env=env)
     assert done.returncode == 0, done.stderr
+
+
+# ---- unreadable state files: root without the capabilities that bypass file permissions ----
+
+SETPRIV = shutil.which("setpriv")
+NO_DAC = ["--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def run_without_dac(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `fluxagent --config PATH ARGS` as root stripped of CAP_DAC_OVERRIDE/READ_SEARCH, so modes bite."""
+    assert SETPRIV is not None
+    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"} | {"NO_PROXY": "127.0.0.1"}
+    return subprocess.run([SETPRIV, *NO_DAC, sys.executable, "-m", "fluxagent", "--config", str(config_path), *args],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+@pytest.fixture
+def used_state(tmp_path: Path, sample_db: Path, server: ReferenceServer) -> tuple[Path, Path]:
+    """A state dir that delivered everything once and holds one spooled heartbeat; returns (config, state)."""
+    if os.geteuid() != 0 or SETPRIV is None:
+        pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE (CI runs the suite as root)")
+    probe = subprocess.run([SETPRIV, *NO_DAC, "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode().strip()}")
+    cfg = engine_config(tmp_path / "state", sample_db, server)
+    clock = Clock()
+    engine = make_engine(cfg, Events(), clock)
+    engine.cycle(clock(), ["license", "heartbeat", "digest"])
+    server.inject(Fault.status(503))
+    engine.produce(["heartbeat"], clock())
+    assert engine.flush().retry is not None
+    return _write_config(cfg, tmp_path), cfg.instance.state_dir
+
+
+UNREADABLE = {  # file → the exit code and what the message must say (78: refused; 0: recovered)
+    "identity.json": (EXIT_CONFIG, "identity.json is damaged or unreadable"),
+    "signing.key": (EXIT_CONFIG, "signing.key: Permission denied"),
+    "seq": (EXIT_CONFIG, "seq: Permission denied"),
+    "schedule.json": (EXIT_CONFIG, "schedule.json: Permission denied"),
+    "ledger/000000000001.jsonl": (EXIT_CONFIG, "cannot open the ledger"),
+    "license-status.json": (0, ""),  # rewritten from the next receipt
+    # the agent owns its directories and puts their mode back to 0700 itself
+    "spool/new": (0, ""),
+    ".": (0, ""),  # the whole state dir made read-only (0500)
+}
+
+
+@pytest.mark.parametrize("name", list(UNREADABLE))
+def test_state_file_without_permission_is_refused_with_its_name_or_recovered_and_never_regenerated(
+    used_state: tuple[Path, Path], name: str
+) -> None:
+    config_path, state_dir = used_state
+    target = state_dir / name
+    mode = target.stat().st_mode & 0o777
+    keep = {n: (state_dir / n).read_bytes() for n in ("identity.json", "signing.key", "digest.key")}
+    target.chmod(0o500 if name == "." else 0o000)
+    try:
+        done = run_without_dac(config_path, "run", "--once")
+        mode_after = target.stat().st_mode & 0o777
+    finally:
+        target.chmod(mode)
+    code, says = UNREADABLE[name]
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr and says in done.stderr
+    assert {n: (state_dir / n).read_bytes() for n in keep} == keep
+    if code == 0:
+        assert target.is_file() or mode_after == 0o700
+    else:
+        again = run_without_dac(config_path, "run", "--once")
+        assert again.returncode == 0, again.stderr  # permissions fixed: everything goes out
+    assert not list((state_dir / "spool" / "new").iterdir())

@@ -479,9 +479,10 @@ def test_any_inventory_rows_tokenize_or_count_as_skipped_never_crash(tmp_path: P
     db = tmp_path / "fuzz.db"
     db.unlink(missing_ok=True)
     conn = sqlite3.connect(db)
+    conn.execute("PRAGMA synchronous = OFF")
     conn.executescript(sample.ddl("sqlite"))
     conn.executemany("INSERT INTO servers (hostname, ip_address) VALUES (?, ?)", rows)
-    conn.executemany("INSERT INTO network_ranges (cidr) VALUES (?)", [(r[0] if r[0] is not None else "x",)
+    conn.executemany("INSERT INTO network_ranges (cidr) VALUES (?)", [(r[1] if r[1] is not None else "x",)
                                                                       for r in rows])
     conn.commit()
     conn.close()
