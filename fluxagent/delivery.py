@@ -28,6 +28,9 @@ SCHEDULED = ("license", "heartbeat", "digest")
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
+# A Retry-After shorter than this ("0", a date in the past) is no guidance: back off instead, or a
+# server answering 429 + "Retry-After: 0" forever would have the daemon retry in a tight loop.
+RETRY_AFTER_FLOOR = 1.0
 SKEW_LIMIT = 300.0
 LICENSE_STATUS_FILE = "license-status.json"
 
@@ -218,7 +221,8 @@ class Engine:
 
     def _on_retry(self, entry: Entry, outcome: Retry, now: float) -> None:
         self.failures += 1
-        delay = outcome.after if outcome.after is not None else backoff(self.failures, self.deps.rng)
+        after = outcome.after
+        delay = after if after is not None and after >= RETRY_AFTER_FLOOR else backoff(self.failures, self.deps.rng)
         self.retry_at = now + delay
         ks = self.schedule.kind(entry.kind) if entry.kind in SCHEDULED else None
         if ks is not None:

@@ -292,11 +292,11 @@ STORM = 12
 RETRY_AFTER = {
     "absent": (None, None),
     "seconds": ("120", 120.0),
-    "zero": ("0", 0.0),
+    "zero": ("0", None),  # no guidance: backoff, not a tight loop
     "negative": ("-5", None),
     "huge_digits": ("9" * 40, RETRY_AFTER_CAP),
     "date_far_future": ("Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_CAP),
-    "date_far_past": ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+    "date_far_past": ("Thu, 01 Jan 1970 00:00:00 GMT", None),
     "garbage": ("soon, please", None),
     "float": ("1.5", None),
     "exponent": ("1e9", None),
@@ -382,3 +382,18 @@ def test_rejection_with_a_hostile_error_body_is_recorded_once_on_one_bounded_lin
 def test_any_retry_after_value_gives_no_wait_or_a_wait_between_zero_and_the_cap(value: str) -> None:
     wait = parse_retry_after(value, time.time(), RETRY_AFTER_CAP)
     assert wait is None or 0 <= wait <= RETRY_AFTER_CAP
+
+
+@pytest.mark.parametrize("value", ["0", "Thu, 01 Jan 1970 00:00:00 GMT"])
+def test_retry_after_zero_or_in_the_past_storm_backs_off_instead_of_retrying_in_a_tight_loop(
+    make_rig: Callable[..., Rig], value: str
+) -> None:
+    rig = make_rig()
+    rig.server.inject(*[Fault.rate_limited(value) for _ in range(STORM)])
+    start = rig.clock()
+    for _ in range(STORM):
+        rig.engine.flush()
+        rig.clock.now = rig.engine.retry_at
+    # full-jitter backoff doubles its range each time: 12 attempts take far more than 12 seconds
+    assert rig.clock() - start > 600
+    assert rig.spooled() == [1]
