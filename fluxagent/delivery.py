@@ -31,6 +31,8 @@ RETRY_AFTER_CAP = 6 * 3600.0
 # A Retry-After shorter than this ("0", a date in the past) is no guidance: back off instead, or a
 # server answering 429 + "Retry-After: 0" forever would have the daemon retry in a tight loop.
 RETRY_AFTER_FLOOR = 1.0
+# A server may lengthen an interval, up to this: a receipt cannot silence the agent for good.
+SERVER_INTERVAL_CAP = 30 * 86400
 SKEW_LIMIT = 300.0
 LICENSE_STATUS_FILE = "license-status.json"
 
@@ -249,7 +251,7 @@ class Engine:
         due = ks.next_due
         hint = d.receipt_body.get("next_check_in" if kind == "license" else "next_in")
         if isinstance(hint, int) and hint > 0 and due is not None:
-            due = max(due, int(now + hint))  # a server can only lengthen our interval
+            due = max(due, int(now + min(hint, SERVER_INTERVAL_CAP)))  # a server can only lengthen it
         self.schedule = self.schedule.with_kind(kind, replace(
             ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None))
         if kind == "digest":

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluxagent import config, identity
-from fluxagent.delivery import LICENSE_STATUS_FILE, RETRY_AFTER_CAP, Deps, Engine, FlushResult
+from fluxagent.delivery import LICENSE_STATUS_FILE, RETRY_AFTER_CAP, SERVER_INTERVAL_CAP, Deps, Engine, FlushResult
 from fluxagent.ledger import Ledger
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.transport import HttpResponse, HttpxTransport, parse_retry_after
@@ -397,3 +397,31 @@ def test_retry_after_zero_or_in_the_past_storm_backs_off_instead_of_retrying_in_
     # full-jitter backoff doubles its range each time: 12 attempts take far more than 12 seconds
     assert rig.clock() - start > 600
     assert rig.spooled() == [1]
+
+
+def test_server_interval_hints_lengthen_the_schedule_but_cannot_silence_the_agent(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    rig.server.license.next_check_in = 2**53 - 1  # a valid receipt field, absurdly long
+    assert rig.engine.flush().delivered
+    due = rig.engine.schedule.license.next_due
+    assert due is not None and rig.clock() + 7 * 86400 < due <= rig.clock() + SERVER_INTERVAL_CAP
+
+
+HOSTILE_HEADERS = {
+    "one_huge_header": (("X-Junk", "a" * 200_000),),
+    "thousands_of_headers": tuple((f"X-Junk-{i}", "b" * 40) for i in range(5000)),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_HEADERS))
+def test_oversized_response_headers_are_a_protocol_error_with_bounded_memory(
+    make_rig: Callable[..., Rig], name: str
+) -> None:
+    rig = make_rig()
+    rig.server.inject(Fault(code=200, headers=HOSTILE_HEADERS[name]))
+    result, peak = flush_traced(rig)
+    assert_nothing_trusted(rig, result, "protocol")
+    assert peak < 8 * 2**20
+    assert_recovers(rig)
