@@ -491,3 +491,30 @@ def test_any_inventory_rows_tokenize_or_count_as_skipped_never_crash(tmp_path: P
     body = digest.message.body
     assert len(body["servers"]) - 1 + digest.skipped["server_without_identifier"] <= len(rows) + 0
     assert all(len(t) == 32 and set(t) <= set("0123456789abcdef") for t in body["servers"] + body["networks"])
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a regression fails, it does not swap
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "/dev/urandom", "big"])
+def test_endless_or_huge_config_file_is_refused_after_a_bounded_read(tmp_path: Path, source: str) -> None:
+    import subprocess
+    import sys
+
+    path = Path(source)
+    if source == "big":
+        path = tmp_path / "big.toml"
+        path.write_text("# padding\n" * 200_000 + '[instance]\nbound_domain = "a.example"\n', encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "fluxagent", "--config", str(path), "status"], capture_output=True,
+                          text=True, timeout=60, preexec_fn=_limit_memory, check=False)
+    assert done.returncode == EXIT_CONFIG and f"{path}: larger than" in done.stderr
+
+
+def test_huge_bad_value_is_quoted_only_in_part(tmp_path: Path) -> None:
+    path = tmp_path / "fluxagent.toml"
+    path.write_text(f'[instance]\nbound_domain = "a.example"\n[server]\nurl = "{"x" * 500_000}"\n', encoding="utf-8")
+    result = cli("--config", str(path), "status")
+    assert result.exit_code == EXIT_CONFIG and "server.url:" in result.output and len(result.output) < 2000
