@@ -249,3 +249,14 @@ def test_state_file_without_permission_is_refused_with_its_name_or_recovered_and
         again = run_without_dac(config_path, "run", "--once")
         assert again.returncode == 0, again.stderr  # permissions fixed: everything goes out
     assert not list((state_dir / "spool" / "new").iterdir())
+
+
+def test_unreadable_spool_entry_is_quarantined_and_counted_not_lost(used_state: tuple[Path, Path]) -> None:
+    config_path, state_dir = used_state
+    (entry,) = (state_dir / "spool" / "new").iterdir()
+    entry.chmod(0o000)
+    done = run_without_dac(config_path, "run", "--once")
+    assert done.returncode == 0, done.stderr
+    assert (state_dir / "spool" / "bad" / entry.name).exists()  # kept for the operator, not deleted
+    status = run_without_dac(config_path, "status", "--json")
+    assert status.returncode == 0 and '"corrupt": 1' in status.stdout

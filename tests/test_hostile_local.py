@@ -518,3 +518,17 @@ def test_huge_bad_value_is_quoted_only_in_part(tmp_path: Path) -> None:
     path.write_text(f'[instance]\nbound_domain = "a.example"\n[server]\nurl = "{"x" * 500_000}"\n', encoding="utf-8")
     result = cli("--config", str(path), "status")
     assert result.exit_code == EXIT_CONFIG and "server.url:" in result.output and len(result.output) < 2000
+
+
+@pytest.mark.parametrize("version", ["9" * 5_000_000, "4.12.3\x00evil", "4.12.3'; DROP TABLE settings; --",
+                                     "\u202e3.21.4", "4.12.3\n4.12.4", ""])
+def test_hostile_platform_version_is_not_sent_and_the_error_is_short(tmp_path: Path, version: str) -> None:
+    db = tmp_path / "v.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(sample.ddl("sqlite"))
+    conn.execute("INSERT INTO settings VALUES ('version', ?)", (version,))
+    conn.commit()
+    conn.close()
+    (hb,) = gather(tmp_path, db, ["heartbeat"])
+    assert hb.message is None and hb.error is not None
+    assert "version" in hb.error.message and len(hb.error.message) < 300 and "\x00" not in hb.error.message
