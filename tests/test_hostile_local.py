@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import string
 from collections.abc import Iterator
@@ -24,10 +25,11 @@ from typer.testing import CliRunner
 
 from fluxagent import collect, config, identity
 from fluxagent.cli import app
-from fluxagent.delivery import LICENSE_STATUS_FILE
-from fluxagent.errors import EXIT_CONFIG, StateError
+from fluxagent.delivery import LICENSE_STATUS_FILE, Deps, Engine
+from fluxagent.errors import EXIT_CONFIG, FluxError, StateError
 from fluxagent.testing import sample
-from fluxagent.testing.server import ReferenceServer
+from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.transport import HttpxTransport
 
 RUNNER = CliRunner()
 DEEP_JSON = b"[" * 100_000
@@ -532,3 +534,61 @@ def test_hostile_platform_version_is_not_sent_and_the_error_is_short(tmp_path: P
     (hb,) = gather(tmp_path, db, ["heartbeat"])
     assert hb.message is None and hb.error is not None
     assert "version" in hb.error.message and len(hb.error.message) < 300 and "\x00" not in hb.error.message
+
+
+# ---- any damage to any state file: a FluxError at worst, and the identity is never regenerated ----
+
+
+@pytest.fixture(scope="module")
+def used_template(tmp_path_factory: pytest.TempPathFactory, sample_db: Path) -> Path:
+    """A state dir that delivered every kind once and holds one spooled heartbeat (copied per example)."""
+    state_dir = tmp_path_factory.mktemp("template") / "state"
+    with ReferenceServer() as srv:
+        cfg = engine_config(state_dir, sample_db, srv)
+        engine = make_engine(cfg, Events(), Clock())
+        engine.cycle(engine.deps.clock(), ["license", "heartbeat", "digest"])
+        srv.inject(Fault.status(503))
+        engine.produce(["heartbeat"], engine.deps.clock())
+        engine.flush()
+    return state_dir
+
+
+_MUTATIONS = st.sampled_from(["truncate", "flip", "random", "empty", "append"])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), mutation=_MUTATIONS)
+def test_any_damage_to_any_state_file_is_recovered_or_refused_and_never_regenerates_the_identity(
+    tmp_path_factory: pytest.TempPathFactory, used_template: Path, sample_db: Path, data: st.DataObject,
+    mutation: str,
+) -> None:
+    state_dir = tmp_path_factory.mktemp("damaged") / "state"
+    shutil.copytree(used_template, state_dir)
+    files = sorted(p for p in state_dir.rglob("*") if p.is_file() and p.name != "lock")
+    victim = data.draw(st.sampled_from(files), label="file")
+    raw = victim.read_bytes()
+    at = data.draw(st.integers(0, max(len(raw) - 1, 0)), label="at")
+    if mutation == "truncate":
+        raw = raw[:at]
+    elif mutation == "flip" and raw:
+        raw = raw[:at] + bytes([raw[at] ^ data.draw(st.integers(1, 255), label="xor")]) + raw[at + 1:]
+    elif mutation == "random":
+        raw = data.draw(st.binary(min_size=1, max_size=200), label="bytes")
+    elif mutation == "empty":
+        raw = b""
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=50), label="tail")
+    victim.write_bytes(raw)
+    identity_files = {n: (state_dir / n).read_bytes() for n in ("identity.json", "signing.key", "digest.key")}
+    with ReferenceServer() as srv:
+        cfg = engine_config(state_dir, sample_db, srv)
+        try:
+            ident = identity.load(state_dir)
+            engine = Engine(cfg, ident, Deps(HttpxTransport(cfg.server, env={}), Clock(), world=fixed_world(),
+                                             log=Events()))
+            engine.cycle(engine.deps.clock(), ["license", "heartbeat", "digest"])
+        except FluxError as exc:
+            assert exc.exit_code in (1, EXIT_CONFIG) and str(state_dir) in str(exc)
+
+    assert {n: (state_dir / n).read_bytes() for n in identity_files} == identity_files
+
