@@ -425,7 +425,7 @@ def load(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a fluxagent config"]) from None
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a fluxagent config"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

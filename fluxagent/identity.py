@@ -46,6 +46,14 @@ def _missing(state_dir: Path) -> IdentityError:
     )
 
 
+def _lost(ident_path: Path) -> IdentityError:
+    return IdentityError(
+        f"{ident_path} is missing, but this state directory has already sent messages",
+        hint="restore identity.json from a backup; fluxagent never mints a new instance id for"
+        " an instance in use (to start over as a new instance, move the state directory aside)",
+    )
+
+
 def _read_secret(path: Path) -> bytes:
     try:
         why = unsafe_permissions(path)
@@ -75,7 +83,7 @@ def load(state_dir: Path) -> Identity:
     """Load and check the identity in state_dir; raises IdentityError (exit 78) saying how to fix it."""
     ident_path = state_dir / IDENTITY_FILE
     if not ident_path.exists():
-        raise _missing(state_dir)
+        raise _lost(ident_path) if (state_dir / SIGNING_FILE).exists() and _has_sent(state_dir) else _missing(state_dir)
     try:
         doc = json.loads(ident_path.read_bytes())
         instance_id = str(uuid.UUID(doc["instance_id"]))
@@ -106,11 +114,7 @@ def ensure(state_dir: Path, *, now: int) -> tuple[Identity, list[str]]:
         )
     if not ident_path.exists() and sign_path.exists() and _has_sent(state_dir):
         # keys without an id are normal after an interrupted first init, not after messages went out
-        raise IdentityError(
-            f"{ident_path} is missing, but this state directory has already sent messages",
-            hint="restore identity.json from a backup; fluxagent never mints a new instance id for"
-            " an instance in use (to start over as a new instance, move the state directory aside)",
-        )
+        raise _lost(ident_path)
     for path in (sign_path, digest_path):
         if not path.exists():
             try:

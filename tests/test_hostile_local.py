@@ -205,9 +205,10 @@ def test_lost_identity_of_an_instance_in_use_is_not_regenerated_by_init(workspac
     state_dir = workspace_cfg.parent / "state"
     (state_dir / "seq").write_text("41\n")
     (state_dir / "identity.json").unlink()
-    result = cli("--config", str(workspace_cfg), "init")
-    assert result.exit_code == EXIT_CONFIG and "already sent messages" in result.output
-    assert "restore identity.json from a backup" in result.output
+    for command in ("init", "preview"):
+        result = cli("--config", str(workspace_cfg), command)
+        assert result.exit_code == EXIT_CONFIG and "already sent messages" in result.output, command
+        assert "restore identity.json from a backup" in result.output
     assert not (state_dir / "identity.json").exists()
 
 
