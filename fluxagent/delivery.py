@@ -142,6 +142,13 @@ class Engine:
 
     def produce(self, kinds: Sequence[str], now: float, *, force_full: bool = False) -> list[Sealed]:
         """Build, seal (seq persisted first) and spool kinds; a failing source skips its kind. Returns sealed."""
+        if "license" in kinds and self.schedule.license.last_sent is None and self._queued("license"):
+            # The first license registers this instance; superseding it while unsent would queue the
+            # heartbeats and digests behind it ahead of any license, and the server refuses those (403)
+            # for good. Keep it: once delivered, newer licenses supersede as usual.
+            kinds = [k for k in kinds if k != "license"]
+            self._advance("license", now)
+            self._log("license.first_kept", reason="the first license is still queued")
         license_state = self.read_license_status().get("state") if "license" in kinds else None
         built = collect.gather(self.cfg, self.ident, kinds, now=now,
                                last_acked_root=None if force_full else self.schedule.last_acked_root,
@@ -179,6 +186,9 @@ class Engine:
             out.append(sealed)
         self._save_schedule()
         return out
+
+    def _queued(self, kind: str) -> bool:
+        return any(e.kind == kind for e in self.spool.entries())
 
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""

@@ -260,3 +260,35 @@ def test_unreadable_spool_entry_is_quarantined_and_counted_not_lost(used_state: 
     assert (state_dir / "spool" / "bad" / entry.name).exists()  # kept for the operator, not deleted
     status = run_without_dac(config_path, "status", "--json")
     assert status.returncode == 0 and '"corrupt": 1' in status.stdout
+
+
+# ---- without mount rights: a file size limit makes big writes fail the same way (EFBIG) ----
+
+
+def _small_files_only() -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_write_failures_from_a_file_size_limit_keep_what_was_queued_and_recover_without_it(
+    tmp_path: Path, sample_db: Path, server: ReferenceServer
+) -> None:
+    cfg = engine_config(tmp_path / "state", sample_db, server)
+    make_engine(cfg, Events(), Clock())  # the identity
+    config_path = _write_config(cfg, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"} | {"NO_PROXY": "127.0.0.1"}
+    argv = [sys.executable, "-m", "fluxagent", "--config", str(config_path), "run", "--once"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False,
+                          preexec_fn=_small_files_only)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "File too large" in done.stderr and "Traceback" not in done.stderr
+    assert "the message was not queued" in done.stderr  # the digest entry is over the limit
+    queued = sorted(p.name.split("-")[1] for p in (cfg.instance.state_dir / "spool" / "new").iterdir())
+    assert queued == ["heartbeat.json", "license.json"]  # what fitted stays queued, whole
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    # the queued license (it registers the instance) and heartbeat, then a new heartbeat and the digest
+    assert ledger_events(cfg.instance.state_dir) == ["sent"] * 4

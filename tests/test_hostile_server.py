@@ -425,3 +425,19 @@ def test_oversized_response_headers_are_a_protocol_error_with_bounded_memory(
     assert_nothing_trusted(rig, result, "protocol")
     assert peak < 8 * 2**20
     assert_recovers(rig)
+
+
+def test_new_instance_whose_first_messages_wait_out_an_outage_loses_none_of_them(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()  # license seq 1 queued; the server is down from the first request
+    rig.engine.produce(["heartbeat", "digest"], rig.clock())
+    rig.server.inject(Fault.status(503))
+    assert rig.engine.flush().retry is not None
+    rig.clock.now += 7 * 3600  # the next license check and heartbeat come due while still queued
+    rig.engine.produce(rig.engine.due(rig.clock()), rig.clock())
+    rig.clock.now += 3600
+    result = rig.engine.flush()
+    assert not result.rejected, [(e.kind, r.reason) for e, r in result.rejected]
+    assert {e.kind for e, _ in result.delivered} == {"license", "heartbeat", "digest"}
+    assert rig.spooled() == []
