@@ -163,7 +163,7 @@ def test_slow_drip_answer_is_cut_at_the_overall_deadline(make_rig: Callable[...,
     result, peak = flush_traced(rig)
     elapsed = time.monotonic() - start
     assert_nothing_trusted(rig, result, "deadline")
-    assert 6.5 < elapsed < 9.0
+    assert 6.5 < elapsed < 12.0  # 7 s deadline; the slack is for a loaded machine
     assert peak < 8 * 2**20
     assert_recovers(rig)
 
