@@ -330,6 +330,8 @@ def test_damaged_ledger_is_reported_by_log_verify_and_appends_are_refused_with_a
     seg.write_bytes(b"".join(lines))
     result = cli("--config", str(write_cfg(cfg)), "log", "--verify")
     assert result.exit_code == 1 and "ledger BROKEN" in result.output and seg.name in result.output
+    for command in ("status", "log"):  # reading a damaged ledger: an answer or a clear error, never a traceback
+        assert cli("--config", str(write_cfg(cfg)), command).exit_code in (0, 1, EXIT_CONFIG)
     engine = make_engine(cfg, Events(), Clock())
     engine.produce(["license"], engine.deps.clock())
     if damage == "altered_entry":
