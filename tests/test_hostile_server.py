@@ -21,8 +21,9 @@ from typing import Any
 
 import nacl.signing
 import pytest
+import tomli_w
 import trustme
-from conftest import base_config, fixed_world
+from conftest import base_config, fixed_world, run_cli
 from hostile import Clock, Events
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -441,3 +442,20 @@ def test_new_instance_whose_first_messages_wait_out_an_outage_loses_none_of_them
     assert not result.rejected, [(e.kind, r.reason) for e, r in result.rejected]
     assert {e.kind for e, _ in result.delivered} == {"license", "heartbeat", "digest"}
     assert rig.spooled() == []
+
+
+def test_run_once_against_a_hostile_answer_exits_69_keeps_the_message_and_delivers_next_time(
+    make_rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    rig = make_rig()
+    path = tmp_path / "fluxagent.toml"
+    path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.cfg)), encoding="utf-8")
+    rig.server.inject(Fault.bomb(256 * 2**20))
+    env = {"NO_PROXY": "127.0.0.1,localhost"}
+    done = run_cli("--config", str(path), "run", "--once", env=env)
+    assert done.returncode == 69, done.stderr
+    assert '"event": "delivery.outage_started"' in done.stdout and "too_large" in done.stdout
+    assert (rig.state_dir / "spool" / "new" / f"{1:020d}-license.json").exists()  # kept, not trusted
+    done = run_cli("--config", str(path), "run", "--once", env=env)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert not list((rig.state_dir / "spool" / "new").iterdir())
