@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fluxagent import collect, messages, state
+from fluxagent import collect, license_store, licensing, messages, state
 from fluxagent.config import Config
 from fluxagent.errors import FluxError, StateError
 from fluxagent.identity import Identity
 from fluxagent.ledger import Ledger
+from fluxagent.licensing import Contact, Receipt, Status
 from fluxagent.messages import Sealed
 from fluxagent.receipts import Delivered, Rejected, Retry, classify
 from fluxagent.spool import Entry, Spool
@@ -33,8 +34,9 @@ RETRY_AFTER_CAP = 6 * 3600.0
 RETRY_AFTER_FLOOR = 1.0
 # A server may lengthen an interval, up to this: a receipt cannot silence the agent for good.
 SERVER_INTERVAL_CAP = 30 * 86400
-SKEW_LIMIT = 300.0
-LICENSE_STATUS_FILE = "license-status.json"
+SKEW_LIMIT = licensing.SKEW_LIMIT
+OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
+LICENSE_STATUS_FILE = license_store.FILE
 
 
 def interval_of(cfg: Config, kind: str) -> float:
@@ -93,6 +95,7 @@ class Engine:
         self.failures = 0
         self.retry_at: float = 0.0
         self.outage_since: float | None = None
+        self.outage_summary_at: float = 0.0
         self.last_skew: float = 0.0
         self.source_errors: dict[str, str] = {}
         now = int(deps.clock())
@@ -142,14 +145,13 @@ class Engine:
 
     def produce(self, kinds: Sequence[str], now: float, *, force_full: bool = False) -> list[Sealed]:
         """Build, seal (seq persisted first) and spool kinds; a failing source skips its kind. Returns sealed."""
-        if "license" in kinds and self.schedule.license.last_sent is None and self._queued("license"):
-            # The first license registers this instance; superseding it while unsent would queue the
-            # heartbeats and digests behind it ahead of any license, and the server refuses those (403)
-            # for good. Keep it: once delivered, newer licenses supersede as usual.
+        if "license" in kinds and self.schedule.license.last_sent is None and self.spool.holds("license"):
+            # The first license registers the instance, and a superseding one would queue behind the
+            # heartbeats already waiting (seq order), which an unregistered instance cannot deliver.
             kinds = [k for k in kinds if k != "license"]
             self._advance("license", now)
-            self._log("license.first_kept", reason="the first license is still queued")
-        license_state = self.read_license_status().get("state") if "license" in kinds else None
+            self._log("license.registration_pending", spool=self.spool.depth())
+        license_state = self.license_status(now).state if "license" in kinds else None
         built = collect.gather(self.cfg, self.ident, kinds, now=now,
                                last_acked_root=None if force_full else self.schedule.last_acked_root,
                                license_state=license_state if license_state in messages.LICENSE_STATES else None,
@@ -187,9 +189,6 @@ class Engine:
         self._save_schedule()
         return out
 
-    def _queued(self, kind: str) -> bool:
-        return any(e.kind == kind for e in self.spool.entries())
-
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""
         if kind in SCHEDULED:
@@ -198,12 +197,21 @@ class Engine:
 
     # ---- send ----
 
-    def flush(self, now_fn: Callable[[], float] | None = None) -> FlushResult:
-        """Send spooled messages oldest first until one must be retried; ledger every outcome."""
+    def reconfigure(self, cfg: Config, transport: Transport) -> None:
+        """Take a reloaded config (same state dir) and its transport."""
+        self.cfg = cfg
+        self.deps.transport = transport
+        self.spool.max_messages, self.spool.max_bytes = cfg.spool.max_messages, cfg.spool.max_bytes
+
+    def flush(self, now_fn: Callable[[], float] | None = None, *,
+              should_stop: Callable[[], bool] = lambda: False) -> FlushResult:
+        """Send spooled messages oldest first until one must be retried or should_stop(); ledger every outcome."""
         clock = now_fn or self.deps.clock
         result = FlushResult()
         deadline = self.cfg.server.connect_timeout + self.cfg.server.read_timeout + 5
         for entry in self.spool.entries():
+            if should_stop():
+                return result
             sealed = sealed_of(entry)
             url = self.cfg.server.url + entry.endpoint
             response = send(self.deps.transport, url, entry.envelope, deadline=deadline)
@@ -219,6 +227,9 @@ class Engine:
                 self.spool.remove(entry)
                 self._error(f"{entry.kind}.rejected", seq=entry.seq, status=outcome.status,
                           reason=outcome.reason)
+                if entry.kind == "license":
+                    why = f"HTTP {outcome.status}: {outcome.reason}"[:200]
+                    self.refresh_license(now, Contact("rejected", now, now, why))
                 result.rejected.append((entry, outcome))
                 continue
             self._ledger_entry(int(now), "sent", entry, outcome="delivered", http_status=outcome.status,
@@ -227,7 +238,7 @@ class Engine:
             self._on_delivered(entry, sealed, outcome, now)
             result.delivered.append((entry, outcome))
         if self.outage_since is not None:
-            self._log("delivery.recovered", outage_seconds=int(clock() - self.outage_since))
+            self._log("delivery.recovered", outage_seconds=int(clock() - self.outage_since), attempts=self.failures)
         self.failures, self.retry_at, self.outage_since = 0, 0.0, None
         return result
 
@@ -242,12 +253,14 @@ class Engine:
                 ks, consecutive_failures=ks.consecutive_failures + 1, last_error=outcome.reason[:200]))
             self._save_schedule()
         if self.outage_since is None:
-            self.outage_since = now
+            self.outage_since = self.outage_summary_at = now
             self._warn("delivery.outage_started", reason=outcome.reason, retry_in=int(delay),
-                      spool=self.spool.depth())
-        elif self.failures % 10 == 0:
-            self._warn("delivery.outage_continues", attempts=self.failures,
-                      since=int(now - self.outage_since), spool=self.spool.depth(), reason=outcome.reason)
+                       spool=self.spool.depth())
+        elif now - self.outage_summary_at >= OUTAGE_SUMMARY_EVERY:  # quiet: a summary, not every attempt
+            self.outage_summary_at = now
+            self._warn("delivery.outage_continues", attempts=self.failures, seconds=int(now - self.outage_since),
+                       spool=self.spool.depth(), reason=outcome.reason)
+        self.refresh_license(now, Contact("unreachable", now, self.outage_since, outcome.reason[:200]))
 
     def _on_delivered(self, entry: Entry, sealed: Sealed, d: Delivered, now: float) -> None:
         self.last_skew = d.skew
@@ -272,6 +285,8 @@ class Engine:
                 self.schedule = replace(self.schedule, last_acked_root=sealed.obj["body"]["root"])
         if kind == "license":
             self.write_license_status(d, now)
+        else:
+            self.refresh_license(now, Contact("delivered", now))
         self._save_schedule()
 
     # ---- license status (the platform reads it) ----
@@ -283,14 +298,45 @@ class Engine:
         except StateError:
             return {}
 
-    def write_license_status(self, d: Delivered, now: float) -> None:
-        """Record the server's license verdict from a verified receipt."""
+    def write_license_status(self, d: Delivered, now: float, *, source: str = "online") -> Status:
+        """Record a verified license receipt (online, or imported) and write the state derived from it.
+
+        The single entry point through which a license receipt reaches license-status.json.
+        """
         b = d.receipt_body
-        doc = {"v": 1, "state": b.get("state"), "license_id": b.get("license_id"),
-               "expires_at": b.get("expires_at"), "grace_until": b.get("grace_until"),
-               "checked_at": int(now), "server_ts": d.server_ts, "clock_skew": abs(d.skew) > SKEW_LIMIT,
-               "source": "receipt"}
-        state.write_json(self.cfg.instance.state_dir / LICENSE_STATUS_FILE, doc, mode=0o640)
+
+        def opt_int(v: Any) -> int | None:
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+        lid = b.get("license_id")
+        receipt = Receipt(str(b.get("state")), lid if isinstance(lid, str) else None, opt_int(b.get("expires_at")),
+                          opt_int(b.get("grace_until")), opt_int(b.get("next_check_in")), d.server_ts, now,
+                          d.skew if source == "online" else 0.0, source)
+        contact = Contact("delivered", now) if source == "online" else None
+        st, _file, _ = license_store.refresh(self.cfg, now, receipt=receipt, contact=contact,
+                                             read=self.deps.world.read_license)
+        self._log("license.state", state=st.state, clock_skew=st.clock_skew or None)
+        return st
+
+    def refresh_license(self, now: float, contact: Contact | None = None) -> Status:
+        """Derive the license state now (recording contact if given); rewrite license-status.json on change.
+
+        When the license file changed its verdict, the license check is made due at once.
+        """
+        before = (self.read_license_status().get("file") or {})
+        st, file, written = license_store.refresh(self.cfg, now, contact=contact, read=self.deps.world.read_license)
+        if written:
+            self._log("license.state", state=st.state, clock_skew=st.clock_skew or None)
+            if before and (before.get("license_id"), before.get("state")) != (file.license_id, file.state):
+                self._log("license.file_changed", state=file.state)
+                ks = self.schedule.kind("license")
+                self.schedule = self.schedule.with_kind("license", replace(ks, next_due=int(now)))
+                self._save_schedule()
+        return st
+
+    def license_status(self, now: float) -> Status:
+        """Return the license state derived now, without writing anything."""
+        return license_store.current(self.cfg, now, read=self.deps.world.read_license)[0]
 
     def cycle(self, now: float, kinds: Sequence[str]) -> FlushResult:
         """Produce kinds and flush the spool: one full cycle. Raises FluxError on state trouble."""
