@@ -10,6 +10,7 @@ delivers that same message.
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import ssl
 import time
@@ -474,3 +475,22 @@ def test_run_once_against_a_hostile_answer_exits_69_keeps_the_message_and_delive
     done = run_cli("--config", str(path), "run", "--once", env=env)
     assert done.returncode == 0, done.stdout[-2000:]
     assert not list((rig.state_dir / "spool" / "new").iterdir())
+
+
+@pytest.mark.parametrize("fault", [Fault.bomb(256 * 2**20), Fault.receipt("unpinned"), Fault.wrong_shape(b"[" * 50_000),
+                                   Fault.rate_limited("Fri, 31 Dec 9999 23:59:59 GMT")],
+                         ids=["gzip_bomb", "unpinned", "deeply_nested", "429_far_future"])
+def test_validate_against_a_hostile_answer_fails_the_live_check_clearly_without_a_traceback(
+    make_rig: Callable[..., Rig], tmp_path: Path, fault: Fault
+) -> None:
+    rig = make_rig()
+    path = tmp_path / "fluxagent.toml"
+    path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.cfg)), encoding="utf-8")
+    rig.server.inject(fault)
+    done = run_cli("--config", str(path), "validate", "--json", env={"NO_PROXY": "127.0.0.1,localhost"})
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    assert done.returncode == report["exit_code"] and done.returncode in (1, 69)
+    failed = [c for c in report["checks"] if c["level"] == "fail"]
+    assert failed and all(c["reason"] for c in failed)
+    assert trusted_receipt(rig) is None
