@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from fluxagent.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/fluxagent/fluxagent.toml")
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; --config /dev/zero must not read for ever
+_MAX_PROBLEM = 300  # a 5 MB bad value is quoted in its problem, but not in full
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -426,19 +428,24 @@ def _take(
     try:
         values[section][key] = parser(value)
     except ValueError as exc:
-        problems.append(f"{where}{section}.{key}: {exc}")
+        why = str(exc)
+        why = why if len(why) <= _MAX_PROBLEM else why[: _MAX_PROBLEM - 1] + "…"
+        problems.append(f"{where}{section}.{key}: {why}")
 
 
 def load(path: Path) -> Config:
     """Read and validate the TOML file at path; raises ConfigError (exit 78) naming the file."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             [f"{path}: file not found"], hint="run `fluxagent init` to write one, or pass --config PATH"
         ) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a fluxagent config"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -447,6 +454,8 @@ def load(path: Path) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per nesting level of arrays and inline tables
+        raise ConfigError([f"{path}: TOML syntax: arrays or tables nested too deeply"]) from None
     return from_mapping(doc, path)
 
 

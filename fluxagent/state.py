@@ -34,7 +34,7 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
         raise _Corrupt(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise _Corrupt(f"{path} does not hold a JSON object")

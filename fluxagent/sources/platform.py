@@ -76,6 +76,18 @@ _READ_ACTIONS = frozenset(
 )
 
 
+def tolerant_text(raw: bytes) -> str | bytes:
+    """Decode a TEXT value as UTF-8, or return its bytes when it is not valid UTF-8.
+
+    The default decoder raises for the whole query (and quotes the bad text in the error); as bytes
+    the value is simply not an identifier, so it is skipped and counted.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
 def _read_only_authorizer(action: int, *_args: object) -> int:
     return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
 
@@ -99,6 +111,7 @@ class SqliteSource(ShapedSource):
         uri = f"file:{quote(str(path.absolute()))}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+            self.conn.text_factory = tolerant_text
             self.conn.execute("PRAGMA query_only = ON")
             self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             # mode=ro still lets ATTACH / VACUUM INTO create files elsewhere: allow reads only

@@ -22,6 +22,9 @@ _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Ne
                   ipaddress.IPv4Interface, ipaddress.IPv6Interface)
 
 
+MAX_COUNT = 2**53 - 1  # the largest integer every JSON reader keeps exact (and the allowlist's bound)
+
+
 def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
     """Return the single non-negative integer a count query produced; raises SourceShapeError otherwise.
 
@@ -39,6 +42,8 @@ def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
         raise SourceShapeError(f"{where} returned {type(value).__name__} {str(value)[:40]!r}, not an integer")
     if value < 0:
         raise SourceShapeError(f"{where} returned {value}; a count must not be negative")
+    if value > MAX_COUNT:
+        raise SourceShapeError(f"{where} returned {value}; not a plausible count (over 2^53)")
     return value
 
 
