@@ -7,12 +7,15 @@ each loop step: it writes the file atomically and logs a failure once per streak
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluxagent.config import Config
 from fluxagent.errors import FluxError
 from fluxagent.fsutil import atomic_write
 from fluxagent.messages import LICENSE_STATES
+
+if TYPE_CHECKING:
+    from fluxagent.status import LastDelivered
 
 METRICS_FILE = "metrics.prom"
 PREFIX = "fluxagent"
@@ -89,14 +92,19 @@ class MetricsWriter:
     def __init__(self, log: Any = None) -> None:
         self.log = log
         self.failing = False
+        self.last_delivered: LastDelivered | None = None  # of the state dir, made on the first write
 
     def write(self, cfg: Config, now: float) -> bool:
         """Collect the status of cfg's state dir, render it and write it atomically; return success."""
-        from fluxagent.status import collect_status
+        from fluxagent.status import LastDelivered, collect_status
 
         path = cfg.instance.state_dir / METRICS_FILE
+        ledger_dir = cfg.instance.state_dir / "ledger"
+        if self.last_delivered is None or self.last_delivered.dir != ledger_dir:
+            self.last_delivered = LastDelivered(ledger_dir)
         try:
-            atomic_write(path, render(collect_status(cfg, now)).encode(), mode=0o644)
+            status = collect_status(cfg, now, last_delivered=self.last_delivered)
+            atomic_write(path, render(status).encode(), mode=0o644)
         except (OSError, FluxError) as exc:
             if not self.failing and self.log is not None:
                 self.log.warning("metrics.write_failed", path=str(path), error=str(exc))

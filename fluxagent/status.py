@@ -10,7 +10,7 @@ from typing import Any
 from fluxagent import license_store, state
 from fluxagent.config import Config
 from fluxagent.errors import StateError
-from fluxagent.ledger import Ledger, LedgerEntry
+from fluxagent.ledger import Ledger, LedgerEntry, parse_line
 
 KINDS = ("license", "heartbeat", "digest", "credentials")
 
@@ -49,15 +49,60 @@ def _last_per_kind(ledger_dir: Path, limit: int = 5000) -> dict[str, dict[str, A
     return out
 
 
-def collect_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
-    """Return the agent's status as a JSON-ready dict; raises StateError on unreadable state."""
+class LastDelivered:
+    """The last delivery of each kind, kept current by parsing only the ledger lines appended since
+    the previous call: the daemon writes metrics after every wake-up, and a full scan each time
+    would cost more and more as the ledger grows. A new newest segment means one full scan."""
+
+    def __init__(self, ledger_dir: Path) -> None:
+        self.dir = ledger_dir
+        self.segment: Path | None = None
+        self.offset = 0
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def get(self) -> dict[str, dict[str, Any]]:
+        """Return {kind: {ts, seq, ledger_n}} as `_last_per_kind` does; raises StateError on a bad ledger."""
+        segs = sorted(self.dir.glob("[0-9]" * 12 + ".jsonl")) if self.dir.is_dir() else []
+        if not segs:
+            self.segment, self.offset, self.last = None, 0, {}
+            return self.last
+        newest = segs[-1]
+        try:
+            size = newest.stat().st_size
+            if newest != self.segment or size < self.offset:
+                self.last, self.segment, self.offset = _last_per_kind(self.dir), newest, 0
+            if size > self.offset:
+                with newest.open("rb") as f:
+                    f.seek(self.offset)
+                    data = f.read(size - self.offset)
+                cut = data.rfind(b"\n") + 1  # a line still being written is read next time
+                for line in data[:cut].split(b"\n")[:-1]:
+                    e = parse_line(line)
+                    if e.event in ("sent", "imported"):
+                        self.last[e.kind] = {"ts": e.ts, "seq": e.seq, "ledger_n": e.n}
+                self.offset += cut
+        except OSError as exc:
+            raise StateError(f"cannot read the ledger in {self.dir}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            self.segment = None  # scan in full next time
+            raise StateError(f"ledger segment {newest.name} holds a bad entry: {exc}",
+                             hint="run `fluxagent log --verify` to locate it") from None
+        return self.last
+
+
+def collect_status(cfg: Config, now: float | None = None, *, last_delivered: LastDelivered | None = None
+                   ) -> dict[str, Any]:
+    """Return the agent's status as a JSON-ready dict; raises StateError on unreadable state.
+
+    last_delivered: the daemon's incremental reader of the ledger (default: a full scan).
+    """
     t = time.time() if now is None else now
     sd = cfg.instance.state_dir
     lic, _stored, _file = license_store.current(cfg, t)
     sched = state.load_schedule(sd)
     kinds = {}
     not_sent = state.load_source_errors(sd)
-    last = _last_per_kind(sd / "ledger")
+    last = last_delivered.get() if last_delivered is not None else _last_per_kind(sd / "ledger")
     for k in ("license", "heartbeat", "digest"):
         ks = sched.kind(k)
         kinds[k] = {

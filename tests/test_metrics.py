@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import socket
 import subprocess
@@ -189,3 +190,37 @@ def test_alert_examples_use_only_metrics_and_labels_the_renderer_writes() -> Non
     for name, label, value in re.findall(r'(fluxagent_[a-z_]+)\{(\w+)=~?"([^"]+)"\}', rules):
         for v in value.split("|"):
             assert f'{name}{{{label}="{v}"}}' in text or v in ("license", "digest"), (name, label, v)
+
+
+def test_last_delivered_reads_only_appended_lines_and_agrees_with_a_full_scan_across_rotations(
+        tmp_path: Path) -> None:
+    from fluxagent.ledger import Ledger
+    from fluxagent.status import LastDelivered, _last_per_kind
+
+    ledger = Ledger(tmp_path / "ledger", max_segment_bytes=2048, max_segments=3)
+    reader = LastDelivered(tmp_path / "ledger")
+    assert reader.get() == {}
+    kinds = ("heartbeat", "license", "digest", "heartbeat", "credentials")
+    offsets = []
+    for i in range(60):
+        kind = kinds[i % len(kinds)]
+        event = "sent" if i % 7 else "rejected"  # a rejected message is not a delivery
+        ledger.append(now=1_800_000_000 + i, event=event, kind=kind, outcome="delivered" if i % 7 else "rejected",
+                      endpoint=f"/v1/{kind}", seq=i + 1, payload=b'{"v":1}')
+        assert reader.get() == _last_per_kind(tmp_path / "ledger"), f"after entry {i + 1}"
+        offsets.append((reader.segment, reader.offset))
+    assert len({seg for seg, _ in offsets}) > 2, "the ledger never rotated: the test proves less than it says"
+    same_segment = [b for a, b in itertools.pairwise(offsets) if a[0] == b[0]]
+    assert same_segment and all(off > 0 for _, off in same_segment)
+    # many entries between two calls: the newest segment is a new file, already longer than the old offset
+    for i in range(60, 90):
+        kind = ("license", "digest", "heartbeat")[i % 3] if i < 88 else "credentials"
+        ledger.append(now=1_800_000_000 + i, event="sent", kind=kind, outcome="delivered", endpoint=f"/v1/{kind}",
+                      seq=i + 1, payload=b'{"v":1}' * (1 + i % 5))
+    assert reader.get() == _last_per_kind(tmp_path / "ledger")
+    # a torn last line (a write in progress) is left for the next call, not parsed half
+    newest = sorted((tmp_path / "ledger").glob("*.jsonl"))[-1]
+    before = reader.get()
+    with newest.open("ab") as f:
+        f.write(b'{"n": 61, "half a li')
+    assert reader.get() == before
