@@ -1,6 +1,6 @@
 """Budgets of the core issue, measured side by side in one run; prints figures and ratios.
 
-    python bench/bench_core.py [--runs 15] [--rows 1000000]
+    python bench/bench_core.py [--runs 15] [--rows 1000000] [--json]
 
 1. Start-up: `fluxagent preview` on the sample database and `fluxagent --help`, against the
    import floor `python -c "import httpx, nacl.signing, psutil, typer, structlog"`, interleaved
@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from budgets import Budget, emit
 
 PY = sys.executable
 FLOOR = [PY, "-c", "import httpx, nacl.signing, psutil, typer, structlog"]
@@ -100,12 +102,19 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = ap.parse_args()
     ok = True
+    rows: list[Budget] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print(f"== start-up, median of {args.runs} interleaved runs")
-        for name, secs, ratio, budget in startup(args.runs, work):
+        measured = startup(args.runs, work)
+        floor_ms = measured[-1][1] * 1000
+        for name, secs, ratio, budget in measured:
+            if budget:
+                rows.append(Budget(f"start-up: {name}", f"{secs * 1000:.0f} ms", f"import floor {floor_ms:.0f} ms",
+                                   ratio, f"≤ {budget}×", ratio <= budget))
             verdict = "" if not budget else ("meets" if ratio <= budget else "MISSES") + f" budget ≤ {budget}×"
             ok &= not budget or ratio <= budget
             print(f"  {name:<8} {secs * 1000:7.1f} ms  {ratio:5.2f}× floor  {verdict}")
@@ -121,7 +130,10 @@ def main() -> int:
         print(f"  peak RSS {mb:.1f} MB")
         print(f"  {'meets' if us <= 3 else 'MISSES'} budget ≤ 3 µs; {'meets' if mb <= 100 else 'MISSES'} budget ≤ 100 MB")
         ok &= us <= 3 and mb <= 100
+        rows.append(Budget(f"tokenize {args.rows} ids: time", f"{us:.2f} µs/id", "", None, "≤ 3 µs", us <= 3))
+        rows.append(Budget(f"tokenize {args.rows} ids: peak RSS", f"{mb:.1f} MB", "", None, "≤ 100 MB", mb <= 100))
     print("ALL BUDGETS MET" if ok else "SOME BUDGETS MISSED")
+    emit(rows, args.json)
     return 0 if ok else 1
 
 

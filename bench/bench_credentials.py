@@ -1,6 +1,6 @@
 """Budgets of the credential helpers, measured side by side in one run; prints figures and ratios.
 
-    python bench/bench_credentials.py [--runs 11]
+    python bench/bench_credentials.py [--runs 11] [--json]
 
 docker and git call a credential helper as a fresh process for every pull/fetch, so its start-up
 is what the operator feels. Interleaved runs, medians compared with the import floor
@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from budgets import Budget, emit
+
 PY = sys.executable
 FLOOR = [PY, "-c", "import httpx, nacl.signing, psutil, typer, structlog"]
 HELPER = str(Path(PY).parent / "docker-credential-fluxagent")
@@ -38,6 +40,7 @@ def timed(cmd: list[str], stdin: str, env: dict[str, str]) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", type=int, default=11)
+    p.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = p.parse_args()
     from fluxagent.agent import Agent, instance_lock
     from fluxagent.demo import make_workspace
@@ -64,6 +67,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     budgets = {"list": 0.8, "get": 2.0}
     ok = True
+    rows: list[Budget] = []
     print(f"== credential helper start-up, median of {args.runs} interleaved runs ({issued} credentials issued)")
     for name in ("list", "get", "floor"):
         ratio = med[name] / med["floor"]
@@ -72,8 +76,11 @@ def main() -> int:
             good = ratio <= budgets[name]
             ok &= good
             verdict = f"{'meets' if good else 'MISSES'} budget ≤ {budgets[name]}×"
+            rows.append(Budget(f"docker credential helper `{name}` start-up", f"{med[name] * 1000:.0f} ms",
+                               f"import floor {med['floor'] * 1000:.0f} ms", ratio, f"≤ {budgets[name]}×", good))
         print(f"  {name:6} {med[name] * 1000:7.1f} ms  {ratio:5.2f}× floor  {verdict}")
     print("ALL BUDGETS MET" if ok else "SOME BUDGETS MISSED")
+    emit(rows, args.json)
     return 0 if ok else 1
 
 

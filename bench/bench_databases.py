@@ -1,6 +1,6 @@
 """Budget of the database issue, measured side by side in one run; prints figures, ratios, PASS/FAIL.
 
-    python bench/bench_databases.py [--rows 1000000] [--runs 3]
+    python bench/bench_databases.py [--rows 1000000] [--runs 3] [--json]
 
 The same N identifier rows (half servers — hostnames or IPs —, half CIDRs) are stored in SQLite,
 in a throw-away PostgreSQL and in a throw-away MariaDB server on 127.0.0.1. Each engine is read
@@ -20,6 +20,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from budgets import Budget, emit
 
 from fluxagent.testing import dbservers
 from fluxagent.testing.sample_db import create_schema, load_rows
@@ -91,7 +93,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = ap.parse_args()
+    budgets: list[Budget] = []
     started: list[dbservers.DbServer] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -122,11 +126,20 @@ def main() -> int:
         rss_ok = rss <= RSS_BUDGET_MB
         ratio_ok = engine == "sqlite" or ratio <= RATIO_BUDGET
         ok &= rss_ok and ratio_ok
+        budgets.append(Budget(f"{engine} stream {args.rows} ids: peak RSS", f"{rss:.1f} MB", "", None,
+                              f"≤ {RSS_BUDGET_MB:.0f} MB", rss_ok))
+        if engine != "sqlite":
+            budgets.append(Budget(f"{engine} stream {args.rows} ids: throughput", f"{rate:.0f}k rows/s",
+                                  f"SQLite {args.rows / base / 1000:.0f}k rows/s", ratio,
+                                  f"time ≤ {RATIO_BUDGET:g}×", ratio_ok))
         print(f"  {engine:<10} {secs:6.2f} s  {rate:6.0f}k rows/s  {ratio:4.2f}× SQLite  peak RSS {rss:5.1f} MB  "
               f"RSS {'PASS' if rss_ok else 'FAIL'} (≤ {RSS_BUDGET_MB:.0f} MB)"
               + ("" if engine == "sqlite" else f"  speed {'PASS' if ratio_ok else 'FAIL'} (≤ {RATIO_BUDGET:g}×)"))
     print(f"  token roots identical across engines: {'PASS' if len(roots) == 1 else 'FAIL'}")
+    budgets.append(Budget("token roots identical across engines", f"{len(roots)} distinct", "", None, "1",
+                          len(roots) == 1))
     print("ALL BUDGETS MET" if ok else "SOME BUDGETS MISSED")
+    emit(budgets, args.json)
     return 0 if ok else 1
 
 

@@ -1,6 +1,6 @@
 """Budgets of the delivery issue, measured side by side in one run; prints figures, ratios, PASS/FAIL.
 
-    python bench/bench_delivery.py [--idle-seconds 60] [--runs 5]
+    python bench/bench_delivery.py [--idle-seconds 60] [--runs 5] [--json]
 
 1. Idle: `fluxagent run` after its first cycle against a reference server on 127.0.0.1, next to
    Debian's prometheus-node-exporter (scraped once, then left alone) on 127.0.0.1, both idling for
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import nacl.signing  # noqa: E402
 from agentkit import Daemon, NotifySocket  # noqa: E402
+from budgets import Budget, emit  # noqa: E402
 
 from fluxagent.demo import make_workspace  # noqa: E402
 from fluxagent.testing.server import ReferenceServer  # noqa: E402
@@ -136,6 +137,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = p.parse_args()
     if not Path(NODE_EXPORTER).exists():
         raise SystemExit(f"{NODE_EXPORTER} is missing: apt-get install prometheus-node-exporter")
@@ -164,6 +166,16 @@ def main() -> int:
     ]
     for name, ok, text in results:
         print(f"{verdict(ok)}  {name:<10} {text}")
+    ex_cpu = i["exporter_cpu"]
+    emit([
+        Budget(f"idle CPU over {args.idle_seconds:g} s", f"{i['agent_cpu'] * 1000:.0f} ms",
+               f"node-exporter {ex_cpu * 1000:.0f} ms", i["agent_cpu"] / ex_cpu if ex_cpu else None,
+               "≤ 10 ms", results[0][1]),
+        Budget("idle RSS", f"{i['agent_rss'] / 1024:.1f} MiB", f"node-exporter {i['exporter_rss'] / 1024:.1f} MiB",
+               rss_ratio, "≤ 1.5×", results[1][1]),
+        Budget("full cycle CPU (run --once)", f"{c['once'] * 1000:.0f} ms", f"preview {c['preview'] * 1000:.0f} ms",
+               cpu_ratio, "≤ 2×", results[2][1]),
+    ], args.json)
     return 0 if all(ok for _, ok, _ in results) else 1
 
 

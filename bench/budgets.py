@@ -1,0 +1,32 @@
+"""Budget rows of the benchmark scripts: what `--json` prints, and what bench/run_all.py tabulates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget measured: the figure, what it was measured against, the ratio, the limit, the verdict."""
+
+    name: str
+    figure: str
+    reference: str
+    ratio: float | None
+    limit: str
+    ok: bool
+
+
+def emit(rows: list[Budget], as_json: bool) -> None:
+    """With as_json, print the rows as one JSON line (the last line of the script's output)."""
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows]), flush=True)
+
+
+def parse(stdout: str) -> list[Budget]:
+    """Return the rows of a script's `--json` output (its last non-empty line); raises ValueError."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("no output")
+    return [Budget(**row) for row in json.loads(lines[-1])]
