@@ -153,12 +153,19 @@ class Agent:
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""
         now = self.clock()
+        # A long flush (a big backlog, a slow server) hands back to the loop in time for the watchdog.
+        wd = self.notifier.watchdog_interval
+        until = time.monotonic() + wd / 2 if wd else None
+
+        def should_stop() -> bool:
+            return self.signals.stop or (until is not None and time.monotonic() > until)
+
         try:
             due = self.engine.due(now)
             if due and not self.signals.stop:
                 self.engine.produce(due, now)
             if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
-                self.engine.flush(should_stop=lambda: self.signals.stop)
+                self.engine.flush(should_stop=should_stop)
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
