@@ -13,7 +13,6 @@ import pytest
 from agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, wire
 
 from fluxagent.agent import Signals
-from fluxagent.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
 
 
@@ -102,23 +101,3 @@ def context_switches(pid: int) -> int:
                 total += int(line.split()[1])
     return total
 
-
-def test_long_flush_hands_back_to_the_loop_in_time_for_the_watchdog(tmp_path: Path) -> None:
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
-    notify = NotifySocket()
-    with ReferenceServer(signing_keys=keys) as srv:
-        ws = wire(tmp_path / "ws", srv, keys)
-        notifier = Notifier({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "600000"})
-        agent = make_agent(ws.cfg, notifier=notifier)
-        try:
-            srv.inject(*[Fault.delay(0.2) for _ in range(3)])  # license, heartbeat, digest: 0.6 s in all
-            t = time.monotonic()
-            wait = agent.step()
-            elapsed = time.monotonic() - t
-            left = agent.engine.spool.depth()
-            assert agent.step() > 0  # the rest went out on the next turn, then the loop may sleep
-        finally:
-            agent.close()
-            notify.close()
-    assert wait == 0 and 0 < left < 3 and elapsed < 0.55
-    assert agent.engine.spool.depth() == 0
