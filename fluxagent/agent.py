@@ -81,12 +81,13 @@ class Signals:
         self.reload = False
         self.busy = False
         self.stop_deadline = stop_deadline
-        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._r = self._w = -1
         self._saved: list[tuple[int, Any]] = []
         self._saved_fd = -1
 
     def install(self) -> None:
         """Install the handlers (main thread only); uninstall() restores the previous ones."""
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for sig, fn in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
                         (signal.SIGHUP, self._on_reload), (signal.SIGALRM, self._on_alarm)):
             self._saved.append((sig, signal.signal(sig, fn)))
