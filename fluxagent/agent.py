@@ -7,11 +7,10 @@ import faulthandler
 import fcntl
 import math
 import os
+import select
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -57,33 +56,71 @@ def once_exit_code(result: FlushResult, source_failures: int) -> int:
     return EXIT_OK
 
 
-@dataclass
-class Signals:
-    """Signal flags set by handlers; `wake` interrupts the main loop's wait."""
+class StopDeadline(BaseException):
+    """Raised by SIGALRM when a graceful stop overran its deadline (BaseException: nothing swallows it)."""
 
-    wake: threading.Event = field(default_factory=threading.Event)
-    stop: bool = False
-    reload: bool = False
+
+class Signals:
+    """Signal flags set by handlers; a self-pipe (`signal.set_wakeup_fd`) wakes the main loop's wait.
+
+    Handlers only set flags: no locks are taken in them (Event.set from a handler can deadlock the
+    thread it interrupts). A SIGTERM that arrives while a step is busy arms a SIGALRM after the stop
+    deadline, whose handler aborts the step; a message in flight then stays spooled (at-least-once).
+    """
+
+    def __init__(self, stop_deadline: float = STOP_DEADLINE) -> None:
+        self.stop = False
+        self.reload = False
+        self.busy = False
+        self.stop_deadline = stop_deadline
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._saved: list[tuple[int, Any]] = []
+        self._saved_fd = -1
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
+        """Install the handlers (main thread only); uninstall() restores the previous ones."""
+        for sig, fn in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
+                        (signal.SIGHUP, self._on_reload), (signal.SIGALRM, self._on_alarm)):
+            self._saved.append((sig, signal.signal(sig, fn)))
+        self._saved_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+
+    def uninstall(self) -> None:
+        """Cancel a pending alarm, restore the previous handlers and close the pipe."""
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.set_wakeup_fd(self._saved_fd)
+        for sig, old in reversed(self._saved):
+            signal.signal(sig, old)
+        self._saved.clear()
+        os.close(self._r)
+        os.close(self._w)
+
+    def wait(self, timeout: float) -> None:
+        """Block until a signal arrives or timeout seconds pass; uses no CPU meanwhile."""
+        if not (self.stop or self.reload):
+            select.select([self._r], [], [], max(0.0, timeout))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._r, 512):
+                pass
 
     def _on_stop(self, _sig: int, _frame: FrameType | None) -> None:
+        if self.busy and not self.stop:
+            signal.setitimer(signal.ITIMER_REAL, self.stop_deadline)
         self.stop = True
-        self.wake.set()
 
     def _on_reload(self, _sig: int, _frame: FrameType | None) -> None:
         self.reload = True
-        self.wake.set()
+
+    def _on_alarm(self, _sig: int, _frame: FrameType | None) -> None:
+        if self.busy:
+            raise StopDeadline()
 
 
 class Agent:
     """The running agent: config, engine, notifier; `loop` is the daemon, `once` a single cycle."""
 
     def __init__(self, cfg: Config, *, transport_factory: Callable[[Config], Transport] | None = None,
-                 clock: Callable[[], float] = time.time, notifier: Notifier | None = None) -> None:
+                 clock: Callable[[], float] = time.time, notifier: Notifier | None = None,
+                 stop_deadline: float = STOP_DEADLINE) -> None:
         self.cfg = cfg
         self.clock = clock
         self.notifier = notifier or Notifier()
@@ -92,7 +129,7 @@ class Agent:
         self.ident = identity.load(cfg.instance.state_dir)
         self.transport = self.transport_factory(cfg)
         self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
-        self.signals = Signals()
+        self.signals = Signals(stop_deadline)
 
     def close(self) -> None:
         closer = getattr(self.transport, "close", None)
@@ -111,7 +148,8 @@ class Agent:
         """Return the systemd STATUS line: the license state derived now, spool depth, outage."""
         try:
             lic = self.engine.license_status(self.clock())
-            shown = lic.state + (" (clock skew)" if lic.clock_skew else "")
+            shown = lic.state + (" (unconfirmed)" if lic.state == "valid" and lic.confirmed_at is None else "")
+            shown += " (clock skew)" if lic.clock_skew else ""
         except FluxError:
             shown = "unknown"
         depth = self.engine.spool.depth()
@@ -123,10 +161,10 @@ class Agent:
         now = self.clock()
         try:
             due = self.engine.due(now)
-            if due:
+            if due and not self.signals.stop:
                 self.engine.produce(due, now)
-            if self.engine.spool.depth() and now >= self.engine.retry_at:
-                self.engine.flush()
+            if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
+                self.engine.flush(should_stop=lambda: self.signals.stop)
             lic = self.engine.refresh_license(self.clock())  # time passing and license file changes
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
@@ -143,39 +181,58 @@ class Agent:
             new = config_mod.load(config_path)
             if new.instance.state_dir != self.cfg.instance.state_dir:
                 raise FluxError("instance.state_dir cannot change while running; restart instead")
+            transport = self.transport_factory(new)
         except FluxError as exc:
-            self.log.error("config.reload_failed", error=str(exc), keeping="previous configuration")
+            self.log.error("config.reload_failed", path=str(config_path), error=str(exc),
+                           keeping="previous configuration")
         else:
+            old_doc, new_doc = config_mod.to_mapping(self.cfg), config_mod.to_mapping(new)
+            changed = sorted(k for k in new_doc if new_doc[k] != old_doc.get(k))
             self.close()
-            self.cfg = new
-            self.transport = self.transport_factory(new)
-            deps = self.engine.deps
-            deps.transport = self.transport
-            self.engine.cfg = new
-            self.log.info("config.reloaded", path=str(config_path))
+            self.cfg, self.transport = new, transport
+            self.engine.reconfigure(new, transport)
+            self.log.info("config.reloaded", path=str(config_path), changed=changed)  # before a new level hides it
+            logs.configure(new.log.format, new.log.level, stream=logs.current_stream())
+            self.log = self.engine.deps.log = logs.get()
         self.notifier.ready(self.status_line())
 
     def loop(self, config_path: Path) -> int:
         """Run until SIGTERM/SIGINT; return 0 after a graceful stop."""
         self.signals.install()
+        try:
+            return self._loop(config_path)
+        finally:
+            self.signals.uninstall()
+
+    def _loop(self, config_path: Path) -> int:
         self.notifier.ready(self.status_line())
         self.log.info("agent.started", pid=os.getpid(), state_dir=str(self.cfg.instance.state_dir))
         wd = self.notifier.watchdog_interval
-        while not self.signals.stop:
-            wait = self.step()
+        sig = self.signals
+        forced = False
+        while not sig.stop:
+            sig.busy = True
+            try:
+                wait = self.step()
+            except StopDeadline:
+                forced = True
+                break
+            finally:
+                sig.busy = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
             if wd:
                 self.notifier.watchdog()  # only a healthy loop gets here
                 wait = min(wait, wd / 2)
-            if self.signals.stop:
-                break
-            self.signals.wake.wait(wait)
-            self.signals.wake.clear()
-            if self.signals.reload:
-                self.signals.reload = False
+            sig.wait(wait)
+            if sig.reload and not sig.stop:
+                sig.reload = False
                 self.reload(config_path)
         self.notifier.stopping()
-        self.log.info("agent.stopping", spool=self.engine.spool.depth())
-        self.close()
+        if forced:
+            self.log.warning("agent.stopping", spool=self.engine.spool.depth(),
+                             forced=f"a step overran the {sig.stop_deadline:g}s stop deadline")
+        else:
+            self.log.info("agent.stopping", spool=self.engine.spool.depth())
         return EXIT_OK
 
 
@@ -193,5 +250,4 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
             agent.close()
 
 
-__all__ = ["STOP_DEADLINE", "Agent", "instance_lock", "once_exit_code", "run"]
-_ = Any
+__all__ = ["STOP_DEADLINE", "Agent", "StopDeadline", "instance_lock", "once_exit_code", "run"]

@@ -30,6 +30,7 @@ BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
 SKEW_LIMIT = licensing.SKEW_LIMIT
+OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
 
 
@@ -89,6 +90,7 @@ class Engine:
         self.failures = 0
         self.retry_at: float = 0.0
         self.outage_since: float | None = None
+        self.outage_summary_at: float = 0.0
         self.last_skew: float = 0.0
         self.source_errors: dict[str, str] = {}
         now = int(deps.clock())
@@ -138,6 +140,14 @@ class Engine:
 
     def produce(self, kinds: Sequence[str], now: float, *, force_full: bool = False) -> list[Sealed]:
         """Build, seal (seq persisted first) and spool kinds; a failing source skips its kind. Returns sealed."""
+        if "license" in kinds and self.schedule.license.last_sent is None and self.spool.holds("license"):
+            # The first license registers the instance, and a superseding one would queue behind the
+            # heartbeats already waiting (seq order), which an unregistered instance cannot deliver.
+            kinds = [k for k in kinds if k != "license"]
+            ks = self.schedule.license
+            due = next_due(now, interval_of(self.cfg, "license"), self.cfg.schedule.jitter, self.deps.rng)
+            self.schedule = self.schedule.with_kind("license", replace(ks, next_due=due))
+            self._log("license.registration_pending", spool=self.spool.depth())
         license_state = self.license_status(now).state if "license" in kinds else None
         built = collect.gather(self.cfg, self.ident, kinds, now=now,
                                last_acked_root=None if force_full else self.schedule.last_acked_root,
@@ -179,12 +189,21 @@ class Engine:
 
     # ---- send ----
 
-    def flush(self, now_fn: Callable[[], float] | None = None) -> FlushResult:
-        """Send spooled messages oldest first until one must be retried; ledger every outcome."""
+    def reconfigure(self, cfg: Config, transport: Transport) -> None:
+        """Take a reloaded config (same state dir) and its transport."""
+        self.cfg = cfg
+        self.deps.transport = transport
+        self.spool.max_messages, self.spool.max_bytes = cfg.spool.max_messages, cfg.spool.max_bytes
+
+    def flush(self, now_fn: Callable[[], float] | None = None, *,
+              should_stop: Callable[[], bool] = lambda: False) -> FlushResult:
+        """Send spooled messages oldest first until one must be retried or should_stop(); ledger every outcome."""
         clock = now_fn or self.deps.clock
         result = FlushResult()
         deadline = self.cfg.server.connect_timeout + self.cfg.server.read_timeout + 5
         for entry in self.spool.entries():
+            if should_stop():
+                return result
             sealed = sealed_of(entry)
             url = self.cfg.server.url + entry.endpoint
             response = send(self.deps.transport, url, entry.envelope, deadline=deadline)
@@ -211,7 +230,7 @@ class Engine:
             self._on_delivered(entry, sealed, outcome, now)
             result.delivered.append((entry, outcome))
         if self.outage_since is not None:
-            self._log("delivery.recovered", outage_seconds=int(clock() - self.outage_since))
+            self._log("delivery.recovered", outage_seconds=int(clock() - self.outage_since), attempts=self.failures)
         self.failures, self.retry_at, self.outage_since = 0, 0.0, None
         return result
 
@@ -225,12 +244,13 @@ class Engine:
                 ks, consecutive_failures=ks.consecutive_failures + 1, last_error=outcome.reason[:200]))
             self._save_schedule()
         if self.outage_since is None:
-            self.outage_since = now
+            self.outage_since = self.outage_summary_at = now
             self._warn("delivery.outage_started", reason=outcome.reason, retry_in=int(delay),
-                      spool=self.spool.depth())
-        elif self.failures % 10 == 0:
-            self._warn("delivery.outage_continues", attempts=self.failures,
-                      since=int(now - self.outage_since), spool=self.spool.depth(), reason=outcome.reason)
+                       spool=self.spool.depth())
+        elif now - self.outage_summary_at >= OUTAGE_SUMMARY_EVERY:  # quiet: a summary, not every attempt
+            self.outage_summary_at = now
+            self._warn("delivery.outage_continues", attempts=self.failures, seconds=int(now - self.outage_since),
+                       spool=self.spool.depth(), reason=outcome.reason)
         self.refresh_license(now, Contact("unreachable", now, self.outage_since, outcome.reason[:200]))
 
     def _on_delivered(self, entry: Entry, sealed: Sealed, d: Delivered, now: float) -> None:

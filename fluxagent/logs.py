@@ -11,13 +11,18 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
+# structlog.dev imports rich, when installed, only to draw tracebacks on a console. The agent never
+# asks for that, and rich holds ~5 MB of resident memory in a process that runs for months.
+sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+
+import structlog  # noqa: E402
 
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|token|private|signing_key|digest_key|authorization|cookie|credential)", re.I
 )
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+_stream: list[TextIO] = []
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -50,6 +55,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
               env: MutableMapping[str, str] | None = None) -> None:
     """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set."""
     out = stream or sys.stdout
+    _stream[:] = [out]
     env = os.environ if env is None else env
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -77,3 +83,8 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 def get(name: str = "fluxagent") -> Any:
     """Return a bound structlog logger."""
     return structlog.get_logger(name)
+
+
+def current_stream() -> TextIO | None:
+    """Return the stream the last configure() chose (None before the first), for a reload."""
+    return _stream[0] if _stream else None

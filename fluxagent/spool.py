@@ -306,6 +306,10 @@ class Spool:
             raise StateError(f"cannot remove {entry.path}: {exc.strerror or exc}") from exc
         self._index = [m for m in self._index if m.seq != entry.seq]
 
+    def holds(self, kind: str) -> bool:
+        """Return whether an entry of kind is queued."""
+        return any(m.kind == kind for m in self._index)
+
     def depth(self) -> int:
         """Return the number of queued entries."""
         return len(self._index)

@@ -443,3 +443,17 @@ NOW = 1_700_000_000.0
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, NOW, 3600.0) == expected
+
+
+def test_system_trust_is_read_from_the_hashed_ca_directory(
+    https: Any, ca_pem: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(ca_pem)], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    (tmp_path / f"{digest}.0").write_bytes(ca_pem.read_bytes())
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))  # the system directory, as OpenSSL finds it
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    srv = https(reply(200, b"ok"))
+    assert post(server_config(srv.url)).status == 200

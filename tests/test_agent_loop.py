@@ -1,0 +1,95 @@
+"""The daemon loop in this process: interruptible waits, the stop deadline, idle costs no CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import nacl.signing
+import pytest
+from agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, wire
+
+from fluxagent.agent import Signals
+from fluxagent.testing.server import Fault, ReferenceServer
+
+
+def kill_self_later(delay: float, sig: int) -> threading.Timer:
+    timer = threading.Timer(delay, os.kill, (os.getpid(), sig))
+    timer.start()
+    return timer
+
+
+def test_wait_returns_as_soon_as_a_signal_arrives_and_restores_the_handlers() -> None:
+    before = signal.getsignal(signal.SIGHUP)
+    sig = Signals()
+    sig.install()
+    try:
+        kill_self_later(0.2, signal.SIGHUP)
+        t = time.monotonic()
+        sig.wait(30)
+        assert time.monotonic() - t < 2 and sig.reload and not sig.stop
+    finally:
+        sig.uninstall()
+    assert signal.getsignal(signal.SIGHUP) is before
+
+
+def test_wait_after_a_signal_that_came_before_it_does_not_block() -> None:
+    sig = Signals()
+    sig.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        t = time.monotonic()
+        sig.wait(30)
+        assert time.monotonic() - t < 1 and sig.stop
+    finally:
+        sig.uninstall()
+
+
+def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the_message(tmp_path: Path) -> None:
+    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    log = LogCapture()
+    with ReferenceServer(signing_keys=keys) as srv:
+        ws = wire(tmp_path / "ws", srv, keys, server={"read_timeout": "60s"})
+        srv.inject(Fault.delay(60, endpoint="license"))  # the server never answers in time
+        agent = make_agent(ws.cfg, stop_deadline=0.5)
+        try:
+            kill_self_later(0.5, signal.SIGTERM)
+            t = time.monotonic()
+            assert agent.loop(ws.root / "fluxagent.toml") == 0
+            elapsed = time.monotonic() - t
+        finally:
+            agent.close()
+    assert 0.9 <= elapsed < 5
+    [stopping] = log.events("agent.stopping")
+    assert stopping["level"] == "warning" and "stop deadline" in stopping["forced"] and stopping["spool"] == 3
+    assert [e for e in ledger_entries(ws.cfg) if e.event == "sent"] == []  # resent by the next run
+
+
+@pytest.mark.slow
+def test_idle_daemon_uses_no_cpu_between_events(tmp_path: Path) -> None:
+    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    notify = NotifySocket()
+    with ReferenceServer(signing_keys=keys) as srv:
+        ws = wire(tmp_path / "ws", srv, keys)
+        d = Daemon(ws.root / "fluxagent.toml", env=clean_env(NOTIFY_SOCKET=str(notify.path)))
+        try:
+            notify.wait_for("STATUS", "license valid; spool 0")
+            time.sleep(0.2)
+            before = cpu_seconds(d.proc.pid)
+            time.sleep(2.0)
+            used = cpu_seconds(d.proc.pid) - before
+            d.signal(signal.SIGTERM)
+            assert d.wait() == 0
+        finally:
+            d.stop()
+            notify.close()
+    assert used < 0.02, f"idle daemon used {used:.3f}s CPU in 2s"
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return utime+stime of pid in seconds, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
