@@ -12,6 +12,8 @@ from pathlib import Path
 import nacl.signing
 import pytest
 import tomli_w
+from conftest import BOUND_DOMAIN, base_config, fixed_world
+from netutil import closed_port
 
 from fluxagent import config, identity, license_store
 from fluxagent.agent import Agent
@@ -22,7 +24,6 @@ from fluxagent.status import collect_status
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer
 from fluxagent.transport import HttpxTransport
-from tests.conftest import BOUND_DOMAIN, base_config, fixed_world
 
 T0 = 1_760_000_000
 DAY = 86400
@@ -97,9 +98,7 @@ def setup(tmp_path: Path, sample_db: Path) -> Iterator[Setup]:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{closed_port()}"
 
 
 def test_valid_receipt_gives_valid_written_atomically_with_mode_0640(setup: Setup) -> None:
