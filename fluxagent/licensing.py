@@ -132,7 +132,7 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
 
     def out(state: str, why: str, until: int | None = None, *extra: int | None) -> Status:
         changes = [x for x in (until, *extra) if x is not None and x > t]
-        return Status(state, skew, (why, *reasons), (r.license_id if r else None) or file.license_id,
+        return Status(state, skew, (why, *reasons), file.license_id or (r.license_id if r else None),
                       (r.expires_at if r and r.expires_at is not None else file.expires_at),
                       r.grace_until if r else None, int(r.received_at) if r else None,
                       min(changes) if changes else None, int(t))

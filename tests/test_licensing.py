@@ -234,7 +234,8 @@ def test_receipt_naming_another_license_id_still_decides_while_the_file_is_uncha
     setup.server.license = LicensePolicy(state="revoked", license_id="FB-OTHER-0001")
     setup.check(setup.engine(), T0)
     doc = setup.status_doc()
-    assert doc["state"] == "revoked" and doc["license_id"] == "FB-OTHER-0001"
+    assert doc["state"] == "revoked" and doc["license_id"] == LID
+    assert doc["receipt"]["license_id"] == "FB-OTHER-0001"  # type: ignore[index]
 
 
 def test_tampered_license_file_is_invalid_even_when_the_server_says_valid(setup: Setup) -> None:
