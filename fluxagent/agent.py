@@ -160,7 +160,8 @@ class Agent:
         """Return the systemd STATUS text: the license state derived now, spool depth, outage."""
         try:
             lic = self.engine.license_status(self.clock())
-            shown = lic.state + (" (clock skew)" if lic.clock_skew else "")
+            shown = lic.state + (" (unconfirmed)" if lic.state == "valid" and lic.confirmed_at is None else "")
+            shown += " (clock skew)" if lic.clock_skew else ""
         except FluxError:
             shown = "unknown"
         depth = self.engine.spool.depth()
