@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import nacl.signing
 import pytest
+import structlog
+from typer.testing import CliRunner
 
 from fluxagent import envelope
+from fluxagent.cli import app
 from fluxagent.demo import Workspace, make_workspace
 from fluxagent.ledger import Ledger, LedgerEntry
 from fluxagent.offline import ANSWER_TYPE, BUNDLE_TYPE, PENDING_FILE
@@ -20,7 +23,6 @@ from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.testing.server_offline import OFFLINE_ENDPOINT, BundleRefused
 from fluxagent.testing.server_protocol import LicensePolicy
-from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -39,8 +41,12 @@ def ws(tmp_path: Path, server: ReferenceServer) -> Workspace:
 
 
 def cli(w: Workspace, *args: str) -> tuple[int, str, str]:
-    done = run_cli("--config", str(w.root / "fluxagent.toml"), *args)
-    return done.returncode, done.stdout, done.stderr
+    """Run a fluxagent command in process (the console script's code path); return code, stdout, stderr."""
+    try:
+        done = CliRunner().invoke(app, ["--config", str(w.root / "fluxagent.toml"), *args])
+    finally:
+        structlog.reset_defaults()  # the commands logged to the runner's stream, closed now
+    return done.exit_code, done.stdout, done.stderr
 
 
 def export(w: Workspace, name: str = "bundle.json") -> bytes:
