@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import fcntl
+import math
 import os
 import select
 import signal
@@ -27,6 +28,7 @@ from fluxagent.transport import HttpxTransport, Transport
 
 STATE_ERROR_PAUSE = 60.0  # after a state-dir failure (ENOSPC…): wait, then try again; never crash-loop
 STOP_DEADLINE = 20.0
+LICENSE_FILE_POLL = 300.0  # a replaced license file shows in license-status.json within this
 
 
 @contextlib.contextmanager
@@ -147,11 +149,15 @@ class Agent:
         return code
 
     def status_line(self) -> str:
-        """Return the systemd STATUS text: license state, spool depth, outage."""
-        lic = self.engine.read_license_status().get("state", "unknown")
+        """Return the systemd STATUS text: the license state derived now, spool depth, outage."""
+        try:
+            lic = self.engine.license_status(self.clock())
+            shown = lic.state + (" (clock skew)" if lic.clock_skew else "")
+        except FluxError:
+            shown = "unknown"
         depth = self.engine.spool.depth()
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
-        return f"license {lic}; spool {depth}{outage}"
+        return f"license {shown}; spool {depth}{outage}"
 
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""
@@ -163,11 +169,14 @@ class Agent:
                     self.engine.produce(due, now)
                 if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
                     self.engine.flush(should_stop=lambda: self.signals.stop)
+                lic = self.engine.refresh_license(self.clock())  # time passing and license file changes
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
         self.notifier.status(self.status_line())
-        return max(0.0, self.engine.next_wake(self.clock()) - self.clock())
+        now = self.clock()
+        wake = min(self.engine.next_wake(now), now + LICENSE_FILE_POLL, lic.next_change or math.inf)
+        return max(0.0, wake - now)
 
     def reload(self, config_path: Path) -> None:
         """Re-read the config; a bad one is logged and the old one keeps running."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -72,7 +73,7 @@ def renewed_license(srv: ReferenceServer, w: Workspace, license_id: str = "FB-RE
                         issued_at=now - 60, expires_at=now + 2 * 365 * 86400)
 
 
-def test_round_trip_delivers_every_message_updates_the_license_state_and_installs_the_renewed_license(
+def test_round_trip_delivers_every_message_and_updates_the_license_state(
     ws: Workspace, server: ReferenceServer
 ) -> None:
     server.license = LicensePolicy(state="grace", license_id="FB-DEMO-0001")
@@ -81,21 +82,35 @@ def test_round_trip_delivers_every_message_updates_the_license_state_and_install
     kinds = [json.loads(envelope.parse_envelope(m["envelope"].encode())[1])["body"] for m in opened.obj["messages"]]
     assert len(kinds) == 3 and server.received == []  # nothing went over the network
     answer = ws.root / "answer.json"
-    answer.write_bytes(server.answer_bundle(bundle, license_file=renewed_license(server, ws)))
+    answer.write_bytes(server.answer_bundle(bundle))
     code, out, err = cli(ws, "import", str(answer))
     assert code == 0, out + err
     assert "license (seq 1) delivered: license grace" in out
     assert license_shown(ws) == ("grace", "FB-DEMO-0001")
-    assert b"FB-RENEWED-0002" in base64.b64decode(json.loads(ws.cfg.instance.license_file.read_bytes())["payload"])
     events = [(e.event, e.kind, e.seq) for e in ledger(ws)]
     assert events[:3] == [("exported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
     assert events[3:6] == [("imported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
-    assert events[6][:2] == ("installed", "license")
     assert all(e.receipt_sha256 for e in ledger(ws)[3:6])
     assert json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
     assert cli(ws, "log", "--verify")[0] == 0
     shown = json.loads(cli(ws, "status", "--json")[1])
     assert all(shown["kinds"][k]["last_delivered"] for k in ("license", "heartbeat", "digest"))
+
+
+def test_renewal_in_an_answer_installs_the_new_license_file_and_the_state_follows_it(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    server.license = LicensePolicy(state="valid", license_id="FB-RENEWED-0002")
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(export(ws), license_file=renewed_license(server, ws)))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 0, out + err
+    assert "license FB-RENEWED-0002 installed" in out
+    assert b"FB-RENEWED-0002" in base64.b64decode(json.loads(ws.cfg.instance.license_file.read_bytes())["payload"])
+    assert license_shown(ws) == ("valid", "FB-RENEWED-0002")
+    installed = ledger(ws)[-1]
+    assert (installed.event, installed.kind, installed.outcome) == ("installed", "license", "installed")
+    assert installed.payload_sha256 == hashlib.sha256(ws.cfg.instance.license_file.read_bytes()).hexdigest()
 
 
 def _ident_key(w: Workspace) -> bytes:
