@@ -87,6 +87,8 @@ def test_round_trip_delivers_every_message_and_updates_the_license_state(
     assert code == 0, out + err
     assert "license (seq 1) delivered: license grace" in out
     assert license_shown(ws) == ("grace", "FB-DEMO-0001")
+    recorded = json.loads((ws.cfg.instance.state_dir / "license-status.json").read_text())["receipt"]
+    assert (recorded["state"], recorded["license_id"], recorded["source"]) == ("grace", "FB-DEMO-0001", "import")
     events = [(e.event, e.kind, e.seq) for e in ledger(ws)]
     assert events[:3] == [("exported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
     assert events[3:6] == [("imported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
@@ -100,7 +102,9 @@ def test_round_trip_delivers_every_message_and_updates_the_license_state(
 def test_renewal_in_an_answer_installs_the_new_license_file_and_the_state_follows_it(
     ws: Workspace, server: ReferenceServer
 ) -> None:
-    server.license = LicensePolicy(state="valid", license_id="FB-RENEWED-0002")
+    # the receipt still speaks of the old license; the renewed file decides until the server answers
+    # for the new one (PROTOCOL §7 rule 1)
+    server.license = LicensePolicy(state="grace", license_id="FB-DEMO-0001")
     answer = ws.root / "answer.json"
     answer.write_bytes(server.answer_bundle(export(ws), license_file=renewed_license(server, ws)))
     code, out, err = cli(ws, "import", str(answer))
@@ -108,6 +112,8 @@ def test_renewal_in_an_answer_installs_the_new_license_file_and_the_state_follow
     assert "license FB-RENEWED-0002 installed" in out
     assert b"FB-RENEWED-0002" in base64.b64decode(json.loads(ws.cfg.instance.license_file.read_bytes())["payload"])
     assert license_shown(ws) == ("valid", "FB-RENEWED-0002")
+    on_disk = json.loads((ws.cfg.instance.state_dir / "license-status.json").read_text())  # what the platform reads
+    assert (on_disk["state"], on_disk["license_id"]) == ("valid", "FB-RENEWED-0002")
     installed = ledger(ws)[-1]
     assert (installed.event, installed.kind, installed.outcome) == ("installed", "license", "installed")
     assert installed.payload_sha256 == hashlib.sha256(ws.cfg.instance.license_file.read_bytes()).hexdigest()
