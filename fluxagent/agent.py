@@ -21,8 +21,9 @@ from fluxagent import identity, logs
 from fluxagent.config import Config
 from fluxagent.control import DaemonUpdates
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld, StateError
 from fluxagent.fsutil import ensure_private_dir
+from fluxagent.metrics import MetricsWriter
 from fluxagent.notify import Notifier
 from fluxagent.transport import HttpxTransport, Transport
 
@@ -34,8 +35,13 @@ LICENSE_FILE_POLL = 300.0  # a replaced license file shows in license-status.jso
 @contextlib.contextmanager
 def instance_lock(state_dir: Path) -> Iterator[int]:
     """Hold an exclusive flock on `<state_dir>/lock`; raises LockHeld (exit 75) if another holds it."""
-    ensure_private_dir(state_dir)
-    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = state_dir / "lock"
+    try:
+        ensure_private_dir(state_dir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # read-only or foreign state dir: a state problem, not a crash
+        raise StateError(f"cannot open the lock file {path}: {exc.strerror or exc}",
+                         hint="the state directory must be writable by the user fluxagent runs as") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,6 +140,7 @@ class Agent:
         self.signals = Signals(stop_deadline)
         self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
         self.updates: DaemonUpdates | None = None
+        self.metrics = MetricsWriter(self.log)
 
     def close(self) -> None:
         closer = getattr(self.transport, "close", None)
@@ -157,7 +164,15 @@ class Agent:
             shown = "unknown"
         depth = self.engine.spool.depth()
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
-        return f"license {shown}; spool {depth}{outage}"
+        held = ", ".join(sorted(self.engine.source_errors))
+        sources = f"; not sent: {held} (source failing, see status)" if held else ""
+        return f"license {shown}; spool {depth}{outage}{sources}"
+
+    def _between_messages(self) -> bool:
+        """Called before each message of a flush: it is progress, so feed the watchdog; return whether to stop."""
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()  # a long flush (many spooled messages) must not trip WatchdogSec
+        return self.signals.stop
 
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""
@@ -168,12 +183,13 @@ class Agent:
                 if due and not self.signals.stop:
                     self.engine.produce(due, now)
                 if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
-                    self.engine.flush(should_stop=lambda: self.signals.stop)
+                    self.engine.flush(should_stop=self._between_messages)
                 lic = self.engine.refresh_license(self.clock())  # time passing and license file changes
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
         self.notifier.status(self.status_line())
+        self.metrics.write(self.cfg, self.clock())  # for node_exporter's textfile collector
         now = self.clock()
         wake = min(self.engine.next_wake(now), now + LICENSE_FILE_POLL, lic.next_change or math.inf)
         return max(0.0, wake - now)
