@@ -210,9 +210,10 @@ class Agent:
         else:
             old_doc, new_doc = config_mod.to_mapping(self.cfg), config_mod.to_mapping(new)
             changed = sorted(k for k in new_doc if new_doc[k] != old_doc.get(k))
-            self.close()
-            self.cfg, self.transport = new, transport
-            self.engine.reconfigure(new, transport)
+            with self.engine_lock:  # not while the control socket's credentials request uses the transport
+                self.close()
+                self.cfg, self.transport = new, transport
+                self.engine.reconfigure(new, transport)
             self.log.info("config.reloaded", path=str(config_path), changed=changed)  # before a new level hides it
             logs.configure(new.log.format, new.log.level, stream=logs.current_stream())
             self.log = self.engine.deps.log = logs.get()

@@ -57,6 +57,7 @@ install -D -m 0644 README.md "$ROOT/usr/share/doc/fluxagent/README.md"
 install -D -m 0644 docs/PROTOCOL.md "$ROOT/usr/share/doc/fluxagent/PROTOCOL.md"
 mkdir -p "$ROOT/usr/bin"
 ln -s "$PREFIX/bin/fluxagent" "$ROOT/usr/bin/fluxagent"
+ln -s "$PREFIX/bin/docker-credential-fluxagent" "$ROOT/usr/bin/docker-credential-fluxagent"  # docker finds helpers on PATH
 
 # 4. control files
 mkdir -p "$ROOT/DEBIAN"
