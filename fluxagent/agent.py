@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import fcntl
+import math
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 from fluxagent import config as config_mod
 from fluxagent import identity, logs
 from fluxagent.config import Config
+from fluxagent.control import DaemonUpdates
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld
 from fluxagent.fsutil import ensure_private_dir
@@ -26,6 +29,7 @@ from fluxagent.transport import HttpxTransport, Transport
 
 STATE_ERROR_PAUSE = 60.0  # after a state-dir failure (ENOSPC…): wait, then try again; never crash-loop
 STOP_DEADLINE = 20.0
+LICENSE_FILE_POLL = 300.0  # a replaced license file shows in license-status.json within this
 
 
 @contextlib.contextmanager
@@ -129,6 +133,8 @@ class Agent:
         self.transport = self.transport_factory(cfg)
         self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
         self.signals = Signals(stop_deadline)
+        self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
+        self.updates: DaemonUpdates | None = None
         self.metrics = MetricsWriter(self.log)
 
     def close(self) -> None:
@@ -145,11 +151,15 @@ class Agent:
         return code
 
     def status_line(self) -> str:
-        """Return the systemd STATUS text: license state, spool depth, outage."""
-        lic = self.engine.read_license_status().get("state", "unknown")
+        """Return the systemd STATUS text: the license state derived now, spool depth, outage."""
+        try:
+            lic = self.engine.license_status(self.clock())
+            shown = lic.state + (" (clock skew)" if lic.clock_skew else "")
+        except FluxError:
+            shown = "unknown"
         depth = self.engine.spool.depth()
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
-        return f"license {lic}; spool {depth}{outage}"
+        return f"license {shown}; spool {depth}{outage}"
 
     def _between_messages(self) -> bool:
         """Called before each message of a flush: it is progress, so feed the watchdog; return whether to stop."""
@@ -161,17 +171,21 @@ class Agent:
         """Do whatever is due now; return seconds until the next wake-up."""
         now = self.clock()
         try:
-            due = self.engine.due(now)
-            if due and not self.signals.stop:
-                self.engine.produce(due, now)
-            if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
-                self.engine.flush(should_stop=self._between_messages)
+            with self.engine_lock:
+                due = self.engine.due(now)
+                if due and not self.signals.stop:
+                    self.engine.produce(due, now)
+                if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
+                    self.engine.flush(should_stop=self._between_messages)
+                lic = self.engine.refresh_license(self.clock())  # time passing and license file changes
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
         self.notifier.status(self.status_line())
         self.metrics.write(self.cfg, self.clock())  # for node_exporter's textfile collector
-        return max(0.0, self.engine.next_wake(self.clock()) - self.clock())
+        now = self.clock()
+        wake = min(self.engine.next_wake(now), now + LICENSE_FILE_POLL, lic.next_change or math.inf)
+        return max(0.0, wake - now)
 
     def reload(self, config_path: Path) -> None:
         """Re-read the config; a bad one is logged and the old one keeps running."""
@@ -198,9 +212,11 @@ class Agent:
     def loop(self, config_path: Path) -> int:
         """Run until SIGTERM/SIGINT; return 0 after a graceful stop."""
         self.signals.install()
+        self.updates = DaemonUpdates(self)
         try:
             return self._loop(config_path)
         finally:
+            self.updates.close()
             self.signals.uninstall()
 
     def _loop(self, config_path: Path) -> int:

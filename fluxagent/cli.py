@@ -240,6 +240,34 @@ def log_cmd(
 
 
 @app.command()
+def validate(
+    ctx: typer.Context,
+    offline: Annotated[bool, typer.Option("--offline", help="Skip the network checks and the live license check")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Check config, identity, license file, database, clock, network path and one live license check.
+
+    Exit codes: 0 all ok, 1 a check failed, 69 server unreachable, 78 configuration or identity error.
+    """
+    import json
+
+    from fluxagent.validate import exit_code, run_checks
+
+    checks = []
+    for check in run_checks(ctx.obj, offline=offline):
+        checks.append(check)
+        if not as_json:
+            typer.echo(f"{check.level:<5} {check.name:<15} {check.reason}")
+            if check.fix and check.level in ("warn", "fail"):
+                typer.echo(f"{'':<21} fix: {check.fix}")
+    code = exit_code(checks)
+    if as_json:
+        typer.echo(json.dumps({"checks": [c.as_dict() for c in checks], "exit_code": code}, indent=2))
+    raise typer.Exit(code)
+
+
+@app.command()
 def demo(
     workspace: Annotated[Path | None, typer.Option(help="Keep the workspace here instead of a temp dir")] = None,
 ) -> None:
@@ -251,6 +279,11 @@ def demo(
     except FluxError as exc:
         raise fail(exc) from None
     raise typer.Exit(code)
+
+
+from fluxagent import cli_updates  # noqa: E402  (registers `credentials`, `export`, `import` on app)
+
+_ = cli_updates
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from fluxagent.errors import FluxError, SourceError
 from fluxagent.facts import HostFacts
 from fluxagent.identifiers import TokenSet, add_machine, add_networks, add_servers, canonical_hostname, key_id
 from fluxagent.identity import Identity
-from fluxagent.license import LicenseFile, check_license, read_license_file
+from fluxagent.license import LicenseFile, read_license_file
 from fluxagent.messages import Message, Sealed
 from fluxagent.sources.platform import PlatformSource, open_platform
 
@@ -83,11 +83,9 @@ def tokens_for(platform: PlatformSource, host: HostFacts, key: bytes) -> TokenSe
 
 def license_view(cfg: Config, world: World, now: float) -> LicenseFile:
     """Return the local license file verdict."""
-    try:
-        data = world.read_license(cfg.instance.license_file)
-    except OSError as exc:
-        return LicenseFile("invalid", None, f"cannot read {cfg.instance.license_file}: {exc.strerror}")
-    return check_license(data, cfg.server.vendor_keys, cfg.instance.bound_domain, now)
+    from fluxagent.license_store import read_file_verdict
+
+    return read_file_verdict(cfg, now, world.read_license)
 
 
 def gather(

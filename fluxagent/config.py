@@ -167,6 +167,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class UpdatesConfig:
+    apt_auth_file: Path = Path("/etc/apt/auth.conf.d/fluxagent.conf")
+    min_remaining: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     instance: InstanceConfig = field(default_factory=InstanceConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -175,6 +181,7 @@ class Config:
     host: HostConfig = field(default_factory=HostConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     source: Path | None = None
 
 
@@ -349,6 +356,7 @@ SCHEMA: dict[str, dict[str, Parser]] = {
     "host": {"include_interfaces": _bool, "exclude_interfaces": _str_list},
     "spool": {"max_messages": _int_range(10, 1_000_000), "max_bytes": _size_range(64 * 1024, 10 * 2**30)},
     "log": {"format": _one_of("auto", "json", "console"), "level": _one_of("debug", "info", "warning", "error")},
+    "updates": {"apt_auth_file": _path, "min_remaining": _duration_range(0, 3600)},
 }
 _REQUIRED = {("instance", "bound_domain")}
 
@@ -360,7 +368,7 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
     values: dict[str, dict[str, Any]] = {name: {} for name in SCHEMA}
 
     for top, sub in doc.items():
-        if top not in ("instance", "server", "schedule", "platform", "host", "spool", "log"):
+        if top not in ("instance", "server", "schedule", "platform", "host", "spool", "log", "updates"):
             problems.append(f"{where}{top}: unknown section")
             continue
         if not isinstance(sub, Mapping):
@@ -390,6 +398,7 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
         host=HostConfig(**values["host"]),
         spool=SpoolConfig(**values["spool"]),
         log=LogConfig(**values["log"]),
+        updates=UpdatesConfig(**values["updates"]),
         source=source,
     )
 
@@ -456,6 +465,10 @@ def to_mapping(cfg: Config) -> dict[str, Any]:
         },
         "spool": {"max_messages": cfg.spool.max_messages, "max_bytes": cfg.spool.max_bytes},
         "log": {"format": cfg.log.format, "level": cfg.log.level},
+        "updates": {
+            "apt_auth_file": str(cfg.updates.apt_auth_file),
+            "min_remaining": format_duration(cfg.updates.min_remaining),
+        },
     }
 
 

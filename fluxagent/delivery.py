@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fluxagent import collect, messages, state
+from fluxagent import collect, license_store, licensing, messages, state
 from fluxagent.config import Config
 from fluxagent.errors import FluxError, StateError
 from fluxagent.identity import Identity
 from fluxagent.ledger import Ledger
+from fluxagent.licensing import Contact, Receipt, Status
 from fluxagent.messages import Sealed
 from fluxagent.receipts import Delivered, Rejected, Retry, classify
 from fluxagent.spool import Entry, Spool
@@ -28,9 +29,9 @@ SCHEDULED = ("license", "heartbeat", "digest")
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
-SKEW_LIMIT = 300.0
+SKEW_LIMIT = licensing.SKEW_LIMIT
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
-LICENSE_STATUS_FILE = "license-status.json"
+LICENSE_STATUS_FILE = license_store.FILE
 
 
 def interval_of(cfg: Config, kind: str) -> float:
@@ -147,7 +148,7 @@ class Engine:
             due = next_due(now, interval_of(self.cfg, "license"), self.cfg.schedule.jitter, self.deps.rng)
             self.schedule = self.schedule.with_kind("license", replace(ks, next_due=due))
             self._log("license.registration_pending", spool=self.spool.depth())
-        license_state = self.read_license_status().get("state") if "license" in kinds else None
+        license_state = self.license_status(now).state if "license" in kinds else None
         built = collect.gather(self.cfg, self.ident, kinds, now=now,
                                last_acked_root=None if force_full else self.schedule.last_acked_root,
                                license_state=license_state if license_state in messages.LICENSE_STATES else None,
@@ -218,6 +219,9 @@ class Engine:
                 self.spool.remove(entry)
                 self._error(f"{entry.kind}.rejected", seq=entry.seq, status=outcome.status,
                           reason=outcome.reason)
+                if entry.kind == "license":
+                    why = f"HTTP {outcome.status}: {outcome.reason}"[:200]
+                    self.refresh_license(now, Contact("rejected", now, now, why))
                 result.rejected.append((entry, outcome))
                 continue
             self._ledger_entry(int(now), "sent", entry, outcome="delivered", http_status=outcome.status,
@@ -247,6 +251,7 @@ class Engine:
             self.outage_summary_at = now
             self._warn("delivery.outage_continues", attempts=self.failures, seconds=int(now - self.outage_since),
                        spool=self.spool.depth(), reason=outcome.reason)
+        self.refresh_license(now, Contact("unreachable", now, self.outage_since, outcome.reason[:200]))
 
     def _on_delivered(self, entry: Entry, sealed: Sealed, d: Delivered, now: float) -> None:
         self.last_skew = d.skew
@@ -271,6 +276,8 @@ class Engine:
                 self.schedule = replace(self.schedule, last_acked_root=sealed.obj["body"]["root"])
         if kind == "license":
             self.write_license_status(d, now)
+        else:
+            self.refresh_license(now, Contact("delivered", now))
         self._save_schedule()
 
     # ---- license status (the platform reads it) ----
@@ -282,14 +289,45 @@ class Engine:
         except StateError:
             return {}
 
-    def write_license_status(self, d: Delivered, now: float) -> None:
-        """Record the server's license verdict from a verified receipt."""
+    def write_license_status(self, d: Delivered, now: float, *, source: str = "online") -> Status:
+        """Record a verified license receipt (online, or imported) and write the state derived from it.
+
+        The single entry point through which a license receipt reaches license-status.json.
+        """
         b = d.receipt_body
-        doc = {"v": 1, "state": b.get("state"), "license_id": b.get("license_id"),
-               "expires_at": b.get("expires_at"), "grace_until": b.get("grace_until"),
-               "checked_at": int(now), "server_ts": d.server_ts, "clock_skew": abs(d.skew) > SKEW_LIMIT,
-               "source": "receipt"}
-        state.write_json(self.cfg.instance.state_dir / LICENSE_STATUS_FILE, doc, mode=0o640)
+
+        def opt_int(v: Any) -> int | None:
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+        lid = b.get("license_id")
+        receipt = Receipt(str(b.get("state")), lid if isinstance(lid, str) else None, opt_int(b.get("expires_at")),
+                          opt_int(b.get("grace_until")), opt_int(b.get("next_check_in")), d.server_ts, now,
+                          d.skew if source == "online" else 0.0, source)
+        contact = Contact("delivered", now) if source == "online" else None
+        st, _file, _ = license_store.refresh(self.cfg, now, receipt=receipt, contact=contact,
+                                             read=self.deps.world.read_license)
+        self._log("license.state", state=st.state, clock_skew=st.clock_skew or None)
+        return st
+
+    def refresh_license(self, now: float, contact: Contact | None = None) -> Status:
+        """Derive the license state now (recording contact if given); rewrite license-status.json on change.
+
+        When the license file changed its verdict, the license check is made due at once.
+        """
+        before = (self.read_license_status().get("file") or {})
+        st, file, written = license_store.refresh(self.cfg, now, contact=contact, read=self.deps.world.read_license)
+        if written:
+            self._log("license.state", state=st.state, clock_skew=st.clock_skew or None)
+            if before and (before.get("license_id"), before.get("state")) != (file.license_id, file.state):
+                self._log("license.file_changed", state=file.state)
+                ks = self.schedule.kind("license")
+                self.schedule = self.schedule.with_kind("license", replace(ks, next_due=int(now)))
+                self._save_schedule()
+        return st
+
+    def license_status(self, now: float) -> Status:
+        """Return the license state derived now, without writing anything."""
+        return license_store.current(self.cfg, now, read=self.deps.world.read_license)[0]
 
     def cycle(self, now: float, kinds: Sequence[str]) -> FlushResult:
         """Produce kinds and flush the spool: one full cycle. Raises FluxError on state trouble."""

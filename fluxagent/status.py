@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fluxagent import state
+from fluxagent import license_store, state
 from fluxagent.config import Config
 from fluxagent.errors import StateError
 from fluxagent.ledger import Ledger, LedgerEntry
@@ -42,7 +42,7 @@ def _last_per_kind(ledger_dir: Path, limit: int = 5000) -> dict[str, dict[str, A
         return out
     ledger = Ledger(ledger_dir, readonly=True)
     for i, e in enumerate(ledger.entries(reverse=True)):
-        if e.event == "sent" and e.kind not in out:
+        if e.event in ("sent", "imported") and e.kind not in out:  # imported: an air-gapped delivery
             out[e.kind] = {"ts": e.ts, "seq": e.seq, "ledger_n": e.n}
         if len(out) == len(KINDS) or i >= limit:
             break
@@ -53,7 +53,7 @@ def collect_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     """Return the agent's status as a JSON-ready dict; raises StateError on unreadable state."""
     t = time.time() if now is None else now
     sd = cfg.instance.state_dir
-    lic = state.read_json(sd / "license-status.json") or {}
+    lic, _stored, _file = license_store.current(cfg, t)
     sched = state.load_schedule(sd)
     kinds = {}
     last = _last_per_kind(sd / "ledger")
@@ -65,17 +65,17 @@ def collect_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             "consecutive_failures": ks.consecutive_failures,
             "last_error": ks.last_error,
         }
-    server_ts = lic.get("server_ts")
-    behind = isinstance(server_ts, int) and t < server_ts - 300
     return {
         "license": {
-            "state": lic.get("state", "unknown"),
-            "license_id": lic.get("license_id"),
-            "expires_at": lic.get("expires_at"),
-            "grace_until": lic.get("grace_until"),
-            "checked_at": lic.get("checked_at"),
+            "state": lic.state,
+            "license_id": lic.license_id,
+            "expires_at": lic.expires_at,
+            "grace_until": lic.grace_until,
+            "checked_at": lic.confirmed_at,
+            "reasons": list(lic.reasons),
+            "next_change": lic.next_change,
         },
-        "clock_skew": bool(lic.get("clock_skew")) or behind,
+        "clock_skew": lic.clock_skew,
         "kinds": kinds,
         "spool": _spool_facts(sd / "spool"),
         "state_dir": str(sd),
@@ -107,6 +107,7 @@ def status_text(st: dict[str, Any]) -> str:
         f"license:   {lic['state']}"
         + (f" ({lic['license_id']})" if lic.get("license_id") else "")
         + (f", expires {_when(lic['expires_at'], now)}" if lic.get("expires_at") else ""),
+        *(f"           {why}" for why in lic.get("reasons", [])),
         f"clock:     {'SKEWED (local clock disagrees with the server by >300 s)' if st['clock_skew'] else 'ok'}",
     ]
     for k, v in st["kinds"].items():

@@ -66,9 +66,8 @@ as_agent fluxagent init
 [ "$(mode_of /var/lib/fluxagent/signing.key)" = "fluxagent:fluxagent 600" ] || fail "signing.key is not private"
 as_agent fluxagent preview > /dev/null
 as_agent fluxagent status
-# The licensing branch adds `validate`; at merge, replace the next line with:
-#   as_agent fluxagent validate --offline
-as_agent fluxagent preview --kind license > /dev/null
+as_agent fluxagent validate --offline
+command -v docker-credential-fluxagent > /dev/null || fail "docker-credential-fluxagent is not on PATH"
 
 step "purge"
 LIST=$(dpkg -L fluxagent)

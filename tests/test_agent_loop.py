@@ -69,7 +69,10 @@ def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the
 
 
 @pytest.mark.slow
-def test_idle_daemon_uses_no_cpu_between_events(tmp_path: Path) -> None:
+def test_idle_daemon_does_not_wake_between_events(tmp_path: Path) -> None:
+    # Wake-ups, not CPU seconds: a process blocked in one wait is not scheduled at all, while any
+    # polling loop shows up as context switches however fast the machine is. (CPU figures are
+    # the benchmark's business: bench/bench_delivery.py.)
     keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
     notify = NotifySocket()
     with ReferenceServer(signing_keys=keys) as srv:
@@ -77,19 +80,23 @@ def test_idle_daemon_uses_no_cpu_between_events(tmp_path: Path) -> None:
         d = Daemon(ws.root / "fluxagent.toml", env=clean_env(NOTIFY_SOCKET=str(notify.path)))
         try:
             notify.wait_for("STATUS", "license valid; spool 0")
-            time.sleep(0.2)
-            before = cpu_seconds(d.proc.pid)
+            time.sleep(0.3)
+            before = context_switches(d.proc.pid)
             time.sleep(2.0)
-            used = cpu_seconds(d.proc.pid) - before
+            woke = context_switches(d.proc.pid) - before
             d.signal(signal.SIGTERM)
             assert d.wait() == 0
         finally:
             d.stop()
             notify.close()
-    assert used < 0.02, f"idle daemon used {used:.3f}s CPU in 2s"
+    assert woke <= 2, f"idle daemon was scheduled {woke} times in 2 s"
 
 
-def cpu_seconds(pid: int) -> float:
-    """Return utime+stime of pid in seconds, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def context_switches(pid: int) -> int:
+    """Return the voluntary + involuntary context switches of all threads of pid, from /proc."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split()[1])
+    return total

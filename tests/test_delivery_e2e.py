@@ -84,7 +84,7 @@ def test_run_once_over_https_delivers_every_kind_with_verified_receipts_and_reco
     assert [(e.payload or "").encode() for e in sent] == [
         base64.b64decode(json.loads(r.body)["payload"]) for r in https_server.received]
     lic = state.read_json(ws.cfg.instance.state_dir / "license-status.json")
-    assert lic is not None and (lic["state"], lic["license_id"]) == ("valid", "FLX-TEST-0001")
+    assert lic is not None and (lic["state"], lic["license_id"]) == ("valid", "FB-DEMO-0001")
     assert Spool(ws.cfg.instance.state_dir / "spool", 10, 10**6).depth() == 0
 
 

@@ -28,11 +28,17 @@ KIND_BY_ENDPOINT = {path: kind for kind, path in messages.ENDPOINTS.items()}
 class LicensePolicy:
     """What the license receipt says; tests may change the fields while the server runs."""
 
-    state: str = "valid"  # valid / grace / expired / revoked / invalid
+    state: str = "valid"  # valid / grace / expired / revoked / invalid, or "auto": by the dates below
     license_id: str | None = "FLX-TEST-0001"
     expires_at: int = 4_102_444_800  # 2100-01-01
     grace_until: int = 4_103_654_400  # fourteen days later
     next_check_in: int = 6 * 3600
+
+    def state_at(self, now: int) -> str:
+        """Return the state a receipt issued at server time now carries ("auto" follows the dates)."""
+        if self.state != "auto":
+            return self.state
+        return "valid" if now < self.expires_at else "grace" if now < self.grace_until else "expired"
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,7 @@ class Verifier:
         if kind == "license":
             p = self.license
             return {
-                "state": p.state,
+                "state": p.state_at(now),
                 "license_id": p.license_id,
                 "expires_at": p.expires_at,
                 "grace_until": p.grace_until,

@@ -1,0 +1,180 @@
+"""The license file, verified offline: each failure has its own code and message; and the pure
+state machine on hand-made inputs (the end-to-end transitions are in test_licensing.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import nacl.signing
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluxagent import envelope
+from fluxagent.license import MAX_LICENSE_BYTES, LicenseFile, check_license
+from fluxagent.licensing import Contact, Receipt, derive
+from fluxagent.testing.licenses import make_license
+
+NOW = 1_760_000_000
+DAY = 86400
+VENDOR = nacl.signing.SigningKey(b"\x07" * 32)
+KEYS = (bytes(VENDOR.verify_key), bytes(nacl.signing.SigningKey(b"\x08" * 32).verify_key))
+DOMAIN = "billing.example.com"
+
+
+def lic(**over: Any) -> bytes:
+    args: dict[str, Any] = dict(license_id="FB-1", bound_domain=DOMAIN, issued_at=NOW - DAY, expires_at=NOW + DAY)
+    args.update(over)
+    return make_license(VENDOR, **args)
+
+
+def signed(payload: dict[str, Any]) -> bytes:
+    return envelope.sign_envelope(envelope.LICENSE_TYPE, envelope.canonical_json(payload), VENDOR)
+
+
+def check(data: bytes | None, domain: str = DOMAIN) -> LicenseFile:
+    return check_license(data, KEYS, domain, NOW)
+
+
+def test_good_license_is_valid_with_its_dates_and_allocations() -> None:
+    v = check(lic())
+    assert (v.state, v.code, v.license_id, v.expires_at) == ("valid", "ok", "FB-1", NOW + DAY)
+    assert v.allocations == {"servers": 500, "networks": 100}
+
+
+def test_bound_domain_is_compared_as_a_canonical_hostname() -> None:
+    assert check(lic(bound_domain="Billing.Example.COM."), "billing.example.com").state == "valid"
+    assert check(lic(bound_domain="bücher.example"), "xn--bcher-kva.example").state == "valid"
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "words"),
+    [
+        (None, "missing", "no license file"),
+        (b"x" * (MAX_LICENSE_BYTES + 1), "too_large", "larger than"),
+        (b"not json", "signature", "license signature: envelope is not JSON"),
+        (make_license(nacl.signing.SigningKey.generate(), license_id="FB-1", bound_domain=DOMAIN,
+                      issued_at=NOW - DAY, expires_at=NOW + DAY), "signature", "no trusted key verifies"),
+        (lic(bound_domain="other.example.org"), "domain", "bound to 'other.example.org'"),
+        (lic(bound_domain="not a host"), "payload", "not a valid host name"),
+        (lic(issued_at=NOW + 2 * DAY, expires_at=NOW + 3 * DAY), "not_yet_valid", "in the future"),
+        (lic(issued_at=NOW, expires_at=NOW - 1), "dates", "not after issued_at"),
+        (lic(expires_at=NOW - 5), "expired", "expired 5 s ago"),
+        (signed({"license_id": "FB-1", "bound_domain": DOMAIN, "issued_at": 1, "expires_at": "soon",
+                 "allocations": {"servers": 1, "networks": 1}}), "dates", "integer issued_at/expires_at"),
+        (signed({"license_id": "FB-1", "bound_domain": DOMAIN, "issued_at": 1, "expires_at": NOW + 9,
+                 "allocations": {"servers": -1, "networks": 1}}), "allocations", "non-negative"),
+        (signed({"license_id": "FB-1", "bound_domain": DOMAIN, "issued_at": 1, "expires_at": NOW + 9}),
+         "allocations", "servers and networks"),
+        (signed({"bound_domain": DOMAIN, "issued_at": 1, "expires_at": NOW + 9}), "payload", "license_id"),
+    ],
+)
+def test_each_failure_has_its_own_code_and_message(data: bytes | None, code: str, words: str) -> None:
+    v = check(data)
+    assert v.code == code and words in v.reason
+    assert v.state == {"missing": "unlicensed", "expired": "expired"}.get(code, "invalid")
+
+
+def test_tampered_payload_fails_the_signature() -> None:
+    env = json.loads(lic())
+    payload = json.loads(base64.b64decode(env["payload"]))
+    payload["expires_at"] += 365 * DAY
+    env["payload"] = base64.b64encode(envelope.canonical_json(payload)).decode()
+    v = check(json.dumps(env).encode())
+    assert (v.state, v.code) == ("invalid", "signature")
+
+
+def test_no_pinned_vendor_keys_means_the_license_cannot_be_verified() -> None:
+    v = check_license(lic(), (), DOMAIN, NOW)
+    assert (v.state, v.code) == ("invalid", "no_keys")
+
+
+# ---- the pure machine ----
+
+GOOD = check(lic(expires_at=NOW + 30 * DAY))
+
+
+def receipt(state: str = "valid", at: float = NOW, **over: Any) -> Receipt:
+    args: dict[str, Any] = dict(license_id="FB-1", expires_at=NOW + 30 * DAY, grace_until=NOW + 44 * DAY,
+                                next_check_in=21600, server_ts=int(at), received_at=at)
+    args.update(over)
+    return Receipt(state, **args)
+
+
+@pytest.mark.parametrize(
+    ("rec", "contact", "now", "state"),
+    [
+        (None, Contact(), NOW, "valid"),
+        (receipt(), Contact("delivered", NOW), NOW + DAY, "valid"),
+        (receipt(), Contact("unreachable", NOW + DAY, NOW + DAY), NOW + 2 * DAY, "offline"),
+        (receipt(), Contact("rejected", NOW + DAY, NOW + DAY), NOW + 2 * DAY, "offline"),
+        (receipt(), Contact("unreachable", NOW + DAY, NOW + DAY), NOW + 15 * DAY, "grace"),
+        (receipt(), Contact("delivered", NOW), NOW + 15 * DAY, "grace"),  # stale confirmation after a reboot
+        (receipt(), Contact("delivered", NOW), NOW + 31 * DAY, "grace"),
+        (receipt(), Contact("delivered", NOW), NOW + 45 * DAY, "expired"),
+        (receipt("grace"), Contact("delivered", NOW), NOW + 40 * DAY, "grace"),
+        (receipt("revoked"), Contact("delivered", NOW), NOW, "revoked"),
+        (receipt("expired"), Contact("delivered", NOW), NOW, "expired"),
+        (receipt("unlicensed"), Contact("delivered", NOW), NOW, "unlicensed"),
+        (None, Contact("unreachable", NOW, NOW), NOW + 15 * DAY, "grace"),
+    ],
+)
+def test_derive_transitions(rec: Receipt | None, contact: Contact, now: float, state: str) -> None:
+    file = check_license(lic(expires_at=NOW + 30 * DAY), KEYS, DOMAIN, now)
+    assert derive(file, rec, contact, now, 14 * DAY).state == state
+
+
+def test_derive_reports_when_the_state_next_changes() -> None:
+    st = derive(GOOD, receipt(), Contact("delivered", NOW), NOW + DAY, 14 * DAY)
+    assert st.next_change == NOW + 14 * DAY
+
+
+def test_clock_off_by_more_than_300_s_at_the_receipt_is_skew_and_less_is_not() -> None:
+    assert derive(GOOD, receipt(skew=301.0), Contact(), NOW, 14 * DAY).clock_skew
+    assert not derive(GOOD, receipt(skew=299.0), Contact(), NOW, 14 * DAY).clock_skew
+    assert not derive(GOOD, receipt(skew=9999.0, source="import"), Contact(), NOW, 14 * DAY).clock_skew
+
+
+# ---- properties of the machine ----
+
+times = st.integers(NOW - 60 * DAY, NOW + 60 * DAY)
+receipts = st.builds(
+    Receipt, st.sampled_from(["valid", "grace", "expired", "revoked", "invalid", "unlicensed"]),
+    st.sampled_from(["FB-1", "FB-2", None]), st.none() | times, st.none() | times, st.none(), times,
+    times.map(float), st.floats(-1000, 1000), st.sampled_from(["online", "import"]))
+contacts = st.builds(Contact, st.sampled_from(["none", "delivered", "unreachable", "rejected"]),
+                     st.none() | times.map(float), st.none() | times.map(float))
+files = st.builds(lambda exp, issued: check_license(lic(issued_at=issued, expires_at=exp), KEYS, DOMAIN, NOW),
+                  times, st.integers(NOW - 90 * DAY, NOW - 61 * DAY))
+
+
+@settings(max_examples=150, deadline=None)
+@given(files, st.none() | receipts, contacts, times, st.none() | times)
+def test_setting_the_clock_back_never_changes_the_state(file: LicenseFile, rec: Receipt | None, contact: Contact,
+                                                         now: int, seen: int | None) -> None:
+    top = max(now, seen or now, rec.server_ts if rec else now)
+    later = derive(file, rec, contact, top, 14 * DAY, seen)
+    earlier = derive(file, rec, contact, now, 14 * DAY, seen)
+    assert earlier.state == later.state
+
+
+@settings(max_examples=150, deadline=None)
+@given(files, st.none() | receipts, contacts, times)
+def test_valid_is_never_shown_past_the_expiry_that_decides_it(file: LicenseFile, rec: Receipt | None,
+                                                              contact: Contact, now: int) -> None:
+    s = derive(file, rec, contact, now, 14 * DAY)
+    if s.state == "valid":
+        applies = rec is not None and rec.license_id in (None, file.license_id)
+        end = rec.expires_at if applies and rec is not None else file.expires_at
+        assert end is None or s.effective_now < end
+
+
+@settings(max_examples=150, deadline=None)
+@given(times, contacts, st.integers(1, 30 * DAY))
+def test_server_granted_grace_holds_whatever_the_license_file_dates_say(now: int, contact: Contact,
+                                                                        left: int) -> None:
+    expired_file = check_license(lic(issued_at=now - 90 * DAY, expires_at=now - 1), KEYS, DOMAIN, now)
+    rec = receipt("grace", at=now, expires_at=now - 1, grace_until=now + left)
+    assert derive(expired_file, rec, contact, now, 14 * DAY).state == "grace"
