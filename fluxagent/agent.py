@@ -21,7 +21,7 @@ from fluxagent import identity, logs
 from fluxagent.config import Config
 from fluxagent.control import DaemonUpdates
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld, StateError
 from fluxagent.fsutil import ensure_private_dir
 from fluxagent.metrics import MetricsWriter
 from fluxagent.notify import Notifier
@@ -35,8 +35,13 @@ LICENSE_FILE_POLL = 300.0  # a replaced license file shows in license-status.jso
 @contextlib.contextmanager
 def instance_lock(state_dir: Path) -> Iterator[int]:
     """Hold an exclusive flock on `<state_dir>/lock`; raises LockHeld (exit 75) if another holds it."""
-    ensure_private_dir(state_dir)
-    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = state_dir / "lock"
+    try:
+        ensure_private_dir(state_dir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # read-only or foreign state dir: a state problem, not a crash
+        raise StateError(f"cannot open the lock file {path}: {exc.strerror or exc}",
+                         hint="the state directory must be writable by the user fluxagent runs as") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,7 +164,9 @@ class Agent:
             shown = "unknown"
         depth = self.engine.spool.depth()
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
-        return f"license {shown}; spool {depth}{outage}"
+        held = ", ".join(sorted(self.engine.source_errors))
+        sources = f"; not sent: {held} (source failing, see status)" if held else ""
+        return f"license {shown}; spool {depth}{outage}{sources}"
 
     def _between_messages(self) -> bool:
         """Called before each message of a flush: it is progress, so feed the watchdog; return whether to stop."""

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from fluxagent.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/fluxagent/fluxagent.toml")
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; --config /dev/zero must not read for ever
+_MAX_PROBLEM = 300  # a 5 MB bad value is quoted in its problem, but not in full
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -142,10 +144,14 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class PlatformConfig:
-    database: str = "sqlite:////var/lib/fluxbilling/fluxbilling.db"
+    # repr=False: a server URL may carry a password, and a dataclass repr ends up in logs and tracebacks
+    database: str = field(default="sqlite:////var/lib/fluxbilling/fluxbilling.db", repr=False)
     version: str = ""
     hostname: str = ""
     queries: Queries = field(default_factory=Queries)
+    password_file: Path | None = None  # first line is the database password; must be mode 0600
+    connect_timeout: float = 10.0
+    statement_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -351,7 +357,14 @@ SCHEMA: dict[str, dict[str, Parser]] = {
         "jitter": _duration_range(0, 86400),
         "offline_grace": _duration_range(3600, 365 * 86400),
     },
-    "platform": {"database": _database, "version": _str, "hostname": _opt_hostname},
+    "platform": {
+        "database": _database,
+        "version": _str,
+        "hostname": _opt_hostname,
+        "password_file": _opt_path,
+        "connect_timeout": _duration_range(1, 300),
+        "statement_timeout": _duration_range(1, 3600),
+    },
     "platform.queries": {f.name: _SQL for f in fields(Queries)},
     "host": {"include_interfaces": _bool, "exclude_interfaces": _str_list},
     "spool": {"max_messages": _int_range(10, 1_000_000), "max_bytes": _size_range(64 * 1024, 10 * 2**30)},
@@ -415,19 +428,24 @@ def _take(
     try:
         values[section][key] = parser(value)
     except ValueError as exc:
-        problems.append(f"{where}{section}.{key}: {exc}")
+        why = str(exc)
+        why = why if len(why) <= _MAX_PROBLEM else why[: _MAX_PROBLEM - 1] + "…"
+        problems.append(f"{where}{section}.{key}: {why}")
 
 
 def load(path: Path) -> Config:
     """Read and validate the TOML file at path; raises ConfigError (exit 78) naming the file."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             [f"{path}: file not found"], hint="run `fluxagent init` to write one, or pass --config PATH"
         ) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a fluxagent config"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -436,6 +454,8 @@ def load(path: Path) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per nesting level of arrays and inline tables
+        raise ConfigError([f"{path}: TOML syntax: arrays or tables nested too deeply"]) from None
     return from_mapping(doc, path)
 
 
@@ -458,7 +478,14 @@ def to_mapping(cfg: Config) -> dict[str, Any]:
             "max_response_bytes": s.max_response_bytes,
         },
         "schedule": {k.name: format_duration(getattr(sch, k.name)) for k in fields(ScheduleConfig)},
-        "platform": {"database": p.database, "version": p.version, "hostname": p.hostname},
+        "platform": {
+            "database": p.database,
+            "version": p.version,
+            "hostname": p.hostname,
+            "password_file": str(p.password_file) if p.password_file else "",
+            "connect_timeout": format_duration(p.connect_timeout),
+            "statement_timeout": format_duration(p.statement_timeout),
+        },
         "host": {
             "include_interfaces": cfg.host.include_interfaces,
             "exclude_interfaces": list(cfg.host.exclude_interfaces),

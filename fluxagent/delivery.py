@@ -29,6 +29,11 @@ SCHEDULED = ("license", "heartbeat", "digest")
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
+# A Retry-After shorter than this ("0", a date in the past) is no guidance: back off instead, or a
+# server answering 429 + "Retry-After: 0" forever would have the daemon retry in a tight loop.
+RETRY_AFTER_FLOOR = 1.0
+# A server may lengthen an interval, up to this: a receipt cannot silence the agent for good.
+SERVER_INTERVAL_CAP = 30 * 86400
 SKEW_LIMIT = licensing.SKEW_LIMIT
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
@@ -93,6 +98,7 @@ class Engine:
         self.outage_summary_at: float = 0.0
         self.last_skew: float = 0.0
         self.source_errors: dict[str, str] = {}
+        self.source_status = state.load_source_errors(sd)  # persisted for `status`
         now = int(deps.clock())
         for e in self.spool.opened.superseded:
             self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
@@ -122,6 +128,17 @@ class Engine:
                            payload=e.payload, http_status=http_status, receipt_sha256=receipt_sha256,
                            detail=detail)
 
+    def _source_status(self, kind: str, entry: dict[str, Any] | None) -> None:
+        """Record (or clear) why kind is not being sent, where `status` reads it."""
+        old = self.source_status.get(kind)
+        if entry is None:
+            self.source_status.pop(kind, None)
+        else:
+            if old and old.get("code") == entry["code"]:
+                entry = {**entry, "since": old.get("since", entry["since"])}  # the same outage goes on
+            self.source_status[kind] = entry
+        state.save_source_errors(self.cfg.instance.state_dir, self.source_status)
+
     def _save_schedule(self) -> None:
         state.save_schedule(self.cfg.instance.state_dir, self.schedule)
 
@@ -144,9 +161,7 @@ class Engine:
             # The first license registers the instance, and a superseding one would queue behind the
             # heartbeats already waiting (seq order), which an unregistered instance cannot deliver.
             kinds = [k for k in kinds if k != "license"]
-            ks = self.schedule.license
-            due = next_due(now, interval_of(self.cfg, "license"), self.cfg.schedule.jitter, self.deps.rng)
-            self.schedule = self.schedule.with_kind("license", replace(ks, next_due=due))
+            self._advance("license", now)
             self._log("license.registration_pending", spool=self.spool.depth())
         license_state = self.license_status(now).state if "license" in kinds else None
         built = collect.gather(self.cfg, self.ident, kinds, now=now,
@@ -155,20 +170,21 @@ class Engine:
                                world=self.deps.world)
         out: list[Sealed] = []
         for b in built:
-            if b.kind in SCHEDULED:
-                ks = self.schedule.kind(b.kind)
-                due = next_due(now, interval_of(self.cfg, b.kind), self.cfg.schedule.jitter, self.deps.rng)
-                self.schedule = self.schedule.with_kind(b.kind, replace(ks, next_due=due))
             if b.skipped:
                 self._log(f"{b.kind}.identifiers_skipped", **dict(b.skipped))
             if b.message is None:
                 err = b.error.message if b.error else "not built"
+                code = b.error.code if b.error else "error"
                 if self.source_errors.get(b.kind) != err:  # log a failing source once, not every hour
-                    self._warn(f"{b.kind}.not_sent", reason=err)
+                    self._warn(f"{b.kind}.not_sent", reason=err, code=code)
+                    self._source_status(b.kind, {"error": err, "code": code, "since": int(now)})
                 self.source_errors[b.kind] = err
+                self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
             if self.source_errors.pop(b.kind, None):
                 self._log(f"{b.kind}.source_recovered")
+            if b.kind in self.source_status:
+                self._source_status(b.kind, None)
             seq = self.seq.reserve(floor=max(self.spool.max_seq(), self.ledger.max_seq()))
             if self.seq.recovered:
                 self._warn("seq.recovered", detail=self.seq.recovered)
@@ -182,10 +198,18 @@ class Engine:
             for e in put.dropped:
                 self._ledger_entry(int(now), "dropped", e, outcome="dropped", detail="spool bound")
                 self._warn("spool.dropped_oldest_heartbeat", seq=e.seq)
+            # only now: a seq or spool write that failed (disk full) leaves the kind due, retried soon
+            self._advance(b.kind, now)
             self._log(f"{b.kind}.spooled", seq=seq, bytes=len(sealed.envelope))
             out.append(sealed)
         self._save_schedule()
         return out
+
+    def _advance(self, kind: str, now: float) -> None:
+        """Set the next due time of a scheduled kind after it was produced (or its source failed)."""
+        if kind in SCHEDULED:
+            due = next_due(now, interval_of(self.cfg, kind), self.cfg.schedule.jitter, self.deps.rng)
+            self.schedule = self.schedule.with_kind(kind, replace(self.schedule.kind(kind), next_due=due))
 
     # ---- send ----
 
@@ -236,7 +260,8 @@ class Engine:
 
     def _on_retry(self, entry: Entry, outcome: Retry, now: float) -> None:
         self.failures += 1
-        delay = outcome.after if outcome.after is not None else backoff(self.failures, self.deps.rng)
+        after = outcome.after
+        delay = after if after is not None and after >= RETRY_AFTER_FLOOR else backoff(self.failures, self.deps.rng)
         self.retry_at = now + delay
         ks = self.schedule.kind(entry.kind) if entry.kind in SCHEDULED else None
         if ks is not None:
@@ -265,7 +290,7 @@ class Engine:
         due = ks.next_due
         hint = d.receipt_body.get("next_check_in" if kind == "license" else "next_in")
         if isinstance(hint, int) and hint > 0 and due is not None:
-            due = max(due, int(now + hint))  # a server can only lengthen our interval
+            due = max(due, int(now + min(hint, SERVER_INTERVAL_CAP)))  # a server can only lengthen it
         self.schedule = self.schedule.with_kind(kind, replace(
             ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None))
         if kind == "digest":

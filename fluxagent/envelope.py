@@ -18,6 +18,9 @@ from fluxagent.errors import EnvelopeError
 TYPE_PREFIX = "application/vnd.fluxagent."
 RECEIPT_TYPE = "application/vnd.fluxagent.receipt.v1+json"
 LICENSE_TYPE = "application/vnd.fluxagent.license.v1+json"
+# DSSE allows several signatures; a vendor rotating keys needs two. Each one is tried against every
+# pinned key, so an unbounded list from a hostile server would be an unbounded Ed25519 bill.
+MAX_SIGNATURES = 8
 
 
 def payload_type(kind: str) -> str:
@@ -82,13 +85,15 @@ def parse_envelope(data: bytes) -> tuple[str, bytes, list[tuple[str, bytes]]]:
     """Return (type, payload bytes, [(keyid, sig)]) of an envelope; raises EnvelopeError on bad shape."""
     try:
         env = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EnvelopeError(f"envelope is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
+        raise EnvelopeError(f"envelope is not JSON: {str(exc)[:120]}") from None
     if not isinstance(env, dict):
         raise EnvelopeError("envelope is not a JSON object")
     ptype, payload_b64, sigs = env.get("payloadType"), env.get("payload"), env.get("signatures")
     if not isinstance(ptype, str) or not isinstance(payload_b64, str) or not isinstance(sigs, list):
         raise EnvelopeError("envelope lacks payloadType, payload or signatures")
+    if len(sigs) > MAX_SIGNATURES:
+        raise EnvelopeError(f"envelope carries more than {MAX_SIGNATURES} signatures ({len(sigs)})")
     try:
         payload = base64.b64decode(payload_b64, validate=True)
     except (binascii.Error, ValueError):
@@ -129,7 +134,7 @@ def open_envelope(data: bytes, trusted_keys: Iterable[bytes], expected_type: str
                 continue
             try:
                 obj = json.loads(payload)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise EnvelopeError("signed payload is not JSON") from None
             if not isinstance(obj, dict):
                 raise EnvelopeError("signed payload is not a JSON object")

@@ -46,6 +46,14 @@ def _missing(state_dir: Path) -> IdentityError:
     )
 
 
+def _lost(ident_path: Path) -> IdentityError:
+    return IdentityError(
+        f"{ident_path} is missing, but this state directory has already sent messages",
+        hint="restore identity.json from a backup; fluxagent never mints a new instance id for"
+        " an instance in use (to start over as a new instance, move the state directory aside)",
+    )
+
+
 def _read_secret(path: Path) -> bytes:
     try:
         why = unsafe_permissions(path)
@@ -56,7 +64,13 @@ def _read_secret(path: Path) -> bytes:
             f"{path} is not private: {why}",
             hint=f"run `chmod 600 {path}` and `chown $(id -un) {path}` as the user fluxagent runs as",
         )
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IdentityError(
+            f"cannot read {path}: {exc.strerror or exc}",
+            hint="run fluxagent as the user that owns the state directory",
+        ) from None
     if len(data) != KEY_BYTES:
         raise IdentityError(
             f"{path} holds {len(data)} bytes, expected {KEY_BYTES}: the file is damaged",
@@ -69,11 +83,11 @@ def load(state_dir: Path) -> Identity:
     """Load and check the identity in state_dir; raises IdentityError (exit 78) saying how to fix it."""
     ident_path = state_dir / IDENTITY_FILE
     if not ident_path.exists():
-        raise _missing(state_dir)
+        raise _lost(ident_path) if (state_dir / SIGNING_FILE).exists() and _has_sent(state_dir) else _missing(state_dir)
     try:
         doc = json.loads(ident_path.read_bytes())
         instance_id = str(uuid.UUID(doc["instance_id"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise IdentityError(
             f"{ident_path} is damaged or unreadable",
             hint="restore it from a backup; fluxagent never regenerates an instance identity",
@@ -98,6 +112,9 @@ def ensure(state_dir: Path, *, now: int) -> tuple[Identity, list[str]]:
             f"{ident_path} exists but {sign_path} is missing",
             hint="restore signing.key from a backup; a new key would not match the registered instance",
         )
+    if not ident_path.exists() and sign_path.exists() and _has_sent(state_dir):
+        # keys without an id are normal after an interrupted first init, not after messages went out
+        raise _lost(ident_path)
     for path in (sign_path, digest_path):
         if not path.exists():
             try:
@@ -113,6 +130,11 @@ def ensure(state_dir: Path, *, now: int) -> tuple[Identity, list[str]]:
         except FileExistsError:
             pass
     return load(state_dir), created
+
+
+def _has_sent(state_dir: Path) -> bool:
+    """True when state_dir shows an instance in use: a message counter or a ledger."""
+    return (state_dir / "seq").exists() or (state_dir / "ledger").exists()
 
 
 def exists(state_dir: Path) -> bool:

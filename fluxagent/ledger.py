@@ -97,7 +97,7 @@ def parse_line(line: bytes) -> LedgerEntry:
     """Return the entry of one line (without newline); raises ValueError saying what is wrong."""
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError("not valid JSON") from None
     if not isinstance(obj, dict) or set(obj) != set(_CHECKS):
         raise ValueError("not a ledger entry (wrong fields)")
@@ -278,7 +278,7 @@ class Ledger:
             try:
                 # One write() on an O_APPEND fd: a reader never sees two entries interleaved.
                 if self._write(fd, line) != len(line):
-                    raise OSError(28, "short write to the ledger")
+                    raise OSError(28, "short write to the ledger (is the disk full?)")
                 os.fsync(fd)
             except OSError:
                 with contextlib.suppress(OSError):
@@ -399,7 +399,7 @@ def _split(data: bytes) -> list[bytes]:
 
 
 def _prev_of(line: bytes) -> str | None:
-    with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
+    with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         prev = json.loads(line).get("prev")
         return prev if isinstance(prev, str) else None
     return None

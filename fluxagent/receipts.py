@@ -198,7 +198,7 @@ def _server_detail(body: bytes) -> str:
     """Return the server's short error text from a JSON error body, or ""."""
     try:
         obj = json.loads(body[:4096])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     if not isinstance(obj, dict):
         return ""

@@ -94,7 +94,7 @@ def _decode(path: Path, data: bytes) -> Entry:
         raise ValueError("not a spool entry name")
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError("not valid JSON") from None
     if not isinstance(doc, dict) or set(doc) != _FIELDS:
         raise ValueError("wrong fields")
@@ -111,6 +111,12 @@ def _decode(path: Path, data: bytes) -> Entry:
         raise ValueError(exc.message) from None
     if hashlib.sha256(payload).hexdigest() != doc["payload_sha256"]:
         raise ValueError("payload_sha256 does not match the envelope")
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("payload is not JSON") from None
+    if not isinstance(obj, dict) or obj.get("seq") != doc["seq"]:
+        raise ValueError("payload is not a message with the entry's seq")
     return Entry(
         m[2], doc["endpoint"], doc["seq"], doc["payload_sha256"], envelope, path, len(data),
         doc["spooled_at"],

@@ -302,7 +302,7 @@ def peek(data: bytes) -> dict[str, Any] | None:
 def _decode(raw: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 

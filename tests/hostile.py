@@ -1,0 +1,66 @@
+"""Shared pieces of the hostile-input suites: a log recorder, a settable clock, an engine builder."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conftest import base_config, fixed_world
+
+from fluxagent import config, identity
+from fluxagent.config import Config
+from fluxagent.delivery import Deps, Engine
+from fluxagent.ledger import Ledger
+from fluxagent.testing.server import ReferenceServer
+from fluxagent.transport import HttpxTransport, Transport
+
+
+@dataclass
+class Events:
+    """A plain log recorder with the structlog methods the engine calls."""
+
+    seen: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.seen.append(("info", event, kw))
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.seen.append(("warning", event, kw))
+
+    def error(self, event: str, **kw: Any) -> None:
+        self.seen.append(("error", event, kw))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [kw for _, e, kw in self.seen if e == event]
+
+
+class Clock:
+    """A settable clock for the engine (the reference server keeps real time)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine_config(state_dir: Path, db: Path, server: ReferenceServer, **server_cfg: Any) -> Config:
+    """Return a Config whose state is state_dir, platform db, and server the reference server."""
+    values = {"url": server.url, "vendor_keys": server.vendor_keys_b64, "connect_timeout": "1s",
+              "read_timeout": "1s", **server_cfg}
+    return config.from_mapping(base_config(state_dir, db, server=values))
+
+
+def make_engine(cfg: Config, events: Events, clock: Clock, transport: Transport | None = None) -> Engine:
+    """Return an Engine over cfg's state dir (identity created if missing) with a real transport."""
+    ident, _ = identity.ensure(cfg.instance.state_dir, now=int(clock()))
+    t = transport or HttpxTransport(cfg.server, env={})
+    return Engine(cfg, ident, Deps(t, clock, rng=random.Random(7), world=fixed_world(), log=events))
+
+
+def ledger_events(state_dir: Path) -> list[str]:
+    """Return the event of every ledger entry, oldest first."""
+    return [e.event for e in Ledger(state_dir / "ledger", readonly=True).entries()]
