@@ -9,6 +9,7 @@ import math
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from fluxagent import config as config_mod
 from fluxagent import identity, logs
 from fluxagent.config import Config
+from fluxagent.control import DaemonUpdates
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld, StateError
 from fluxagent.fsutil import ensure_private_dir
@@ -135,6 +137,8 @@ class Agent:
         self.transport = self.transport_factory(cfg)
         self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
         self.signals = Signals(stop_deadline)
+        self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
+        self.updates: DaemonUpdates | None = None
 
     def close(self) -> None:
         closer = getattr(self.transport, "close", None)
@@ -158,18 +162,21 @@ class Agent:
             shown = "unknown"
         depth = self.engine.spool.depth()
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
-        return f"license {shown}; spool {depth}{outage}"
+        held = ", ".join(sorted(self.engine.source_errors))
+        sources = f"; not sent: {held} (source failing, see status)" if held else ""
+        return f"license {shown}; spool {depth}{outage}{sources}"
 
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""
         now = self.clock()
         try:
-            due = self.engine.due(now)
-            if due and not self.signals.stop:
-                self.engine.produce(due, now)
-            if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
-                self.engine.flush(should_stop=lambda: self.signals.stop)
-            lic = self.engine.refresh_license(self.clock())  # time passing and license file changes
+            with self.engine_lock:
+                due = self.engine.due(now)
+                if due and not self.signals.stop:
+                    self.engine.produce(due, now)
+                if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
+                    self.engine.flush(should_stop=lambda: self.signals.stop)
+                lic = self.engine.refresh_license(self.clock())  # time passing and license file changes
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
@@ -203,9 +210,11 @@ class Agent:
     def loop(self, config_path: Path) -> int:
         """Run until SIGTERM/SIGINT; return 0 after a graceful stop."""
         self.signals.install()
+        self.updates = DaemonUpdates(self)
         try:
             return self._loop(config_path)
         finally:
+            self.updates.close()
             self.signals.uninstall()
 
     def _loop(self, config_path: Path) -> int:

@@ -141,8 +141,9 @@ def preview(
         raise fail(exc) from None
     typer.echo(preview_json(sealed, cfg.server.url) if as_json else preview_text(sealed, cfg.server.url))
     for k, err in failures:
-        typer.echo(f"fluxagent: {k} would not be sent: {err}", err=True)
-    raise typer.Exit(EXIT_CHECK_FAILED if failures else EXIT_OK)
+        typer.echo(f"fluxagent: {k} would not be sent: {err.code} error: {err}", err=True)
+    # the first failure's own exit code: 69 database unreachable, 78 credentials/settings, 1 query
+    raise typer.Exit(failures[0][1].exit_code if failures else EXIT_OK)
 
 
 def _kinds(kind: list[str] | None) -> list[str]:
@@ -270,15 +271,22 @@ def validate(
 @app.command()
 def demo(
     workspace: Annotated[Path | None, typer.Option(help="Keep the workspace here instead of a temp dir")] = None,
+    database: Annotated[str | None, typer.Option(
+        help="Fill this EMPTY postgresql:// or mysql:// database with the sample instead of a SQLite file")] = None,
 ) -> None:
     """Run fluxagent end to end on a throw-away sample platform and check nothing personal leaves."""
     from fluxagent.demo import run_demo
 
     try:
-        code = run_demo(workspace, typer.echo)
+        code = run_demo(workspace, typer.echo, database)
     except FluxError as exc:
         raise fail(exc) from None
     raise typer.Exit(code)
+
+
+from fluxagent import cli_updates  # noqa: E402  (registers `credentials`, `export`, `import` on app)
+
+_ = cli_updates
 
 
 def main() -> None:

@@ -144,10 +144,14 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class PlatformConfig:
-    database: str = "sqlite:////var/lib/fluxbilling/fluxbilling.db"
+    # repr=False: a server URL may carry a password, and a dataclass repr ends up in logs and tracebacks
+    database: str = field(default="sqlite:////var/lib/fluxbilling/fluxbilling.db", repr=False)
     version: str = ""
     hostname: str = ""
     queries: Queries = field(default_factory=Queries)
+    password_file: Path | None = None  # first line is the database password; must be mode 0600
+    connect_timeout: float = 10.0
+    statement_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class UpdatesConfig:
+    apt_auth_file: Path = Path("/etc/apt/auth.conf.d/fluxagent.conf")
+    min_remaining: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     instance: InstanceConfig = field(default_factory=InstanceConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -177,6 +187,7 @@ class Config:
     host: HostConfig = field(default_factory=HostConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     source: Path | None = None
 
 
@@ -346,11 +357,19 @@ SCHEMA: dict[str, dict[str, Parser]] = {
         "jitter": _duration_range(0, 86400),
         "offline_grace": _duration_range(3600, 365 * 86400),
     },
-    "platform": {"database": _database, "version": _str, "hostname": _opt_hostname},
+    "platform": {
+        "database": _database,
+        "version": _str,
+        "hostname": _opt_hostname,
+        "password_file": _opt_path,
+        "connect_timeout": _duration_range(1, 300),
+        "statement_timeout": _duration_range(1, 3600),
+    },
     "platform.queries": {f.name: _SQL for f in fields(Queries)},
     "host": {"include_interfaces": _bool, "exclude_interfaces": _str_list},
     "spool": {"max_messages": _int_range(10, 1_000_000), "max_bytes": _size_range(64 * 1024, 10 * 2**30)},
     "log": {"format": _one_of("auto", "json", "console"), "level": _one_of("debug", "info", "warning", "error")},
+    "updates": {"apt_auth_file": _path, "min_remaining": _duration_range(0, 3600)},
 }
 _REQUIRED = {("instance", "bound_domain")}
 
@@ -362,7 +381,7 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
     values: dict[str, dict[str, Any]] = {name: {} for name in SCHEMA}
 
     for top, sub in doc.items():
-        if top not in ("instance", "server", "schedule", "platform", "host", "spool", "log"):
+        if top not in ("instance", "server", "schedule", "platform", "host", "spool", "log", "updates"):
             problems.append(f"{where}{top}: unknown section")
             continue
         if not isinstance(sub, Mapping):
@@ -392,6 +411,7 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
         host=HostConfig(**values["host"]),
         spool=SpoolConfig(**values["spool"]),
         log=LogConfig(**values["log"]),
+        updates=UpdatesConfig(**values["updates"]),
         source=source,
     )
 
@@ -458,13 +478,24 @@ def to_mapping(cfg: Config) -> dict[str, Any]:
             "max_response_bytes": s.max_response_bytes,
         },
         "schedule": {k.name: format_duration(getattr(sch, k.name)) for k in fields(ScheduleConfig)},
-        "platform": {"database": p.database, "version": p.version, "hostname": p.hostname},
+        "platform": {
+            "database": p.database,
+            "version": p.version,
+            "hostname": p.hostname,
+            "password_file": str(p.password_file) if p.password_file else "",
+            "connect_timeout": format_duration(p.connect_timeout),
+            "statement_timeout": format_duration(p.statement_timeout),
+        },
         "host": {
             "include_interfaces": cfg.host.include_interfaces,
             "exclude_interfaces": list(cfg.host.exclude_interfaces),
         },
         "spool": {"max_messages": cfg.spool.max_messages, "max_bytes": cfg.spool.max_bytes},
         "log": {"format": cfg.log.format, "level": cfg.log.level},
+        "updates": {
+            "apt_auth_file": str(cfg.updates.apt_auth_file),
+            "min_remaining": format_duration(cfg.updates.min_remaining),
+        },
     }
 
 

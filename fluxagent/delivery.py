@@ -98,6 +98,7 @@ class Engine:
         self.outage_summary_at: float = 0.0
         self.last_skew: float = 0.0
         self.source_errors: dict[str, str] = {}
+        self.source_status = state.load_source_errors(sd)  # persisted for `status`
         now = int(deps.clock())
         for e in self.spool.opened.superseded:
             self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
@@ -126,6 +127,17 @@ class Engine:
         self.ledger.append(now=now, event=event, kind=e.kind, outcome=outcome, endpoint=e.endpoint, seq=e.seq,
                            payload=e.payload, http_status=http_status, receipt_sha256=receipt_sha256,
                            detail=detail)
+
+    def _source_status(self, kind: str, entry: dict[str, Any] | None) -> None:
+        """Record (or clear) why kind is not being sent, where `status` reads it."""
+        old = self.source_status.get(kind)
+        if entry is None:
+            self.source_status.pop(kind, None)
+        else:
+            if old and old.get("code") == entry["code"]:
+                entry = {**entry, "since": old.get("since", entry["since"])}  # the same outage goes on
+            self.source_status[kind] = entry
+        state.save_source_errors(self.cfg.instance.state_dir, self.source_status)
 
     def _save_schedule(self) -> None:
         state.save_schedule(self.cfg.instance.state_dir, self.schedule)
@@ -162,13 +174,17 @@ class Engine:
                 self._log(f"{b.kind}.identifiers_skipped", **dict(b.skipped))
             if b.message is None:
                 err = b.error.message if b.error else "not built"
+                code = b.error.code if b.error else "error"
                 if self.source_errors.get(b.kind) != err:  # log a failing source once, not every hour
-                    self._warn(f"{b.kind}.not_sent", reason=err)
+                    self._warn(f"{b.kind}.not_sent", reason=err, code=code)
+                    self._source_status(b.kind, {"error": err, "code": code, "since": int(now)})
                 self.source_errors[b.kind] = err
                 self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
             if self.source_errors.pop(b.kind, None):
                 self._log(f"{b.kind}.source_recovered")
+            if b.kind in self.source_status:
+                self._source_status(b.kind, None)
             seq = self.seq.reserve(floor=max(self.spool.max_seq(), self.ledger.max_seq()))
             if self.seq.recovered:
                 self._warn("seq.recovered", detail=self.seq.recovered)

@@ -15,6 +15,7 @@ import nacl.signing
 from fluxagent import config, identity
 from fluxagent.commands import build_preview
 from fluxagent.config import Config
+from fluxagent.fsutil import atomic_write
 from fluxagent.testing import sample
 from fluxagent.testing.licenses import make_license
 from fluxagent.views import preview_text
@@ -39,12 +40,30 @@ def make_workspace(
     server_url: str = "http://127.0.0.1:9",
     now: float | None = None,
     vendor_keys: list[nacl.signing.SigningKey] | None = None,
+    database: str | None = None,
 ) -> Workspace:
-    """Create sample database, vendor keys, signed license, config and identity under root."""
+    """Create sample database, vendor keys, signed license, config and identity under root.
+
+    database: an empty PostgreSQL or MySQL/MariaDB database to fill instead of a new SQLite file;
+    a password in its URL moves to a 0600 password file, so the config holds none.
+    """
     t = time.time() if now is None else now
     root.mkdir(parents=True, exist_ok=True)
     data = sample.generate()
-    db = sample.write_sqlite(root / "fluxbilling.db", data)
+    platform: dict[str, str] = {}
+    if database:
+        from fluxagent.sources import dburl
+        from fluxagent.testing.sample_db import write_database
+
+        write_database(database, data)
+        password = dburl.parse(database).password
+        platform["database"] = database
+        if password is not None:
+            platform["database"] = dburl.without_password(database)
+            platform["password_file"] = str(root / "db.password")
+            atomic_write(root / "db.password", password.encode() + b"\n", mode=0o600)
+    else:
+        platform["database"] = f"sqlite:///{sample.write_sqlite(root / 'fluxbilling.db', data)}"
     keys = vendor_keys or [nacl.signing.SigningKey.generate() for _ in range(2)]
     lic = root / "license.json"
     lic.write_bytes(
@@ -59,7 +78,7 @@ def make_workspace(
     doc = config.to_mapping(config.Config())
     doc["instance"].update(bound_domain=BOUND_DOMAIN, state_dir=str(root / "state"), license_file=str(lic))
     doc["server"].update(url=server_url, vendor_keys=[base64.b64encode(bytes(k.verify_key)).decode() for k in keys])
-    doc["platform"].update(database=f"sqlite:///{db}", hostname="billing-01.example.com")
+    doc["platform"].update(platform, hostname="billing-01.example.com")
     import tomli_w
 
     cfg_path = root / "fluxagent.toml"
@@ -73,8 +92,8 @@ def _without_volatile(payload: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in payload.items() if k not in ("seq", "ts", "nonce")}
 
 
-def run_demo(where: Path | None, echo: Echo) -> int:
-    """Run the demo in where (or a temp dir removed afterwards); return the exit code."""
+def run_demo(where: Path | None, echo: Echo, database: str | None = None) -> int:
+    """Run the demo in where (or a temp dir removed afterwards), on database if given; return the exit code."""
     import io
     import json
 
@@ -93,7 +112,7 @@ def run_demo(where: Path | None, echo: Echo) -> int:
     failed = False
     try:
         with ReferenceServer(signing_keys=keys, license=policy) as server:
-            ws = make_workspace(root, server_url=server.url, vendor_keys=keys)
+            ws = make_workspace(root, server_url=server.url, vendor_keys=keys, database=database)
             d = ws.data
             echo(
                 f"== sample platform: {len(d.clients)} clients ({d.active_clients} active), {len(d.users)} users, "

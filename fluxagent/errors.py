@@ -89,3 +89,55 @@ class ServerUnavailable(FluxError):
 class LockHeld(FluxError):
     code = "locked"
     exit_code = EXIT_LOCKED
+
+
+# ---- platform database failures: distinct codes, so operators and the daemon can tell them apart ----
+
+
+class SourceUnreachable(SourceError):
+    """The platform database server did not answer (refused, timed out, unknown host)."""
+
+    code = "db_unreachable"
+    exit_code = EXIT_UNAVAILABLE
+
+
+class SourceAuthFailed(SourceError):
+    """The platform database refused the credentials."""
+
+    code = "db_auth"
+    exit_code = EXIT_CONFIG
+
+
+class SourceDatabaseMissing(SourceError):
+    """The server answered, but the configured database (or SQLite file) does not exist."""
+
+    code = "db_missing"
+    exit_code = EXIT_CONFIG
+
+
+class SourceConfigError(SourceError):
+    """The platform settings cannot be used: missing driver extra, unsafe password file, bad URL."""
+
+    code = "db_config"
+    exit_code = EXIT_CONFIG
+
+
+class SourceQueryFailed(SourceError):
+    """A platform query failed on the server (syntax, missing table, statement timeout)."""
+
+    code = "db_query"
+    exit_code = EXIT_CHECK_FAILED
+
+
+class SourceShapeError(SourceError):
+    """A platform query returned the wrong shape: not one non-negative integer, or the wrong columns."""
+
+    code = "db_shape"
+    exit_code = EXIT_CHECK_FAILED
+
+
+class SourceWriteRefused(SourceError):
+    """A platform query tried to write; the read-only transaction refused it."""
+
+    code = "db_write_refused"
+    exit_code = EXIT_CHECK_FAILED

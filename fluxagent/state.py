@@ -229,3 +229,21 @@ def save_schedule(state_dir: Path, schedule: Schedule) -> None:
             "last_error": ks.last_error,
         }
     write_json(state_dir / SCHEDULE_FILE, obj)
+
+
+SOURCE_ERRORS_FILE = "source-errors.json"
+
+
+def load_source_errors(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Return {kind: {error, code, since}} of kinds not sent because a source failed ({} if none or corrupt)."""
+    try:
+        obj = _load(state_dir / SOURCE_ERRORS_FILE) or {}
+    except (_Corrupt, OSError):
+        return {}
+    kinds = obj.get("kinds")
+    return {k: v for k, v in kinds.items() if isinstance(v, dict)} if isinstance(kinds, dict) else {}
+
+
+def save_source_errors(state_dir: Path, errors: dict[str, dict[str, Any]]) -> None:
+    """Atomically record the kinds a failing source keeps from being sent, for `status`; raises StateError."""
+    write_json(state_dir / SOURCE_ERRORS_FILE, {"v": 1, "kinds": errors}, mode=0o640)

@@ -42,7 +42,7 @@ def _last_per_kind(ledger_dir: Path, limit: int = 5000) -> dict[str, dict[str, A
         return out
     ledger = Ledger(ledger_dir, readonly=True)
     for i, e in enumerate(ledger.entries(reverse=True)):
-        if e.event == "sent" and e.kind not in out:
+        if e.event in ("sent", "imported") and e.kind not in out:  # imported: an air-gapped delivery
             out[e.kind] = {"ts": e.ts, "seq": e.seq, "ledger_n": e.n}
         if len(out) == len(KINDS) or i >= limit:
             break
@@ -56,6 +56,7 @@ def collect_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     lic, _stored, _file = license_store.current(cfg, t)
     sched = state.load_schedule(sd)
     kinds = {}
+    not_sent = state.load_source_errors(sd)
     last = _last_per_kind(sd / "ledger")
     for k in ("license", "heartbeat", "digest"):
         ks = sched.kind(k)
@@ -64,6 +65,7 @@ def collect_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             "next_due": ks.next_due,
             "consecutive_failures": ks.consecutive_failures,
             "last_error": ks.last_error,
+            "not_sent": not_sent.get(k),  # {error, code, since} while a failing source keeps it back
         }
     return {
         "license": {
@@ -112,6 +114,9 @@ def status_text(st: dict[str, Any]) -> str:
     ]
     for k, v in st["kinds"].items():
         err = f"; {v['consecutive_failures']} failures, last: {v['last_error']}" if v["consecutive_failures"] else ""
+        if v.get("not_sent"):
+            ns = v["not_sent"]
+            err += f"\n{'':<11}NOT SENT since {_when(ns.get('since'), now)}: {ns.get('code')}: {ns.get('error')}"
         lines.append(
             f"{k + ':':<10} last delivered {_when(v['last_delivered'], now)}; next due {_when(v['next_due'], now)}{err}"
         )

@@ -107,3 +107,112 @@ def restore_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+# ---- platform databases on every engine: SQLite, and throw-away PostgreSQL / MariaDB servers ----
+
+ENGINES = ("sqlite", "postgresql", "mariadb")
+
+
+def _server(engine: str) -> Iterator[Any]:
+    """Start a throw-away server for the session; skip without its binaries, but fail under CI."""
+    from fluxagent.testing import dbservers
+
+    try:
+        srv = dbservers.start(engine)
+    except dbservers.ServerUnavailableError as exc:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"CI is set, so a missing {engine} server is a failure, not a skip: {exc}")
+        pytest.skip(f"no {engine} server on this machine: {exc}")
+    try:
+        yield srv
+    finally:
+        srv.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A throw-away PostgreSQL server on 127.0.0.1 for the whole session."""
+    yield from _server("postgresql")
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[Any]:
+    """A throw-away MariaDB server on 127.0.0.1 for the whole session."""
+    yield from _server("mariadb")
+
+
+class PlatformKit:
+    """Makes platform databases on one engine and fingerprints them to prove nothing changed."""
+
+    def __init__(self, engine: str, server: Any, tmp: Path) -> None:
+        self.engine, self.server, self.tmp, self.n = engine, server, tmp, 0
+
+    def make(self, data: sample.SampleData) -> str:
+        """Return the URL of a new database holding data."""
+        from fluxagent.testing.sample_db import write_database
+
+        self.n += 1
+        if self.server is None:
+            return write_database(f"sqlite:///{self.tmp / f'p{self.n}.db'}", data)
+        return write_database(self.server.create_database(f"fa_{os.getpid()}_{self.n}"), data)
+
+    def fingerprint(self, url: str) -> list[Any]:
+        """Return every table name and every row of the database at url, sorted."""
+        from fluxagent.sources import dburl
+
+        if self.server is None:
+            import sqlite3
+
+            path = Path(url[len("sqlite:///"):])
+            conn = sqlite3.connect(path)
+            try:
+                return [path.read_bytes(), sorted(conn.iterdump())]
+            finally:
+                conn.close()
+        target = dburl.parse(url)
+        if self.engine == "postgresql":
+            import psycopg
+
+            with psycopg.connect(url) as conn:
+                tables = [r[0] for r in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()]
+                return [tables] + [sorted(map(repr, conn.execute(f"SELECT * FROM {t}").fetchall())) for t in tables]
+        import pymysql
+
+        conn = pymysql.connect(host=target.host, port=target.port, user=target.user, password=target.password,
+                               database=target.database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW TABLES")
+                tables = sorted(r[0] for r in cur.fetchall())
+                out: list[Any] = [tables]
+                for t in tables:
+                    cur.execute(f"SELECT * FROM {t}")
+                    out.append(sorted(map(repr, cur.fetchall())))
+                return out
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> PlatformKit:
+    """A PlatformKit per engine: the same tests run on SQLite, PostgreSQL and MariaDB."""
+    engine = request.param
+    server = None if engine == "sqlite" else request.getfixturevalue(
+        "pg_server" if engine == "postgresql" else "mariadb_server")
+    return PlatformKit(engine, server, tmp_path_factory.mktemp(f"platform-{engine}"))
+
+
+@pytest.fixture(scope="session")
+def platform_sample(platform: PlatformKit, sample_data: sample.SampleData) -> str:
+    """URL of a database on the engine holding the default sample data. Treat it as read-only."""
+    return platform.make(sample_data)
+
+
+@pytest.fixture(scope="session")
+def platform_small(platform: PlatformKit) -> str:
+    """URL of a small database (20 clients, 3 servers) on the engine; tests prove they leave it unchanged."""
+    data = sample.generate(seed=3, clients=20, servers=3)
+    data.settings = [("version", "4.12.3")]
+    return platform.make(data)

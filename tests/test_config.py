@@ -322,3 +322,34 @@ def test_any_value_written_to_a_real_toml_file_loads_or_raises_config_error(tmp_
         config.load(path)
     except ConfigError as exc:
         assert all(p.startswith(f"{path}: ") for p in exc.problems)
+
+
+def test_platform_password_file_and_timeouts_are_read(write_config):
+    path = write_config('[instance]\nbound_domain = "billing.example.com"\n[platform]\n'
+                        'database = "postgresql://fluxagent@db.example.net/fluxbilling"\n'
+                        'password_file = "/etc/fluxagent/db.password"\nconnect_timeout = "5s"\n'
+                        'statement_timeout = "2m"\n')
+    p = config.load(path).platform
+    assert p.password_file == Path("/etc/fluxagent/db.password")
+    assert (p.connect_timeout, p.statement_timeout) == (5, 120)
+    defaults = config.load(write_config('[instance]\nbound_domain = "billing.example.com"\n', name="d.toml"))
+    assert defaults.platform.password_file is None
+    assert (defaults.platform.connect_timeout, defaults.platform.statement_timeout) == (10, 60)
+
+
+def test_platform_timeouts_out_of_range_are_refused(write_config):
+    problems = _problems(write_config('[instance]\nbound_domain = "billing.example.com"\n[platform]\n'
+                                      'connect_timeout = "0s"\nstatement_timeout = "2h"\n'))
+    assert any(p.endswith("platform.connect_timeout: '0s' is out of range (1s to 300s)") for p in problems)
+    assert any("platform.statement_timeout: '2h' is out of range" in p for p in problems)
+
+
+def test_a_database_password_stays_out_of_the_config_repr(write_config):
+    cfg = config.load(write_config('[instance]\nbound_domain = "billing.example.com"\n[platform]\n'
+                                   'database = "mysql://fa:Hunter2-Secret@db.example.net/fb"\n'))
+    assert "Hunter2-Secret" not in repr(cfg) and "Hunter2-Secret" in cfg.platform.database
+
+
+def test_the_example_config_documents_every_platform_key():
+    doc = tomllib.loads((Path(__file__).parent.parent / "fluxagent.example.toml").read_text())
+    assert set(doc["platform"]) - {"queries"} == set(config.SCHEMA["platform"])

@@ -6,6 +6,7 @@ checked for shape: a count is exactly one non-negative integer, or the source fa
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +14,17 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from fluxagent.config import PlatformConfig, Queries
-from fluxagent.errors import SourceError
+from fluxagent.errors import (
+    SourceConfigError,
+    SourceDatabaseMissing,
+    SourceError,
+    SourceQueryFailed,
+    SourceWriteRefused,
+)
 from fluxagent.facts import Counts
+from fluxagent.sources.shaped import BATCH, COUNT_QUERIES, ShapedSource, check_count, check_width
 
-BATCH = 2000
-COUNT_QUERIES = ("active_clients", "total_users", "servers_total")
-MAX_COUNT = 2**53 - 1  # the largest integer every JSON reader keeps exact (and the allowlist's bound)
+__all__ = ["BATCH", "COUNT_QUERIES", "PlatformSource", "SqliteSource", "check_count", "open_platform"]
 
 
 class PlatformSource(Protocol):
@@ -36,33 +42,32 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///"):])
 
 
+DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql")}  # engine: (module, extra)
+
+
 def open_platform(cfg: PlatformConfig) -> PlatformSource:
-    """Open the configured platform database read-only; raises SourceError."""
+    """Open the configured platform database read-only; raises SourceError (a subclass naming the cause)."""
     scheme = urlsplit(cfg.database).scheme.lower()
     if scheme == "sqlite":
         return SqliteSource(sqlite_path(cfg.database), cfg.queries)
-    extra = "postgres" if scheme.startswith("postgres") else "mysql"
-    raise SourceError(
-        f"platform.database: {scheme}:// databases are not supported by this build",
-        hint=f"install the `fluxagent[{extra}]` extra, or use a sqlite:/// database",
-    )
+    from fluxagent.sources import dburl
 
+    target = dburl.parse(cfg.database)
+    module, extra = DRIVERS[target.engine]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise SourceConfigError(
+            f"platform.database: {target.shown} needs the {module} driver, which is not installed",
+            hint=f"install the extra: pip install 'fluxagent[{extra}]'",
+        ) from None
+    if target.engine == "postgresql":
+        from fluxagent.sources.postgres import PostgresSource
 
-def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
-    """Return the single non-negative integer a count query produced; raises SourceError otherwise."""
-    where = f"platform.queries.{name} ({sql!r})"
-    if len(rows) != 1:
-        raise SourceError(f"{where} returned {len(rows)} rows; a count must return exactly one")
-    if len(rows[0]) != 1:
-        raise SourceError(f"{where} returned {len(rows[0])} columns; a count must return exactly one")
-    value = rows[0][0]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SourceError(f"{where} returned {type(value).__name__} {str(value)[:40]!r}, not an integer")
-    if value < 0:
-        raise SourceError(f"{where} returned {value}; a count must not be negative")
-    if value > MAX_COUNT:
-        raise SourceError(f"{where} returned {value}; not a plausible count (over 2^53)")
-    return value
+        return PostgresSource(cfg, target)
+    from fluxagent.sources.mysql import MysqlSource
+
+    return MysqlSource(cfg, target)
 
 
 _READ_ACTIONS = frozenset(
@@ -87,13 +92,22 @@ def _read_only_authorizer(action: int, *_args: object) -> int:
     return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
-class SqliteSource:
+def _sqlite_error(name: str, sql: str, exc: sqlite3.Error) -> SourceError:
+    """Translate a query's sqlite3 error: refused writes apart from other failures."""
+    text = str(exc)
+    if "not authorized" in text or "authorization denied" in text or "readonly database" in text:
+        return SourceWriteRefused(f"platform.queries.{name} tried to change the database and was refused "
+                                  f"(read-only): {text} (query {sql!r})")
+    return SourceQueryFailed(f"platform.queries.{name} failed: {text} (query {sql!r})")
+
+
+class SqliteSource(ShapedSource):
     """A SQLite platform database opened read-only (`mode=ro`); every query shape-checked."""
 
     def __init__(self, path: Path, queries: Queries) -> None:
         self.path, self.queries = path, queries
         if not path.is_file():
-            raise SourceError(f"platform.database: {path} does not exist or is not a file")
+            raise SourceDatabaseMissing(f"platform.database: {path} does not exist or is not a file")
         uri = f"file:{quote(str(path.absolute()))}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
@@ -105,40 +119,19 @@ class SqliteSource:
         except sqlite3.Error as exc:
             raise SourceError(f"platform.database: cannot open {path} read-only: {exc}") from exc
 
-    def _rows(self, name: str, sql: str, limit: int) -> list[tuple[Any, ...]]:
+    def _fetch(self, name: str, sql: str, limit: int) -> list[tuple[Any, ...]]:
         try:
             cur = self.conn.execute(sql)
             rows = cur.fetchmany(limit)
             cur.close()
             return rows
         except sqlite3.Error as exc:
-            raise SourceError(f"platform.queries.{name} failed: {exc} (query {sql!r})") from exc
-
-    def counts(self) -> Counts:
-        """Return the three aggregate counts; raises SourceError naming the failing query."""
-        values = {}
-        for name in COUNT_QUERIES:
-            sql = getattr(self.queries, name)
-            values[name] = check_count(name, sql, self._rows(name, sql, 2))
-        return Counts(**values)
-
-    def version(self) -> str:
-        """Return the platform version from the settings table; raises SourceError."""
-        sql = self.queries.version
-        rows = self._rows("version", sql, 2)
-        if len(rows) != 1 or len(rows[0]) != 1 or not isinstance(rows[0][0], str):
-            raise SourceError(
-                f"platform.queries.version ({sql!r}) must return one text value, got {len(rows)} rows",
-                hint="set platform.version in the config to state the version explicitly",
-            )
-        return rows[0][0].strip()
+            raise _sqlite_error(name, sql, exc) from exc
 
     def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
         try:
             cur = self.conn.execute(sql)
-            if cur.description is None or len(cur.description) != width:
-                got = 0 if cur.description is None else len(cur.description)
-                raise SourceError(f"platform.queries.{name} must return {width} column(s), got {got}")
+            check_width(name, cur.description, width)
             while True:
                 rows = cur.fetchmany(BATCH)
                 if not rows:
@@ -146,16 +139,12 @@ class SqliteSource:
                 yield from rows
             cur.close()
         except sqlite3.Error as exc:
-            raise SourceError(f"platform.queries.{name} failed: {exc} (query {sql!r})") from exc
+            raise _sqlite_error(name, sql, exc) from exc
 
     def iter_servers(self) -> Iterator[tuple[Any, ...]]:
-        """Yield (hostname, ip_address) of every inventory server, streamed."""
-        return self._stream("servers", self.queries.servers, 2)  # rows are (hostname, ip) already
-
-    def iter_networks(self) -> Iterator[object]:
-        """Yield every inventory CIDR, streamed."""
-        for row in self._stream("networks", self.queries.networks, 1):
-            yield row[0]
+        """Yield (hostname, ip_address) of every inventory server, streamed (SQLite has no address types)."""
+        return self._stream("servers", self.queries.servers, 2)
 
     def close(self) -> None:
+        """Close the connection."""
         self.conn.close()

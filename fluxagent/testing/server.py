@@ -32,6 +32,8 @@ from fluxagent.testing.server_http import (
     rechunk,
     send,
 )
+from fluxagent.testing.server_offline import OFFLINE_ENDPOINT, BundleRefused
+from fluxagent.testing.server_offline import answer_bundle as _answer_bundle
 from fluxagent.testing.server_protocol import (
     KIND_BY_ENDPOINT,
     IssuedCredential,
@@ -100,6 +102,7 @@ class ReferenceServer:
             heartbeat_next_in=heartbeat_next_in,
             credentials_ttl=credentials_ttl,
         )
+        self.offline_license_file: bytes | None = None  # sent with answers to offline bundles
         self._received: list[Received] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -191,6 +194,14 @@ class ReferenceServer:
         """Return whether these update credentials were issued and are unexpired (server clock)."""
         return self.verifier.credentials_valid(username, secret)
 
+    def answer_bundle(self, bundle: bytes, license_file: bytes | None = None) -> bytes:
+        """Return the signed answer to an offline bundle (with a renewed license file if given).
+
+        Raises BundleRefused for a bundle that does not verify as a whole.
+        """
+        key = self.signing_keys[self.receipt_key_index]
+        return _answer_bundle(self.verifier, bundle, key, int(self.clock()), license_file)
+
     def inject(self, *faults: Fault) -> None:
         """Queue faults; each later request consumes the first one that matches it."""
         self.faults.push(*faults)
@@ -232,6 +243,11 @@ class ReferenceServer:
         return h.rfile.read(int(length))
 
     def _answer(self, path: str, data: bytes) -> Answer:
+        if path == OFFLINE_ENDPOINT:
+            try:
+                return Answer(200, self.answer_bundle(data, self.offline_license_file))
+            except BundleRefused as exc:
+                return Answer(exc.status, error_body(exc.code, exc.detail))
         fault = self.faults.take(path, KIND_BY_ENDPOINT.get(path))
         # Pure replacement faults leave the request unprocessed, so no seq is used up.
         genuine = fault is None or fault.process or (fault.code is None and not fault.hangup)
@@ -287,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--url-host", help="host name in the printed URL (default: --host)")
     p.add_argument("--audience", help="expected `aud` (default: the URL host)")
+    p.add_argument("--credentials-ttl", type=int, default=900, help="lifetime of update credentials, s (default 900)")
     p.add_argument("--verbose", action="store_true", help="log each request to stderr")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -301,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         ssl_context=ctx,
         url_host=args.url_host,
         audience=args.audience,
+        credentials_ttl=args.credentials_ttl,
         verbose=args.verbose,
     )
     done = threading.Event()

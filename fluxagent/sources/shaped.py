@@ -1,0 +1,103 @@
+"""What every platform database source shares: the default queries' results, checked for shape.
+
+An engine supplies two primitives — `_fetch` (the first few rows of a query) and `_stream`
+(every row, batch by batch, after checking the column count) — and gets counts, version and
+identifiers with the same checks and messages on SQLite, PostgreSQL and MySQL/MariaDB.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from fluxagent.config import Queries
+from fluxagent.errors import SourceShapeError
+from fluxagent.facts import Counts
+
+BATCH = 2000
+COUNT_QUERIES = ("active_clients", "total_users", "servers_total")
+MAX_COUNT = 2**53 - 1  # the largest integer every JSON reader keeps exact (and the allowlist's bound)
+_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network,
+                  ipaddress.IPv4Interface, ipaddress.IPv6Interface)
+
+
+def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    """Return the single non-negative integer a count query produced; raises SourceShapeError otherwise.
+
+    An integral Decimal counts as an integer: MySQL's SUM() returns one.
+    """
+    where = f"platform.queries.{name} ({sql!r})"
+    if len(rows) != 1:
+        raise SourceShapeError(f"{where} returned {len(rows)} rows; a count must return exactly one")
+    if len(rows[0]) != 1:
+        raise SourceShapeError(f"{where} returned {len(rows[0])} columns; a count must return exactly one")
+    value = rows[0][0]
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SourceShapeError(f"{where} returned {type(value).__name__} {str(value)[:40]!r}, not an integer")
+    if value < 0:
+        raise SourceShapeError(f"{where} returned {value}; a count must not be negative")
+    if value > MAX_COUNT:
+        raise SourceShapeError(f"{where} returned {value}; not a plausible count (over 2^53)")
+    return value
+
+
+def check_width(name: str, description: Any, width: int) -> None:
+    """Raise SourceShapeError unless a cursor description has exactly width columns."""
+    got = 0 if description is None else len(description)
+    if got != width:
+        raise SourceShapeError(f"platform.queries.{name} must return {width} column(s), got {got}")
+
+
+def as_text(value: object) -> object:
+    """Return address-typed values (PostgreSQL inet/cidr) as text; anything else unchanged."""
+    return str(value) if isinstance(value, _ADDRESS_TYPES) else value
+
+
+class ShapedSource:
+    """Counts, version and streamed identifiers over an engine's `_fetch` and `_stream`."""
+
+    queries: Queries
+
+    def _fetch(self, name: str, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """Return at most limit rows of sql; raises SourceError naming platform.queries.<name>."""
+        raise NotImplementedError
+
+    def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
+        """Yield every row of sql (width columns, checked first); raises SourceError."""
+        raise NotImplementedError
+
+    def counts(self) -> Counts:
+        """Return the three aggregate counts; raises SourceError naming the failing query."""
+        values = {}
+        for name in COUNT_QUERIES:
+            sql = getattr(self.queries, name)
+            values[name] = check_count(name, sql, self._fetch(name, sql, 2))
+        return Counts(**values)
+
+    def version(self) -> str:
+        """Return the platform version from the settings table; raises SourceError."""
+        sql = self.queries.version
+        rows = self._fetch("version", sql, 2)
+        if len(rows) != 1 or len(rows[0]) != 1 or not isinstance(rows[0][0], str):
+            raise SourceShapeError(
+                f"platform.queries.version ({sql!r}) must return one text value, got {len(rows)} rows",
+                hint="set platform.version in the config to state the version explicitly",
+            )
+        return rows[0][0].strip()
+
+    def iter_servers(self) -> Iterator[tuple[Any, ...]]:
+        """Yield (hostname, ip_address) of every inventory server, streamed."""
+        for hostname, ip in self._stream("servers", self.queries.servers, 2):
+            yield hostname, as_text(ip)
+
+    def iter_networks(self) -> Iterator[object]:
+        """Yield every inventory CIDR, streamed."""
+        for row in self._stream("networks", self.queries.networks, 1):
+            yield as_text(row[0])
+
+    def close(self) -> None:
+        """Release the connection."""

@@ -1,0 +1,211 @@
+"""Air-gapped round trip: `fluxagent export` → reference server answers → `fluxagent import`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nacl.signing
+import pytest
+
+from fluxagent import envelope
+from fluxagent.demo import Workspace, make_workspace
+from fluxagent.ledger import Ledger, LedgerEntry
+from fluxagent.offline import ANSWER_TYPE, BUNDLE_TYPE, PENDING_FILE
+from fluxagent.testing.licenses import make_license
+from fluxagent.testing.server import ReferenceServer
+from fluxagent.testing.server_offline import OFFLINE_ENDPOINT, BundleRefused
+from fluxagent.testing.server_protocol import LicensePolicy
+from tests.conftest import run_cli
+
+
+@pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    with ReferenceServer() as srv:
+        yield srv
+
+
+def _ws(root: Path, srv: ReferenceServer) -> Workspace:
+    return make_workspace(root, server_url=srv.url, vendor_keys=srv.signing_keys)
+
+
+@pytest.fixture
+def ws(tmp_path: Path, server: ReferenceServer) -> Workspace:
+    return _ws(tmp_path / "ws", server)
+
+
+def cli(w: Workspace, *args: str) -> tuple[int, str, str]:
+    done = run_cli("--config", str(w.root / "fluxagent.toml"), *args)
+    return done.returncode, done.stdout, done.stderr
+
+
+def export(w: Workspace, name: str = "bundle.json") -> bytes:
+    out = w.root / name
+    code, _, stderr = cli(w, "export", "--output", str(out))
+    assert code == 0, stderr
+    return out.read_bytes()
+
+
+def ledger(w: Workspace) -> list[LedgerEntry]:
+    return list(Ledger(w.cfg.instance.state_dir / "ledger", readonly=True).entries())
+
+
+def license_shown(w: Workspace) -> tuple[str, str | None]:
+    """Return the license (state, id) `fluxagent status --json` shows."""
+    lic = json.loads(cli(w, "status", "--json")[1])["license"]
+    return lic["state"], lic["license_id"]
+
+
+def renewed_license(srv: ReferenceServer, w: Workspace, license_id: str = "FB-RENEWED-0002") -> bytes:
+    now = int(time.time())
+    return make_license(srv.signing_keys[1], license_id=license_id, bound_domain=w.cfg.instance.bound_domain,
+                        issued_at=now - 60, expires_at=now + 2 * 365 * 86400)
+
+
+def test_round_trip_delivers_every_message_updates_the_license_state_and_installs_the_renewed_license(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    server.license = LicensePolicy(state="grace", license_id="FB-DEMO-0001")
+    bundle = export(ws)
+    opened = envelope.open_envelope(bundle, [ws.cfg.server.vendor_keys[0], bytes(_ident_key(ws))], BUNDLE_TYPE)
+    kinds = [json.loads(envelope.parse_envelope(m["envelope"].encode())[1])["body"] for m in opened.obj["messages"]]
+    assert len(kinds) == 3 and server.received == []  # nothing went over the network
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(bundle, license_file=renewed_license(server, ws)))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 0, out + err
+    assert "license (seq 1) delivered: license grace" in out
+    # the receipt is recorded; the renewed license file then decides (a receipt about another license
+    # does not apply to it until the server answers for the new one: PROTOCOL §7 rule 1)
+    recorded = json.loads((ws.cfg.instance.state_dir / "license-status.json").read_text())["receipt"]
+    assert (recorded["state"], recorded["license_id"], recorded["source"]) == ("grace", "FB-DEMO-0001", "import")
+    assert license_shown(ws) == ("valid", "FB-RENEWED-0002")
+    assert b"FB-RENEWED-0002" in base64.b64decode(json.loads(ws.cfg.instance.license_file.read_bytes())["payload"])
+    events = [(e.event, e.kind, e.seq) for e in ledger(ws)]
+    assert events[:3] == [("exported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
+    assert events[3:6] == [("imported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
+    assert events[6][:2] == ("installed", "license")
+    assert all(e.receipt_sha256 for e in ledger(ws)[3:6])
+    assert json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
+    assert cli(ws, "log", "--verify")[0] == 0
+    shown = json.loads(cli(ws, "status", "--json")[1])
+    assert all(shown["kinds"][k]["last_delivered"] for k in ("license", "heartbeat", "digest"))
+
+
+def _ident_key(w: Workspace) -> bytes:
+    from fluxagent import identity
+
+    return identity.load(w.cfg.instance.state_dir).public_key
+
+
+def test_importing_the_same_answer_twice_changes_nothing(ws: Workspace, server: ReferenceServer) -> None:
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(export(ws)))
+    assert cli(ws, "import", str(answer))[0] == 0
+    before = ledger(ws)
+    code, out, _ = cli(ws, "import", str(answer))
+    assert code == 0 and "3 receipt(s) for requests not waiting here" in out
+    assert ledger(ws) == before
+
+
+def test_second_export_carries_only_new_messages_and_a_digest_without_lists_once_acknowledged(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(export(ws)))
+    assert cli(ws, "import", str(answer))[0] == 0
+    second = json.loads(envelope.parse_envelope(export(ws, "second.json"))[1])
+    payloads = [json.loads(envelope.parse_envelope(m["envelope"].encode())[1]) for m in second["messages"]]
+    assert [p["seq"] for p in payloads] == [4, 5, 6]
+    assert payloads[2]["body"]["full"] is False  # the imported digest receipt acknowledged the root
+    answer.write_bytes(server.answer_bundle(envelope_bytes := (ws.root / "second.json").read_bytes()))
+    assert envelope_bytes and cli(ws, "import", str(answer))[0] == 0
+
+
+def test_tampered_answer_is_refused_and_recorded(ws: Workspace, server: ReferenceServer) -> None:
+    answer = json.loads(server.answer_bundle(export(ws)))
+    before = license_shown(ws)
+    payload = json.loads(base64.b64decode(answer["payload"]))
+    payload["receipts"] = payload["receipts"][:1]
+    answer["payload"] = base64.b64encode(envelope.canonical_json(payload)).decode()
+    path = ws.root / "answer.json"
+    path.write_text(json.dumps(answer))
+    code, _, err = cli(ws, "import", str(path))
+    assert code == 1 and "does not verify against the pinned vendor keys" in err
+    assert license_shown(ws) == before
+    assert len(json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"]) == 3
+    last = ledger(ws)[-1]
+    assert (last.event, last.kind, last.outcome) == ("refused", "answer", "refused")
+
+
+def test_answer_signed_by_an_unpinned_key_is_refused(ws: Workspace, server: ReferenceServer) -> None:
+    real = json.loads(base64.b64decode(json.loads(server.answer_bundle(export(ws)))["payload"]))
+    forged = envelope.sign_envelope(ANSWER_TYPE, envelope.canonical_json(real), nacl.signing.SigningKey.generate())
+    path = ws.root / "answer.json"
+    path.write_bytes(forged)
+    code, _, err = cli(ws, "import", str(path))
+    assert code == 1 and "does not verify" in err
+
+
+def test_answer_for_another_instance_is_refused(tmp_path: Path, ws: Workspace, server: ReferenceServer) -> None:
+    other = _ws(tmp_path / "other", server)
+    export(ws)
+    before = license_shown(ws)
+    server.license = LicensePolicy(state="revoked")
+    path = ws.root / "answer.json"
+    path.write_bytes(server.answer_bundle(export(other)))
+    code, _, err = cli(ws, "import", str(path))
+    assert code == 1 and "addressed to another instance" in err
+    assert license_shown(ws) == before and before[0] != "revoked"
+
+
+def test_renewed_license_for_another_domain_is_refused_and_the_old_one_kept(ws: Workspace,
+                                                                             server: ReferenceServer) -> None:
+    old = ws.cfg.instance.license_file.read_bytes()
+    now = int(time.time())
+    wrong = make_license(server.signing_keys[0], license_id="FB-X", bound_domain="elsewhere.example.org",
+                         issued_at=now, expires_at=now + 86400)
+    path = ws.root / "answer.json"
+    path.write_bytes(server.answer_bundle(export(ws), license_file=wrong))
+    code, _, err = cli(ws, "import", str(path))
+    assert code == 1 and "renewed license file is not valid here" in err
+    assert ws.cfg.instance.license_file.read_bytes() == old
+
+
+def test_server_refuses_a_bundle_whose_signature_does_not_verify(ws: Workspace, server: ReferenceServer) -> None:
+    bundle = json.loads(export(ws))
+    bundle["signatures"][0]["sig"] = base64.b64encode(bytes(64)).decode()
+    with pytest.raises(BundleRefused) as info:
+        server.answer_bundle(json.dumps(bundle).encode())
+    assert info.value.status == 401
+    assert server.verifier.instances == {}  # nothing in it was processed
+
+
+def test_server_answers_bundles_over_http_and_answers_an_exact_resend_again(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    bundle = export(ws)
+    with httpx.Client() as c:
+        r = c.post(server.url + OFFLINE_ENDPOINT, content=bundle)
+    assert r.status_code == 200
+    resent = json.loads(envelope.parse_envelope(server.answer_bundle(bundle))[1])
+    assert [i["status"] for i in resent["receipts"]] == [200, 200, 200]  # at-least-once, as online
+    path = ws.root / "answer.json"
+    path.write_bytes(r.content)
+    assert cli(ws, "import", str(path))[0] == 0
+
+
+def test_messages_the_server_refuses_are_ledgered_as_rejected_and_not_kept_waiting(
+    tmp_path: Path, server: ReferenceServer
+) -> None:
+    w = make_workspace(tmp_path / "ws", server_url=f"http://localhost:{server.port}", vendor_keys=server.signing_keys)
+    path = w.root / "answer.json"
+    path.write_bytes(server.answer_bundle(export(w)))  # aud "localhost" is not this server's audience
+    code, out, _ = cli(w, "import", str(path))
+    assert code == 1 and "license (seq 1) rejected by the server: http 400: wrong_audience" in out
+    assert [(e.event, e.outcome) for e in ledger(w)[3:]] == [("rejected", "rejected")] * 3
+    assert json.loads((w.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
