@@ -23,6 +23,7 @@ from fluxagent.control import DaemonUpdates
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError, LockHeld, StateError
 from fluxagent.fsutil import ensure_private_dir
+from fluxagent.metrics import MetricsWriter
 from fluxagent.notify import Notifier
 from fluxagent.transport import HttpxTransport, Transport
 
@@ -139,6 +140,7 @@ class Agent:
         self.signals = Signals(stop_deadline)
         self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
         self.updates: DaemonUpdates | None = None
+        self.metrics = MetricsWriter(self.log)
 
     def close(self) -> None:
         closer = getattr(self.transport, "close", None)
@@ -166,6 +168,12 @@ class Agent:
         sources = f"; not sent: {held} (source failing, see status)" if held else ""
         return f"license {shown}; spool {depth}{outage}{sources}"
 
+    def _between_messages(self) -> bool:
+        """Called before each message of a flush: it is progress, so feed the watchdog; return whether to stop."""
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()  # a long flush (many spooled messages) must not trip WatchdogSec
+        return self.signals.stop
+
     def step(self) -> float:
         """Do whatever is due now; return seconds until the next wake-up."""
         now = self.clock()
@@ -175,12 +183,13 @@ class Agent:
                 if due and not self.signals.stop:
                     self.engine.produce(due, now)
                 if self.engine.spool.depth() and now >= self.engine.retry_at and not self.signals.stop:
-                    self.engine.flush(should_stop=lambda: self.signals.stop)
+                    self.engine.flush(should_stop=self._between_messages)
                 lic = self.engine.refresh_license(self.clock())  # time passing and license file changes
         except FluxError as exc:
             self.log.error("agent.step_failed", error=exc.message, retry_in=int(STATE_ERROR_PAUSE))
             return STATE_ERROR_PAUSE
         self.notifier.status(self.status_line())
+        self.metrics.write(self.cfg, self.clock())  # for node_exporter's textfile collector
         now = self.clock()
         wake = min(self.engine.next_wake(now), now + LICENSE_FILE_POLL, lic.next_change or math.inf)
         return max(0.0, wake - now)

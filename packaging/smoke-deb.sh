@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Smoke test of the Debian package on this machine (as root; systemd need not be running):
+# install it, check the layout, run the sandbox self-test with the installed files, configure it
+# as an operator would and use it as the fluxagent user, then purge it and check nothing is left.
+#
+#   packaging/smoke-deb.sh dist/fluxagent_<version>_<arch>.deb
+set -euo pipefail
+DEB=${1:?usage: smoke-deb.sh PATH.deb}
+UNIT=/lib/systemd/system/fluxagent.service
+
+fail() { echo "smoke-deb: FAIL: $*" >&2; exit 1; }
+step() { echo "== $*"; }
+as_agent() { (cd / && runuser -u fluxagent -- "$@"); }
+mode_of() { stat -c '%U:%G %a' "$1"; }
+
+step "install"
+dpkg-query -W fluxagent >/dev/null 2>&1 && fail "fluxagent is already installed here"
+dpkg -i "$DEB"
+fluxagent --version
+getent passwd fluxagent | grep -q ':/usr/sbin/nologin$' || fail "no fluxagent system user"
+[ "$(mode_of /etc/fluxagent)" = "root:fluxagent 750" ] || fail "/etc/fluxagent is $(mode_of /etc/fluxagent)"
+[ "$(mode_of /var/lib/fluxagent)" = "fluxagent:fluxagent 700" ] || fail "/var/lib/fluxagent is $(mode_of /var/lib/fluxagent)"
+[ -e /etc/fluxagent/fluxagent.toml ] && fail "the package must not ship a live config"
+grep -qx /etc/fluxagent/fluxagent.toml.example /var/lib/dpkg/info/fluxagent.conffiles || fail "example is no conffile"
+if [ -d /run/systemd/system ] && systemctl is-active --quiet fluxagent; then fail "started without a config"; fi
+
+step "installed files (dpkg -L fluxagent)"
+dpkg -L fluxagent | grep -v '^/opt/fluxagent/' 
+echo "/opt/fluxagent/...: $(dpkg -L fluxagent | grep -c '^/opt/fluxagent/') entries" \
+    "($(dpkg -L fluxagent | grep -c '\.pyc$') precompiled .pyc)"
+
+step "unit: systemd-analyze"
+out=$(systemd-analyze verify --man=no "$UNIT" /lib/systemd/system/fluxagent-metrics.service \
+    /lib/systemd/system/fluxagent-metrics.timer 2>&1) || fail "verify: $out"
+[ -z "$out" ] || fail "verify warned: $out"
+systemd-analyze security --offline=true --no-pager "$UNIT" | tail -n 1
+
+step "sandbox self-test with the installed python, packages and unit"
+/opt/fluxagent/bin/python -m fluxagent.testing.selftest --unit "$UNIT"
+
+step "configure as an operator: config from the example (root), identity as fluxagent"
+WORK=$(mktemp -d)
+chmod 0755 "$WORK"
+/opt/fluxagent/bin/python - "$WORK" <<'PY'
+import base64, sys, time, tomllib
+from pathlib import Path
+import nacl.signing, tomli_w
+from fluxagent.testing import sample
+from fluxagent.testing.licenses import make_license
+
+work = Path(sys.argv[1])
+db = sample.write_sqlite(work / "fluxbilling.db", sample.generate(clients=300, servers=20))
+db.chmod(0o644)
+keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+now = int(time.time())
+(work / "license.json").write_bytes(make_license(keys[0], license_id="FB-SMOKE-0001",
+    bound_domain="billing.example.com", issued_at=now - 86400, expires_at=now + 365 * 86400))
+doc = tomllib.loads(Path("/etc/fluxagent/fluxagent.toml.example").read_text())
+doc["server"]["vendor_keys"] = [base64.b64encode(bytes(k.verify_key)).decode() for k in keys]
+doc["platform"]["database"] = f"sqlite:///{db}"
+(work / "fluxagent.toml").write_text(tomli_w.dumps(doc))
+PY
+install -o root -g fluxagent -m 0640 "$WORK/fluxagent.toml" /etc/fluxagent/fluxagent.toml
+install -o root -g fluxagent -m 0640 "$WORK/license.json" /etc/fluxagent/license.json
+as_agent fluxagent init
+[ "$(mode_of /var/lib/fluxagent/signing.key)" = "fluxagent:fluxagent 600" ] || fail "signing.key is not private"
+as_agent fluxagent preview > /dev/null
+as_agent fluxagent status
+as_agent fluxagent validate --offline
+
+step "purge"
+LIST=$(dpkg -L fluxagent)
+dpkg --purge fluxagent
+rm -rf "$WORK"
+dpkg-query -W fluxagent >/dev/null 2>&1 && fail "still registered with dpkg"
+left=""
+for p in $LIST /etc/fluxagent /var/lib/fluxagent /var/cache/fluxagent \
+        /etc/systemd/system/multi-user.target.wants/fluxagent.service \
+        /var/lib/systemd/deb-systemd-helper-enabled/fluxagent.service; do
+    case "$p" in  # shared directories like /usr/lib/sysusers.d stay, whatever is ours must be gone
+        *fluxagent*) if [ -e "$p" ] || [ -L "$p" ]; then left="$left $p"; fi ;;
+    esac
+done
+[ -z "$left" ] || fail "left behind after purge:$left"
+getent passwd fluxagent >/dev/null && fail "user fluxagent left behind"
+getent group fluxagent >/dev/null && fail "group fluxagent left behind"
+stray=$(find /etc /opt /var/lib /var/cache /usr/bin /usr/lib /lib/systemd -name '*fluxagent*' \
+    -not -path '/var/lib/dpkg/*' 2>/dev/null || true)
+[ -z "$stray" ] || fail "left behind after purge: $stray"
+echo "smoke-deb: OK"
