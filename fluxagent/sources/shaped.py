@@ -23,9 +23,6 @@ _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Ne
                   ipaddress.IPv4Interface, ipaddress.IPv6Interface)
 
 
-MAX_COUNT = 2**53 - 1  # the largest integer every JSON reader keeps exact (and the allowlist's bound)
-
-
 def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
     """Return the single non-negative integer a count query produced; raises SourceShapeError otherwise.
 
