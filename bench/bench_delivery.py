@@ -43,6 +43,9 @@ from fluxagent.testing.server import ReferenceServer  # noqa: E402
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 PY = sys.executable
+# what any process holding the required libraries costs, for context next to the RSS figure
+FLOOR = [PY, "-c", "import sys; sys.modules['rich'] = None; "
+         "import ssl, httpx, nacl.signing, structlog; sys.stdin.read()"]
 
 
 def service_env(**extra: str) -> dict[str, str]:
@@ -99,8 +102,11 @@ def idle(cfg_path: Path, seconds: float) -> dict[str, float]:
         a0, e0 = cpu_seconds(agent.proc.pid), cpu_seconds(exporter.pid)
         time.sleep(seconds)
         a1, e1 = cpu_seconds(agent.proc.pid), cpu_seconds(exporter.pid)
-        out = {"agent_cpu": a1 - a0, "exporter_cpu": e1 - e0,
+        floor = subprocess.Popen(FLOOR, stdin=subprocess.PIPE, env=service_env())
+        time.sleep(1.0)
+        out = {"agent_cpu": a1 - a0, "exporter_cpu": e1 - e0, "floor_rss": rss_kib(floor.pid),
                "agent_rss": rss_kib(agent.proc.pid), "exporter_rss": rss_kib(exporter.pid)}
+        floor.communicate(b"")
         agent.signal(signal.SIGTERM)
         agent.wait()
         return out
@@ -159,7 +165,8 @@ def main() -> int:
          f"over {args.idle_seconds:g} s (budget ≤ 10 ms)"),
         ("idle RSS", rss_ratio <= 1.5,
          f"fluxagent {i['agent_rss'] / 1024:.1f} MiB, node-exporter {i['exporter_rss'] / 1024:.1f} MiB, "
-         f"ratio {rss_ratio:.2f}× (budget ≤ 1.5×)"),
+         f"ratio {rss_ratio:.2f}× (budget ≤ 1.5×); import floor of python + ssl, httpx, nacl, structlog "
+         f"{i['floor_rss'] / 1024:.1f} MiB = {i['floor_rss'] / i['exporter_rss']:.2f}×"),
         ("cycle CPU", cpu_ratio <= 2.0,
          f"run --once {c['once'] * 1000:.0f} ms, preview {c['preview'] * 1000:.0f} ms "
          f"(medians of {args.runs}), ratio {cpu_ratio:.2f}× (budget ≤ 2×)"),

@@ -81,12 +81,13 @@ class Signals:
         self.reload = False
         self.busy = False
         self.stop_deadline = stop_deadline
-        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._r = self._w = -1
         self._saved: list[tuple[int, Any]] = []
         self._saved_fd = -1
 
     def install(self) -> None:
         """Install the handlers (main thread only); uninstall() restores the previous ones."""
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for sig, fn in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
                         (signal.SIGHUP, self._on_reload), (signal.SIGALRM, self._on_alarm)):
             self._saved.append((sig, signal.signal(sig, fn)))
@@ -159,7 +160,8 @@ class Agent:
         """Return the systemd STATUS text: the license state derived now, spool depth, outage."""
         try:
             lic = self.engine.license_status(self.clock())
-            shown = lic.state + (" (clock skew)" if lic.clock_skew else "")
+            shown = lic.state + (" (unconfirmed)" if lic.state == "valid" and lic.confirmed_at is None else "")
+            shown += " (clock skew)" if lic.clock_skew else ""
         except FluxError:
             shown = "unknown"
         depth = self.engine.spool.depth()
@@ -208,9 +210,10 @@ class Agent:
         else:
             old_doc, new_doc = config_mod.to_mapping(self.cfg), config_mod.to_mapping(new)
             changed = sorted(k for k in new_doc if new_doc[k] != old_doc.get(k))
-            self.close()
-            self.cfg, self.transport = new, transport
-            self.engine.reconfigure(new, transport)
+            with self.engine_lock:  # not while the control socket's credentials request uses the transport
+                self.close()
+                self.cfg, self.transport = new, transport
+                self.engine.reconfigure(new, transport)
             self.log.info("config.reloaded", path=str(config_path), changed=changed)  # before a new level hides it
             logs.configure(new.log.format, new.log.level, stream=logs.current_stream())
             self.log = self.engine.deps.log = logs.get()

@@ -105,10 +105,10 @@ def gather(
     host: HostFacts | None = None
     try:
         if "heartbeat" in kinds or "digest" in kinds:
-            host = world.read_host(cfg.host)
             try:
+                host = world.read_host(cfg.host)
                 platform = world.open_platform(cfg.platform)
-            except FluxError as exc:
+            except FluxError as exc:  # this host or the platform failed: those two kinds wait, the rest go on
                 for k in ("heartbeat", "digest"):
                     if k in results:
                         results[k].error = exc

@@ -234,6 +234,9 @@ class Engine:
             now = clock()
             outcome = classify(sealed, response, self.cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
             if isinstance(outcome, Retry):
+                if outcome.sent:  # the request may have left the machine: the ledger says so
+                    self._ledger_entry(int(now), "attempt", entry, outcome="retry", http_status=outcome.status,
+                                       detail=outcome.reason)
                 self._on_retry(entry, outcome, now)
                 result.retry = outcome
                 return result

@@ -60,7 +60,8 @@ def parse(doc: dict[str, Any] | None) -> Stored:
                           _opt_int(rec.get("grace_until")), _opt_int(rec.get("next_check_in")),
                           int(rec["server_ts"]), float(rec["received_at"]),
                           _opt_float(rec.get("skew")) or 0.0,
-                          "import" if rec.get("source") == "import" else "online")
+                          "import" if rec.get("source") == "import" else "online",
+                          rec["for_license"] if isinstance(rec.get("for_license"), str) else None)
     contact = Contact()
     if isinstance(con, dict) and con.get("outcome") in CONTACT_OUTCOMES:
         contact = Contact(con["outcome"], _opt_float(con.get("at")), _opt_float(con.get("since")),
@@ -142,7 +143,8 @@ def refresh(cfg: Config, now: float, *, receipt: Receipt | None = None, contact:
     time it was seen (the start of an outage).
     """
     stored = load(cfg.instance.state_dir)
-    if receipt is not None:
+    if receipt is not None:  # recorded against the license file it answers
+        receipt = replace(receipt, for_license=read_file_verdict(cfg, now, read).license_id)
         stored = replace(stored, receipt=receipt)
     if contact is not None and contact.outcome != stored.contact.outcome:
         stored = replace(stored, contact=contact)

@@ -8,8 +8,8 @@ STATES, a `clock_skew` flag, reasons for people, and when the state will next ch
 Fail-open: the result is reported (license-status.json, `status`, systemd STATUS, metrics); it
 never stops or degrades the platform. Rules, in order:
 
-1. a receipt applies when it names the license file's license_id (a receipt about another
-   license is ignored until the server has seen the new one);
+1. a receipt applies while the license file holds the license it held when the receipt arrived
+   (after the file is replaced, the old verdict is ignored until the server answers again);
 2. `revoked` from an applicable receipt wins; then no license file → `unlicensed`; a license file
    that fails verification → `invalid`; a server verdict `invalid`/`unlicensed` → that;
 3. time: a receipt's `valid` lasts until its expires_at, then the server's grace_until gives
@@ -45,6 +45,7 @@ class Receipt:
     received_at: float  # local wall-clock time it was received (or imported)
     skew: float = 0.0  # server ts − local time at receipt; 0 for imported receipts
     source: str = "online"  # online | import
+    for_license: str | None = None  # the license file's license_id when the receipt was recorded
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,10 @@ def clock_skew(receipt: Receipt | None, now: float, seen_until: float | None) ->
 
 
 def applies(receipt: Receipt | None, file: LicenseFile) -> bool:
-    """True when receipt is a verdict on the license the file holds (or either names none)."""
+    """True when receipt was recorded while the license file held the license it holds now."""
     if receipt is None:
         return False
-    return file.license_id is None or receipt.license_id is None or receipt.license_id == file.license_id
+    return file.license_id is None or receipt.for_license is None or receipt.for_license == file.license_id
 
 
 def server_phase(r: Receipt, t: float) -> tuple[str, int | None]:
@@ -125,8 +126,8 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
         reasons.append("dates are judged by the latest trusted time, not the local clock")
     use = applies(receipt, file)
     if receipt is not None and not use:
-        reasons.append(f"the server's last verdict concerns license {receipt.license_id}, not {file.license_id};"
-                       " waiting for the next check")
+        reasons.append(f"the server's last verdict was on license {receipt.for_license}, the license file now"
+                       f" holds {file.license_id}: waiting for the next check")
     r = receipt if use else None
 
     def out(state: str, why: str, until: int | None = None, *extra: int | None) -> Status:

@@ -1,6 +1,6 @@
 """Air-gapped exchange: `export` writes a signed bundle of the sealed messages `run` would send;
 `import` takes the vendor's signed answer, verifies every receipt against the exported requests
-and records them as `run` records receipts (docs/PROTOCOL.md §7).
+and records them as `run` records receipts (docs/PROTOCOL.md §8).
 
 The exported requests wait in `exported.json` in the state dir (exact envelopes, so each receipt's
 `req` and `nonce` can be checked) until their answer comes back; a receipt for anything else is
@@ -186,6 +186,7 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
         del pending[item["req"]]
     if license_bytes is not None:
         result.license_installed = _install_license(engine, license_bytes, now)
+        engine.refresh_license(now)  # the state derives from the license file too
     save_pending(engine, list(pending.values()))
     return result
 

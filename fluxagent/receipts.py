@@ -54,6 +54,7 @@ class Retry:
     after: float | None
     reason: str
     status: int | None
+    sent: bool = True  # False when no connection was made (connect, DNS, TLS): nothing left the machine
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def classify(
     1xx/2xx carry no receipt → Retry. Other 4xx/5xx → Rejected, never retried.
     """
     if isinstance(response, TransportError):
-        return Retry(None, f"{response.kind}: {response.message}", response.status)
+        sent = response.kind not in ("connect", "dns", "tls")
+        return Retry(None, f"{response.kind}: {response.message}", response.status, sent)
     status = response.status
     if status == 200:
         try:

@@ -56,7 +56,10 @@ install -D -m 0644 packaging/prometheus/fluxagent-alerts.yml \
 install -D -m 0644 README.md "$ROOT/usr/share/doc/fluxagent/README.md"
 install -D -m 0644 docs/PROTOCOL.md "$ROOT/usr/share/doc/fluxagent/PROTOCOL.md"
 mkdir -p "$ROOT/usr/bin"
-ln -s "$PREFIX/bin/fluxagent" "$ROOT/usr/bin/fluxagent"
+# every console script of the project on PATH (fluxagent, and the docker credential helper docker looks up)
+for script in $($PY -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["scripts"])'); do
+    ln -s "$PREFIX/bin/$script" "$ROOT/usr/bin/$script"
+done
 
 # 4. control files
 mkdir -p "$ROOT/DEBIAN"

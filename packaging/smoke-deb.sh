@@ -67,6 +67,7 @@ as_agent fluxagent init
 as_agent fluxagent preview > /dev/null
 as_agent fluxagent status
 as_agent fluxagent validate --offline
+command -v docker-credential-fluxagent > /dev/null || fail "docker-credential-fluxagent is not on PATH"
 
 step "purge"
 LIST=$(dpkg -L fluxagent)

@@ -112,3 +112,4 @@ def context_switches(pid: int) -> int:
             if "ctxt_switches:" in line:
                 total += int(line.split()[1])
     return total
+

@@ -32,7 +32,7 @@ def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
     with ReferenceServer(signing_keys=keys) as server:
         ws = wire(tmp_path_factory.mktemp("faults") / "ws", server, keys,
-                  server={"connect_timeout": "1s", "read_timeout": "500ms"})
+                  server={"connect_timeout": "2s", "read_timeout": "2s"})
         log = LogCapture()
         agent = make_agent(ws.cfg)
         try:
@@ -84,7 +84,7 @@ RETRIED = {
     "gzip bomb": Fault.bomb(1 << 26),
     "json that is not an envelope": Fault.wrong_shape(),
     "slow drip of zeros": Fault.drip(4000, 1000, 0.02),
-    "answer slower than the read timeout": Fault.delay(1.5),
+    "answer slower than the read timeout": Fault.delay(3.0),
     **{f"receipt {m}": Fault.receipt(m) for m in RECEIPT_MUTATIONS},
 }
 
@@ -96,12 +96,15 @@ def test_fault_is_retried_keeping_the_message_then_the_same_seq_is_delivered(rig
     result = rig.agent.engine.flush()
     assert isinstance(result.retry, Retry) and not result.delivered and not result.rejected
     assert [e.seq for e in rig.agent.engine.spool.entries()] == [seq]
-    assert events_of(rig, seq) == []  # nothing is recorded as sent on a bad or missing receipt
+    # the attempt is recorded, but never as sent on a bad or missing receipt
+    [attempt] = [e for e in ledger_entries(rig.agent.cfg) if e.seq == seq]
+    assert (attempt.event, attempt.outcome, attempt.detail) == ("attempt", "retry", result.retry.reason)
+    assert attempt.http_status == result.retry.status and attempt.receipt_sha256 is None
     [warning] = rig.log.events("delivery.outage_started")
     assert warning["reason"] == result.retry.reason
     result = rig.agent.engine.flush()
     assert [e.seq for e, _ in result.delivered] == [seq]
-    assert events_of(rig, seq) == ["sent"]
+    assert events_of(rig, seq) == ["attempt", "sent"]
     # a server that processed the first attempt gets the exact same request again (at-least-once)
     bodies = {r.body for r in rig.server.received if r.payload and r.payload["seq"] == seq}
     assert len(bodies) == 1
@@ -147,7 +150,7 @@ def test_answer_lost_after_processing_is_resent_with_the_same_seq_and_accepted(r
     assert rig.agent.engine.flush().delivered
     bodies = [r.body for r in rig.server.received if r.payload and r.payload["seq"] == seq]
     assert len(bodies) == 2 and bodies[0] == bodies[1]  # at-least-once: the exact same request
-    assert events_of(rig, seq) == ["sent"]
+    assert events_of(rig, seq) == ["attempt", "sent"]
 
 
 @pytest.mark.parametrize("code", [400, 403, 404, 409, 422, 500, 501])

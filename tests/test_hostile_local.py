@@ -596,3 +596,26 @@ def test_any_damage_to_any_state_file_is_recovered_or_refused_and_never_regenera
 
     assert {n: (state_dir / n).read_bytes() for n in identity_files} == identity_files
 
+
+
+@pytest.mark.parametrize(("sql", "why"), [
+    ("SELECT 9007199254740993", ("not a plausible count",)),  # 2^53 + 1: no longer exact in JSON readers
+    # an integral numeric/decimal on PostgreSQL and MariaDB, a float on SQLite
+    ("SELECT 99999999999999999999999", ("not a plausible count", "not an integer")),
+    ("SELECT -5", ("must not be negative",)),
+    ("SELECT 'twelve'", ("not an integer",)),
+])
+def test_hostile_count_values_fail_on_every_database_engine(
+    platform_small: str, sql: str, why: tuple[str, ...]
+) -> None:
+    from fluxagent.config import PlatformConfig, Queries
+    from fluxagent.errors import SourceShapeError
+    from fluxagent.sources.platform import open_platform
+
+    src = open_platform(PlatformConfig(database=platform_small, queries=Queries(total_users=sql), statement_timeout=5))
+    try:
+        with pytest.raises(SourceShapeError) as info:
+            src.counts()
+    finally:
+        src.close()
+    assert "platform.queries.total_users" in info.value.message and any(w in info.value.message for w in why)

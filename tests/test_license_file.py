@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fluxagent import envelope
 from fluxagent.license import MAX_LICENSE_BYTES, LicenseFile, check_license
-from fluxagent.licensing import Contact, Receipt, derive
+from fluxagent.licensing import Contact, Receipt, applies, derive
 from fluxagent.testing.licenses import make_license
 
 NOW = 1_760_000_000
@@ -143,7 +143,8 @@ times = st.integers(NOW - 60 * DAY, NOW + 60 * DAY)
 receipts = st.builds(
     Receipt, st.sampled_from(["valid", "grace", "expired", "revoked", "invalid", "unlicensed"]),
     st.sampled_from(["FB-1", "FB-2", None]), st.none() | times, st.none() | times, st.none(), times,
-    times.map(float), st.floats(-1000, 1000), st.sampled_from(["online", "import"]))
+    times.map(float), st.floats(-1000, 1000), st.sampled_from(["online", "import"]),
+    st.sampled_from(["FB-1", "FB-2", None]))
 contacts = st.builds(Contact, st.sampled_from(["none", "delivered", "unreachable", "rejected"]),
                      st.none() | times.map(float), st.none() | times.map(float))
 files = st.builds(lambda exp, issued: check_license(lic(issued_at=issued, expires_at=exp), KEYS, DOMAIN, NOW),
@@ -166,8 +167,7 @@ def test_valid_is_never_shown_past_the_expiry_that_decides_it(file: LicenseFile,
                                                               contact: Contact, now: int) -> None:
     s = derive(file, rec, contact, now, 14 * DAY)
     if s.state == "valid":
-        applies = rec is not None and rec.license_id in (None, file.license_id)
-        end = rec.expires_at if applies and rec is not None else file.expires_at
+        end = rec.expires_at if rec is not None and applies(rec, file) else file.expires_at
         assert end is None or s.effective_now < end
 
 

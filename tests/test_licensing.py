@@ -12,6 +12,8 @@ from pathlib import Path
 import nacl.signing
 import pytest
 import tomli_w
+from conftest import BOUND_DOMAIN, base_config, fixed_world
+from netutil import closed_port
 
 from fluxagent import config, identity, license_store
 from fluxagent.agent import Agent
@@ -22,7 +24,6 @@ from fluxagent.status import collect_status
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer
 from fluxagent.transport import HttpxTransport
-from tests.conftest import BOUND_DOMAIN, base_config, fixed_world
 
 T0 = 1_760_000_000
 DAY = 86400
@@ -97,9 +98,7 @@ def setup(tmp_path: Path, sample_db: Path) -> Iterator[Setup]:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{closed_port()}"
 
 
 def test_valid_receipt_gives_valid_written_atomically_with_mode_0640(setup: Setup) -> None:
@@ -217,12 +216,26 @@ def test_agent_clock_a_day_behind_the_server_is_flagged_at_the_receipt(setup: Se
     assert any("behind" in r for r in doc["reasons"])  # type: ignore[union-attr]
 
 
-def test_receipt_for_another_license_does_not_decide_the_state_of_this_one(setup: Setup) -> None:
-    setup.server.license = LicensePolicy(state="revoked", license_id="FB-OLD-0001")
+def test_verdict_on_a_replaced_license_file_does_not_decide_the_state_of_the_new_one(setup: Setup) -> None:
+    setup.server.license = LicensePolicy(state="expired", license_id=LID, expires_at=T0 - DAY,
+                                         grace_until=T0 - DAY)
+    e = setup.engine()
+    setup.check(e, T0)
+    assert setup.status_doc()["state"] == "expired"
+    setup.write_license(expires_at=T0 + 365 * DAY, license_id="FB-RENEWED-0002")  # the renewal arrives
+    assert e.refresh_license(T0 + 60).state == "valid"
+    doc = setup.status_doc()
+    assert doc["license_id"] == "FB-RENEWED-0002" and doc["source"] == "file"
+    assert any("FB-RENEWED-0002" in r for r in doc["reasons"])  # type: ignore[union-attr]
+    assert e.schedule.kind("license").next_due == T0 + 60  # the server hears about it at once
+
+
+def test_receipt_naming_another_license_id_still_decides_while_the_file_is_unchanged(setup: Setup) -> None:
+    setup.server.license = LicensePolicy(state="revoked", license_id="FB-OTHER-0001")
     setup.check(setup.engine(), T0)
     doc = setup.status_doc()
-    assert doc["state"] == "valid"
-    assert "FB-OLD-0001" in " ".join(doc["reasons"])  # type: ignore[arg-type]
+    assert doc["state"] == "revoked" and doc["license_id"] == LID
+    assert doc["receipt"]["license_id"] == "FB-OTHER-0001"  # type: ignore[index]
 
 
 def test_tampered_license_file_is_invalid_even_when_the_server_says_valid(setup: Setup) -> None:
@@ -243,6 +256,7 @@ def test_daemon_rewrites_status_when_the_license_file_changes_and_checks_at_once
     agent = Agent(setup.cfg, clock=setup.clock)
     try:
         setup.clock.now = T0
+        assert agent.status_line().startswith("license valid (unconfirmed);")  # the file alone, at READY
         agent.step()
         assert setup.status_doc()["state"] == "valid"
         assert "license valid" in agent.status_line()

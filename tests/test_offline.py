@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -11,8 +12,11 @@ from pathlib import Path
 import httpx
 import nacl.signing
 import pytest
+import structlog
+from typer.testing import CliRunner
 
 from fluxagent import envelope
+from fluxagent.cli import app
 from fluxagent.demo import Workspace, make_workspace
 from fluxagent.ledger import Ledger, LedgerEntry
 from fluxagent.offline import ANSWER_TYPE, BUNDLE_TYPE, PENDING_FILE
@@ -20,7 +24,6 @@ from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.testing.server_offline import OFFLINE_ENDPOINT, BundleRefused
 from fluxagent.testing.server_protocol import LicensePolicy
-from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -39,8 +42,12 @@ def ws(tmp_path: Path, server: ReferenceServer) -> Workspace:
 
 
 def cli(w: Workspace, *args: str) -> tuple[int, str, str]:
-    done = run_cli("--config", str(w.root / "fluxagent.toml"), *args)
-    return done.returncode, done.stdout, done.stderr
+    """Run a fluxagent command in process (the console script's code path); return code, stdout, stderr."""
+    try:
+        done = CliRunner().invoke(app, ["--config", str(w.root / "fluxagent.toml"), *args])
+    finally:
+        structlog.reset_defaults()  # the commands logged to the runner's stream, closed now
+    return done.exit_code, done.stdout, done.stderr
 
 
 def export(w: Workspace, name: str = "bundle.json") -> bytes:
@@ -66,7 +73,7 @@ def renewed_license(srv: ReferenceServer, w: Workspace, license_id: str = "FB-RE
                         issued_at=now - 60, expires_at=now + 2 * 365 * 86400)
 
 
-def test_round_trip_delivers_every_message_updates_the_license_state_and_installs_the_renewed_license(
+def test_round_trip_delivers_every_message_and_updates_the_license_state(
     ws: Workspace, server: ReferenceServer
 ) -> None:
     server.license = LicensePolicy(state="grace", license_id="FB-DEMO-0001")
@@ -75,25 +82,41 @@ def test_round_trip_delivers_every_message_updates_the_license_state_and_install
     kinds = [json.loads(envelope.parse_envelope(m["envelope"].encode())[1])["body"] for m in opened.obj["messages"]]
     assert len(kinds) == 3 and server.received == []  # nothing went over the network
     answer = ws.root / "answer.json"
-    answer.write_bytes(server.answer_bundle(bundle, license_file=renewed_license(server, ws)))
+    answer.write_bytes(server.answer_bundle(bundle))
     code, out, err = cli(ws, "import", str(answer))
     assert code == 0, out + err
     assert "license (seq 1) delivered: license grace" in out
-    # the receipt is recorded; the renewed license file then decides (a receipt about another license
-    # does not apply to it until the server answers for the new one: PROTOCOL §7 rule 1)
+    assert license_shown(ws) == ("grace", "FB-DEMO-0001")
     recorded = json.loads((ws.cfg.instance.state_dir / "license-status.json").read_text())["receipt"]
     assert (recorded["state"], recorded["license_id"], recorded["source"]) == ("grace", "FB-DEMO-0001", "import")
-    assert license_shown(ws) == ("valid", "FB-RENEWED-0002")
-    assert b"FB-RENEWED-0002" in base64.b64decode(json.loads(ws.cfg.instance.license_file.read_bytes())["payload"])
     events = [(e.event, e.kind, e.seq) for e in ledger(ws)]
     assert events[:3] == [("exported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
     assert events[3:6] == [("imported", k, n) for k, n in (("license", 1), ("heartbeat", 2), ("digest", 3))]
-    assert events[6][:2] == ("installed", "license")
     assert all(e.receipt_sha256 for e in ledger(ws)[3:6])
     assert json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
     assert cli(ws, "log", "--verify")[0] == 0
     shown = json.loads(cli(ws, "status", "--json")[1])
     assert all(shown["kinds"][k]["last_delivered"] for k in ("license", "heartbeat", "digest"))
+
+
+def test_renewal_in_an_answer_installs_the_new_license_file_and_the_state_follows_it(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    # the receipt still speaks of the old license; the renewed file decides until the server answers
+    # for the new one (PROTOCOL §7 rule 1)
+    server.license = LicensePolicy(state="grace", license_id="FB-DEMO-0001")
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(export(ws), license_file=renewed_license(server, ws)))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 0, out + err
+    assert "license FB-RENEWED-0002 installed" in out
+    assert b"FB-RENEWED-0002" in base64.b64decode(json.loads(ws.cfg.instance.license_file.read_bytes())["payload"])
+    assert license_shown(ws) == ("valid", "FB-RENEWED-0002")
+    on_disk = json.loads((ws.cfg.instance.state_dir / "license-status.json").read_text())  # what the platform reads
+    assert (on_disk["state"], on_disk["license_id"]) == ("valid", "FB-RENEWED-0002")
+    installed = ledger(ws)[-1]
+    assert (installed.event, installed.kind, installed.outcome) == ("installed", "license", "installed")
+    assert installed.payload_sha256 == hashlib.sha256(ws.cfg.instance.license_file.read_bytes()).hexdigest()
 
 
 def _ident_key(w: Workspace) -> bytes:

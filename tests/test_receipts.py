@@ -308,6 +308,7 @@ def test_transport_errors_are_retried(kind: Any) -> None:
     result = outcome(sealed(), err)
     assert isinstance(result, Retry) and result.reason.startswith(f"{kind}: ")
     assert (result.after, result.status) == (None, None)
+    assert result.sent is (kind not in ("connect", "dns", "tls"))  # did the request leave the machine?
 
 
 def test_redirect_transport_error_is_retried_with_its_status() -> None:

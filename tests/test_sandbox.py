@@ -95,7 +95,7 @@ def test_agent_work_passes_under_the_units_syscall_filter_and_memory_deny_write_
     out = res.stdout
     assert out.count("the filter is live") == 3  # the canaries prove the filters hold
     assert "license.sent, heartbeat.sent, digest.sent" in out
-    for step in ("sign+hash", "psutil", "flock", "metrics.prom", "log --verify", "sd_notify"):
+    for step in ("daemon", "sign+hash", "psutil", "flock", "metrics.prom", "log --verify", "sd_notify"):
         assert f"  ok    {step}:" in out
     assert out.rstrip().endswith("PASS")
 

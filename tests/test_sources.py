@@ -236,3 +236,19 @@ def test_include_interfaces_false_sends_no_networks_but_keeps_macs_for_the_host_
 
 def test_fqdn_is_a_nonempty_name():
     assert host.fqdn()
+
+
+def test_a_failing_host_reader_holds_back_heartbeat_and_digest_but_not_the_license(workspace):
+    from conftest import fixed_world
+
+    from fluxagent import identity
+
+    def broken_host(_cfg):
+        raise SourceError("cannot list this host's network interfaces: [Errno 97] Address family not supported")
+
+    ident = identity.load(workspace.cfg.instance.state_dir)
+    built = {b.kind: b for b in collect.gather(workspace.cfg, ident, ["license", "heartbeat", "digest"],
+                                               now=1_790_000_000, world=fixed_world(read_host=broken_host))}
+    assert built["license"].message is not None
+    for kind in ("heartbeat", "digest"):
+        assert built[kind].message is None and "network interfaces" in built[kind].error.message

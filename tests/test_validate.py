@@ -17,6 +17,9 @@ import nacl.signing
 import pytest
 import tomli_w
 import trustme
+from conftest import BOUND_DOMAIN, base_config, run_cli
+from netutil import closed_port
+from proxy import ConnectProxy
 
 from fluxagent import identity
 from fluxagent.ledger import Ledger
@@ -24,8 +27,6 @@ from fluxagent.state import Seq
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import LicensePolicy, ReferenceServer
 from fluxagent.validate import Check, exit_code
-from tests.conftest import BOUND_DOMAIN, base_config, run_cli
-from tests.proxy import ConnectProxy
 
 LID = "FB-VAL-0001"
 
@@ -168,10 +169,7 @@ def test_wrong_ca_fails_the_tls_line_with_exit_1(site: Site, tmp_path: Path) -> 
 
 
 def test_closed_port_fails_the_tcp_line_with_exit_69(site: Site) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    site.write(url=f"https://localhost:{port}")
+    site.write(url=f"https://localhost:{closed_port()}")
     code, out, elapsed = site.validate()
     assert code == 69, out
     assert "Connection refused" in line(out, "fail", "tcp")

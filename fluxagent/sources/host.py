@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from fluxagent.config import HostConfig
+from fluxagent.errors import SourceError
 from fluxagent.facts import HostFacts
 
 MACHINE_ID = Path("/etc/machine-id")
@@ -33,12 +34,17 @@ def read_machine_id(path: Path = MACHINE_ID) -> str | None:
 
 
 def interface_facts(cfg: HostConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Return (MACs, CIDR networks) of this host's interfaces, minus the excluded ones."""
+    """Return (MACs, CIDR networks) of this host's interfaces, minus the excluded ones; raises SourceError."""
     import psutil  # imported here: only the digest needs it, `--help` should not pay for it
 
     macs: list[str] = []
     nets: list[str] = []
-    for name, addrs in psutil.net_if_addrs().items():
+    try:
+        interfaces = psutil.net_if_addrs()
+    except (OSError, psutil.Error) as exc:  # e.g. netlink refused by a sandbox
+        raise SourceError(f"cannot list this host's network interfaces: {exc}",
+                          hint="check the service's RestrictAddressFamilies (psutil needs AF_NETLINK)") from exc
+    for name, addrs in interfaces.items():
         if any(fnmatch.fnmatchcase(name, pat) for pat in cfg.exclude_interfaces):
             continue
         for a in addrs:

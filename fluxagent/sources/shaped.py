@@ -18,11 +18,9 @@ from fluxagent.facts import Counts
 
 BATCH = 2000
 COUNT_QUERIES = ("active_clients", "total_users", "servers_total")
+MAX_COUNT = 2**53 - 1  # the largest integer every JSON reader keeps exact (and the allowlist's bound)
 _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network,
                   ipaddress.IPv4Interface, ipaddress.IPv6Interface)
-
-
-MAX_COUNT = 2**53 - 1  # the largest integer every JSON reader keeps exact (and the allowlist's bound)
 
 
 def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:

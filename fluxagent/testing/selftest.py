@@ -81,6 +81,7 @@ def workload(config: Path, checks: list[str]) -> int:
     cfg = config_mod.load(config)
     sd = cfg.instance.state_dir
     step("run --once", lambda: _run_once(config))
+    step("daemon", lambda: _daemon(config))
     step("sign+hash", _sign_and_hash)
     step("psutil", _psutil)
     step("flock", lambda: _flock(sd))
@@ -102,6 +103,42 @@ def _run_once(config: Path) -> str:
     assert code == 0, f"exit {code}; log: {buf.getvalue()[-600:]}"
     sent = [e for e in events if e.endswith(".sent")]
     return f"exit 0; {', '.join(sent)} (httpx, spool fsync, ledger)"
+
+
+def _daemon(config: Path) -> str:
+    """Run `fluxagent run` (the unit's command) under the filters: READY, WATCHDOG, then SIGTERM → exit 0."""
+    import time
+
+    seen: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="fa-sd-", dir="/tmp") as d, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(f"{d}/notify")
+        env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WATCHDOG_PID")}
+        env.update(NOTIFY_SOCKET=f"{d}/notify", WATCHDOG_USEC="60000000")
+        proc = subprocess.Popen([sys.executable, "-m", "fluxagent", "--config", str(config), "run"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            end = time.monotonic() + 60
+            sock.settimeout(0.25)
+            while "STOPPING=1" not in seen and time.monotonic() < end:
+                try:
+                    seen += sock.recv(4096).decode().splitlines()
+                except TimeoutError:
+                    if proc.poll() is not None:
+                        break  # it died without saying goodbye
+                    continue
+                if "WATCHDOG=1" in seen and proc.poll() is None and "STOPPING=1" not in seen:
+                    proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, f"exit {code}: {err[-600:]}"
+    missing = [m for m in ("READY=1", "WATCHDOG=1", "STOPPING=1") if m not in seen]
+    assert not missing, f"no {', '.join(missing)} from the daemon; got {seen}"
+    return "READY, STATUS, WATCHDOG; SIGTERM → STOPPING, exit 0"
 
 
 def _sign_and_hash() -> str:

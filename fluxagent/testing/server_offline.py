@@ -1,7 +1,7 @@
 """The reference server's side of the air-gapped exchange: verify a bundle, sign the answer.
 
 Each message of a bundle goes through the same `Verifier.handle` as an online request, so an
-exported message is checked exactly like one posted over HTTPS (docs/PROTOCOL.md §7).
+exported message is checked exactly like one posted over HTTPS (docs/PROTOCOL.md §8).
 """
 
 from __future__ import annotations
