@@ -13,7 +13,7 @@ and its reference side by side (interleaved runs, medians), so the ratios hold o
   credentials  bench_credentials.py  the docker credential helper's start-up against the floor
 
 `--quick` shortens every script (fewer runs, 200k rows instead of 1M, a 10 s idle window): a
-check that the budgets are not far off, in about two minutes; the full run takes about ten.
+check that the budgets are not far off, in under a minute; the full run takes a few minutes.
 Not part of the test run: `python -m pytest` never starts it.
 """
 
