@@ -124,6 +124,17 @@ class Signals:
             raise StopDeadline()
 
 
+def ca_stamp(cfg: Config) -> tuple[int, int, int] | None:
+    """Return (inode, size, mtime) of the configured CA bundle, so a reload notices a replaced file."""
+    if not cfg.server.ca_bundle:
+        return None
+    try:
+        st = os.stat(cfg.server.ca_bundle)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class Agent:
     """The running agent: config, engine, notifier; `loop` is the daemon, `once` a single cycle."""
 
@@ -137,6 +148,7 @@ class Agent:
         self.transport_factory = transport_factory or (lambda c: HttpxTransport(c.server))
         self.ident = identity.load(cfg.instance.state_dir)
         self.transport = self.transport_factory(cfg)
+        self.ca_stamp = ca_stamp(cfg)
         self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
         self.signals = Signals(stop_deadline)
         self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
@@ -203,7 +215,8 @@ class Agent:
             new = config_mod.load(config_path)
             if new.instance.state_dir != self.cfg.instance.state_dir:
                 raise FluxError("instance.state_dir cannot change while running; restart instead")
-            transport = self.transport_factory(new)
+            keep = new.server == self.cfg.server and ca_stamp(new) == self.ca_stamp
+            transport = self.transport if keep else self.transport_factory(new)
         except FluxError as exc:
             self.log.error("config.reload_failed", path=str(config_path), error=str(exc),
                            keeping="previous configuration")
@@ -211,8 +224,10 @@ class Agent:
             old_doc, new_doc = config_mod.to_mapping(self.cfg), config_mod.to_mapping(new)
             changed = sorted(k for k in new_doc if new_doc[k] != old_doc.get(k))
             with self.engine_lock:  # not while the control socket's credentials request uses the transport
-                self.close()
-                self.cfg, self.transport = new, transport
+                # a new TLS context only when [server] or the CA file changed: each one costs native memory
+                if transport is not self.transport:
+                    self.close()
+                self.cfg, self.transport, self.ca_stamp = new, transport, ca_stamp(new)
                 self.engine.reconfigure(new, transport)
             self.log.info("config.reloaded", path=str(config_path), changed=changed)  # before a new level hides it
             logs.configure(new.log.format, new.log.level, stream=logs.current_stream())

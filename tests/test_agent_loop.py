@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, wire
+from agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, rewrite, wire
 
 from fluxagent.agent import Signals
 from fluxagent.testing.server import Fault, ReferenceServer
@@ -113,3 +113,40 @@ def context_switches(pid: int) -> int:
                 total += int(line.split()[1])
     return total
 
+
+
+def test_reload_keeps_the_transport_unless_the_server_section_or_its_ca_file_changes(tmp_path: Path) -> None:
+    # each new transport builds a TLS context whose native memory the allocator keeps: a reload
+    # that changes only, say, the log level must not pay for one (the soak showed RSS creeping)
+    import trustme
+
+    from fluxagent import config
+    from fluxagent.agent import Agent
+    from fluxagent.demo import make_workspace
+    from fluxagent.transport import HttpxTransport
+
+    ws = make_workspace(tmp_path / "ws")
+    cfg_path = ws.root / "fluxagent.toml"
+    built: list[HttpxTransport] = []
+
+    def factory(c: config.Config) -> HttpxTransport:
+        built.append(HttpxTransport(c.server, env={}))
+        return built[-1]
+
+    agent = Agent(ws.cfg, transport_factory=factory)
+    try:
+        rewrite(cfg_path, log={"level": "debug"})
+        agent.reload(cfg_path)
+        assert len(built) == 1 and agent.transport is built[0] and agent.cfg.log.level == "debug"
+        ca = tmp_path / "ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(ca))
+        rewrite(cfg_path, server={"ca_bundle": str(ca)})
+        agent.reload(cfg_path)
+        assert len(built) == 2 and agent.transport is built[1]
+        agent.reload(cfg_path)
+        assert len(built) == 2  # same section, same file
+        trustme.CA().cert_pem.write_to_path(str(ca))
+        agent.reload(cfg_path)
+        assert len(built) == 3 and agent.transport is built[2]  # the operator replaced the CA file
+    finally:
+        agent.close()
