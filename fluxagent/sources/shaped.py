@@ -8,6 +8,7 @@ identifiers with the same checks and messages on SQLite, PostgreSQL and MySQL/Ma
 from __future__ import annotations
 
 import ipaddress
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -57,18 +58,21 @@ def as_text(value: object) -> object:
     return str(value) if isinstance(value, _ADDRESS_TYPES) else value
 
 
-class ShapedSource:
-    """Counts, version and streamed identifiers over an engine's `_fetch` and `_stream`."""
+class ShapedSource(ABC):
+    """Counts, version and streamed identifiers over an engine's `_fetch` and `_stream`.
+
+    Each engine (SQLite, PostgreSQL, MySQL/MariaDB) implements the abstract methods.
+    """
 
     queries: Queries
 
+    @abstractmethod
     def _fetch(self, name: str, sql: str, limit: int) -> list[tuple[Any, ...]]:
         """Return at most limit rows of sql; raises SourceError naming platform.queries.<name>."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
         """Yield every row of sql (width columns, checked first); raises SourceError."""
-        raise NotImplementedError
 
     def counts(self) -> Counts:
         """Return the three aggregate counts; raises SourceError naming the failing query."""
@@ -99,5 +103,6 @@ class ShapedSource:
         for row in self._stream("networks", self.queries.networks, 1):
             yield as_text(row[0])
 
+    @abstractmethod
     def close(self) -> None:
         """Release the connection."""
