@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+import trustme
 
 from fluxagent import config
 from fluxagent.collect import World
@@ -42,6 +43,20 @@ def fixed_world(**overrides: Any) -> World:
 def workspace(tmp_path: Path) -> Workspace:
     """A complete demo workspace: sample SQLite platform db, signed license, config, identity."""
     return make_workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A test certificate authority for the HTTPS tests (its certificates are for loopback names)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test CA's certificate as a PEM file, for server.ca_bundle."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -39,11 +39,6 @@ VOLATILE = ("seq", "ts", "nonce")
 HOUR = 3600
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def keys() -> list[nacl.signing.SigningKey]:
     return [nacl.signing.SigningKey.generate() for _ in range(2)]

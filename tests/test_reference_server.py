@@ -133,11 +133,6 @@ def agent(server: ReferenceServer, client: httpx.Client, clock: Clock) -> Agent:
     return Agent(client, clock, server.verifier.audience)
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 # ---- the protocol ----
 
 

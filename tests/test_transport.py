@@ -39,20 +39,8 @@ NO_ENV: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def cert(ca: trustme.CA) -> trustme.LeafCert:
     return ca.issue_cert("127.0.0.1", "::1", "localhost")
-
-
-@pytest.fixture(scope="module")
-def ca_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
 
 
 def server_config(url: str, **kw: Any) -> ServerConfig:
