@@ -42,9 +42,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=11)
     p.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = p.parse_args()
-    from fluxagent.agent import Agent, instance_lock
-    from fluxagent.demo import make_workspace
+    from fluxagent.daemon.agent import Agent
+    from fluxagent.statedir.lock import instance_lock
     from fluxagent.testing.server import ReferenceServer
+    from fluxagent.testing.workspace import make_workspace
 
     with tempfile.TemporaryDirectory() as tmp, ReferenceServer(credentials_ttl=3600) as srv:
         ws = make_workspace(Path(tmp) / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)

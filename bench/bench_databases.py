@@ -23,8 +23,10 @@ from pathlib import Path
 
 from budgets import Budget, emit
 
-from fluxagent.testing import dbservers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from fluxagent.testing.sample_db import create_schema, load_rows
+from tests.support import dbservers
 
 PY = sys.executable
 RSS_BUDGET_MB = 100.0

@@ -38,8 +38,8 @@ import nacl.signing  # noqa: E402
 from agentkit import Daemon, NotifySocket  # noqa: E402
 from budgets import Budget, emit  # noqa: E402
 
-from fluxagent.demo import make_workspace  # noqa: E402
 from fluxagent.testing.server import ReferenceServer  # noqa: E402
+from fluxagent.testing.workspace import make_workspace  # noqa: E402
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 PY = sys.executable

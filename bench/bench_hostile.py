@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 import nacl.signing
 
-from fluxagent import messages
 from fluxagent.config import ServerConfig
-from fluxagent.receipts import Delivered, classify
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.transport import HttpxTransport, send
+from fluxagent.wire import messages
+from fluxagent.wire.receipts import Delivered, classify
 
 
 def junk_signatures(size: int) -> bytes:

@@ -112,9 +112,9 @@ def parent(args: argparse.Namespace) -> int:
     import nacl.signing
     from killkit import check_state, reopen
 
-    from fluxagent.demo import make_workspace
-    from fluxagent.ledger import Ledger
+    from fluxagent.statedir.ledger import Ledger
     from fluxagent.testing.server import ReferenceServer
+    from fluxagent.testing.workspace import make_workspace
 
     rng = random.Random(args.seed)
     root = args.keep or Path(tempfile.mkdtemp(prefix="fluxagent-soak-"))

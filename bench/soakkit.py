@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 
-from fluxagent import config, control, logs
-from fluxagent.agent import Agent, Signals, instance_lock
+from fluxagent import config, logs
+from fluxagent.daemon import control
+from fluxagent.daemon.agent import Agent, Signals
+from fluxagent.statedir.lock import instance_lock
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.server_faults import RECEIPT_MUTATIONS
 from fluxagent.transport import HttpxTransport

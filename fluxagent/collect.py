@@ -6,21 +6,25 @@ sealing are the pure functions of identifiers, messages and envelope.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fluxagent import messages
 from fluxagent.config import Config, HostConfig, PlatformConfig
 from fluxagent.errors import FluxError, SourceError
 from fluxagent.facts import HostFacts
 from fluxagent.identifiers import TokenSet, add_machine, add_networks, add_servers, canonical_hostname, key_id
-from fluxagent.identity import Identity
-from fluxagent.license import LicenseFile, read_license_file
-from fluxagent.messages import Message, Sealed
+from fluxagent.license.file import LicenseFile
+from fluxagent.license.record import read_license_file
 from fluxagent.sources.platform import PlatformSource, open_platform
+from fluxagent.statedir import identity
+from fluxagent.statedir.identity import Identity
+from fluxagent.wire import messages
+from fluxagent.wire.messages import Message, Sealed
 
 _VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
 
@@ -83,7 +87,7 @@ def tokens_for(platform: PlatformSource, host: HostFacts, key: bytes) -> TokenSe
 
 def license_view(cfg: Config, world: World, now: float) -> LicenseFile:
     """Return the local license file verdict."""
-    from fluxagent.license_store import read_file_verdict
+    from fluxagent.license.record import read_file_verdict
 
     return read_file_verdict(cfg, now, world.read_license)
 
@@ -156,3 +160,23 @@ def seal_all(
                                  aud=aud, seq=seq, now=now, nonce=nonce(16)))
         seq += 1
     return out
+
+
+def last_seq(state_dir: Path) -> int:
+    """Return the last seq used (0 if none); read-only; raises StateError if the file is corrupt."""
+    from fluxagent.statedir.state import Seq
+
+    return Seq(state_dir).last()
+
+
+def build_preview(
+    cfg: Config, kinds: list[str], *, world: World | None = None, now: float | None = None
+) -> tuple[list[Sealed], list[tuple[str, FluxError]]]:
+    """Build and seal the kinds from live sources without writing anything; return sealed + failures."""
+    ident = identity.load(cfg.instance.state_dir)
+    t = time.time() if now is None else now
+    built = gather(cfg, ident, kinds, now=t, world=world)
+    sealed = seal_all(built, ident, aud=cfg.server.audience,
+                              first_seq=last_seq(cfg.instance.state_dir) + 1, now=int(t), nonce=os.urandom)
+    failures = [(b.kind, b.error) for b in built if b.error is not None]
+    return sealed, failures

@@ -14,16 +14,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fluxagent import collect, license_store, licensing, messages, state
+from fluxagent import collect
 from fluxagent.config import Config
 from fluxagent.errors import FluxError, StateError
-from fluxagent.identity import Identity
-from fluxagent.ledger import Ledger
-from fluxagent.licensing import Contact, Receipt, Status
-from fluxagent.messages import Sealed
-from fluxagent.receipts import Delivered, Rejected, Retry, classify
-from fluxagent.spool import Entry, Spool
+from fluxagent.license import record as license_store
+from fluxagent.license import state as licensing
+from fluxagent.license.state import Contact, Receipt, Status
+from fluxagent.statedir import state
+from fluxagent.statedir.identity import Identity
+from fluxagent.statedir.ledger import Ledger
+from fluxagent.statedir.spool import Entry, Spool
 from fluxagent.transport import Transport, send
+from fluxagent.wire import messages
+from fluxagent.wire.messages import Sealed
+from fluxagent.wire.receipts import Delivered, Rejected, Retry, classify
 
 SCHEDULED = ("license", "heartbeat", "digest")
 BACKOFF_BASE = 30.0

@@ -7,85 +7,20 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import nacl.signing
 
-from fluxagent import config, identity
-from fluxagent.commands import build_preview
-from fluxagent.config import Config
-from fluxagent.fsutil import atomic_write
+from fluxagent.collect import build_preview
+from fluxagent.report.preview import preview_text
 from fluxagent.testing import sample
-from fluxagent.testing.licenses import make_license
-from fluxagent.views import preview_text
+from fluxagent.testing.workspace import make_workspace
 
 Echo = Callable[[str], None]
-BOUND_DOMAIN = "billing.example.com"
 
 
-@dataclass
-class Workspace:
-    """A demo workspace: its directory, config, vendor keys and sample data."""
-
-    root: Path
-    cfg: Config
-    vendor_keys: list[nacl.signing.SigningKey]
-    data: sample.SampleData
 
 
-def make_workspace(
-    root: Path,
-    *,
-    server_url: str = "http://127.0.0.1:9",
-    now: float | None = None,
-    vendor_keys: list[nacl.signing.SigningKey] | None = None,
-    database: str | None = None,
-) -> Workspace:
-    """Create sample database, vendor keys, signed license, config and identity under root.
-
-    database: an empty PostgreSQL or MySQL/MariaDB database to fill instead of a new SQLite file;
-    a password in its URL moves to a 0600 password file, so the config holds none.
-    """
-    t = time.time() if now is None else now
-    root.mkdir(parents=True, exist_ok=True)
-    data = sample.generate()
-    platform: dict[str, str] = {}
-    if database:
-        from fluxagent.sources import dburl
-        from fluxagent.testing.sample_db import write_database
-
-        write_database(database, data)
-        password = dburl.parse(database).password
-        platform["database"] = database
-        if password is not None:
-            platform["database"] = dburl.without_password(database)
-            platform["password_file"] = str(root / "db.password")
-            atomic_write(root / "db.password", password.encode() + b"\n", mode=0o600)
-    else:
-        platform["database"] = f"sqlite:///{sample.write_sqlite(root / 'fluxbilling.db', data)}"
-    keys = vendor_keys or [nacl.signing.SigningKey.generate() for _ in range(2)]
-    lic = root / "license.json"
-    lic.write_bytes(
-        make_license(
-            keys[0],
-            license_id="FB-DEMO-0001",
-            bound_domain=BOUND_DOMAIN,
-            issued_at=int(t) - 86400,
-            expires_at=int(t) + 365 * 86400,
-        )
-    )
-    doc = config.to_mapping(config.Config())
-    doc["instance"].update(bound_domain=BOUND_DOMAIN, state_dir=str(root / "state"), license_file=str(lic))
-    doc["server"].update(url=server_url, vendor_keys=[base64.b64encode(bytes(k.verify_key)).decode() for k in keys])
-    doc["platform"].update(platform, hostname="billing-01.example.com")
-    import tomli_w
-
-    cfg_path = root / "fluxagent.toml"
-    cfg_path.write_text(tomli_w.dumps(doc))
-    cfg = config.load(cfg_path)
-    identity.ensure(cfg.instance.state_dir, now=int(t))
-    return Workspace(root, cfg, keys, data)
 
 
 def _without_volatile(payload: dict[str, object]) -> dict[str, object]:
@@ -98,9 +33,9 @@ def run_demo(where: Path | None, echo: Echo, database: str | None = None) -> int
     import json
 
     from fluxagent import logs
-    from fluxagent.agent import Agent
-    from fluxagent.ledger import Ledger
-    from fluxagent.status import ledger_lines
+    from fluxagent.daemon.agent import Agent
+    from fluxagent.report.log import ledger_lines
+    from fluxagent.statedir.ledger import Ledger
     from fluxagent.testing.server import ReferenceServer
     from fluxagent.testing.server_protocol import LicensePolicy
 

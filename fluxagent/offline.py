@@ -17,14 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fluxagent import envelope, fsutil, state
-from fluxagent.credentials import utc_text
 from fluxagent.delivery import SCHEDULED, Engine
 from fluxagent.errors import EnvelopeError, FluxError, StateError
-from fluxagent.license import check_license
-from fluxagent.messages import Sealed
-from fluxagent.receipts import Delivered, ReceiptError, verify_receipt
-from fluxagent.spool import Entry
+from fluxagent.license.file import check_license
+from fluxagent.statedir import fsutil, state
+from fluxagent.statedir.spool import Entry
+from fluxagent.updates.credentials import utc_text
+from fluxagent.wire import envelope
+from fluxagent.wire.messages import Sealed
+from fluxagent.wire.receipts import Delivered, ReceiptError, verify_receipt
 
 BUNDLE_TYPE = envelope.payload_type("bundle")
 ANSWER_TYPE = envelope.payload_type("answer")

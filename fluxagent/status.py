@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from fluxagent import license_store, state
 from fluxagent.config import Config
 from fluxagent.errors import StateError
-from fluxagent.ledger import Ledger, LedgerEntry, parse_line
+from fluxagent.license import record as license_store
+from fluxagent.statedir import state
+from fluxagent.statedir.ledger import Ledger, parse_line
 
 KINDS = ("license", "heartbeat", "digest", "credentials")
 
@@ -130,64 +130,11 @@ def collect_status(cfg: Config, now: float | None = None, *, last_delivered: Las
     }
 
 
-def _when(ts: Any, now: int) -> str:
-    if not isinstance(ts, int):
-        return "never"
-    d = ts - now
-    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
-    return f"{stamp} ({'in ' if d >= 0 else ''}{_ago(abs(d))}{'' if d >= 0 else ' ago'})"
 
 
-def _ago(s: int) -> str:
-    if s >= 86400:
-        return f"{s // 86400}d{(s % 86400) // 3600}h"
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60}m"
-    return f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
-def status_text(st: dict[str, Any]) -> str:
-    """Return `status` for people."""
-    now = st["now"]
-    lic = st["license"]
-    lines = [
-        f"license:   {lic['state']}"
-        + (f" ({lic['license_id']})" if lic.get("license_id") else "")
-        + (f", expires {_when(lic['expires_at'], now)}" if lic.get("expires_at") else ""),
-        *(f"           {why}" for why in lic.get("reasons", [])),
-        f"clock:     {'SKEWED (local clock disagrees with the server by >300 s)' if st['clock_skew'] else 'ok'}",
-    ]
-    for k, v in st["kinds"].items():
-        err = f"; {v['consecutive_failures']} failures, last: {v['last_error']}" if v["consecutive_failures"] else ""
-        if v.get("not_sent"):
-            ns = v["not_sent"]
-            err += f"\n{'':<11}NOT SENT since {_when(ns.get('since'), now)}: {ns.get('code')}: {ns.get('error')}"
-        lines.append(
-            f"{k + ':':<10} last delivered {_when(v['last_delivered'], now)}; next due {_when(v['next_due'], now)}{err}"
-        )
-    sp = st["spool"]
-    lines.append(
-        f"spool:     {sp['depth']} unsent ({sp['bytes']} bytes); superseded {sp['superseded']}, "
-        f"dropped {sp['dropped_overflow']}, corrupt {sp['corrupt']}"
-    )
-    return "\n".join(lines)
 
 
-def ledger_lines(entries: list[LedgerEntry]) -> str:
-    """Return one line per ledger entry for people."""
-    rows = []
-    for e in entries:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(e.ts))
-        http = f" http {e.http_status}" if e.http_status else ""
-        rows.append(
-            f"{e.n:>6}  {stamp}  {e.event:<10} {e.kind:<11} seq {e.seq!s:<6} {e.outcome}{http}"
-            + (f"  ({e.detail})" if e.detail else "")
-        )
-    return "\n".join(rows) if rows else "(the ledger is empty)"
 
 
-def ledger_entry_text(e: LedgerEntry) -> str:
-    """Return one entry in full, with its exact payload, for people."""
-    head = json.dumps({k: v for k, v in e.as_dict().items() if k != "payload"}, indent=2, sort_keys=True)
-    payload = e.payload if e.payload is not None else "(none)"
-    return f"{head}\nexact payload ({len((e.payload or '').encode())} bytes):\n{payload}"

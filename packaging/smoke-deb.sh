@@ -36,7 +36,7 @@ out=$(systemd-analyze verify --man=no "$UNIT" /lib/systemd/system/fluxagent-metr
 systemd-analyze security --offline=true --no-pager "$UNIT" | tail -n 1
 
 step "sandbox self-test with the installed python, packages and unit"
-/opt/fluxagent/bin/python -m fluxagent.testing.selftest --unit "$UNIT"
+/opt/fluxagent/bin/python -m fluxagent.diagnostics.selftest --unit "$UNIT"
 
 step "configure as an operator: config from the example (root), identity as fluxagent"
 WORK=$(mktemp -d)

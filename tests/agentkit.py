@@ -25,11 +25,11 @@ import tomli_w
 import trustme
 
 from fluxagent import config, logs
-from fluxagent.agent import Agent
 from fluxagent.config import Config
-from fluxagent.demo import Workspace, make_workspace
-from fluxagent.ledger import Ledger, LedgerEntry
+from fluxagent.daemon.agent import Agent
+from fluxagent.statedir.ledger import Ledger, LedgerEntry
 from fluxagent.testing.server import Received, ReferenceServer
+from fluxagent.testing.workspace import Workspace, make_workspace
 from fluxagent.transport import HttpxTransport, Transport
 
 

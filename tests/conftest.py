@@ -16,9 +16,9 @@ import trustme
 
 from fluxagent import config
 from fluxagent.collect import World
-from fluxagent.demo import Workspace, make_workspace
 from fluxagent.facts import HostFacts
 from fluxagent.testing import sample
+from fluxagent.testing.workspace import Workspace, make_workspace
 
 BOUND_DOMAIN = "billing.example.com"
 HOSTNAME = "billing-01.example.com"
@@ -131,7 +131,7 @@ ENGINES = ("sqlite", "postgresql", "mariadb")
 
 def _server(engine: str) -> Iterator[Any]:
     """Start a throw-away server for the session; skip without its binaries, but fail under CI."""
-    from fluxagent.testing import dbservers
+    from tests.support import dbservers
 
     try:
         srv = dbservers.start(engine)

@@ -10,10 +10,11 @@ from typing import Any
 
 from conftest import base_config, fixed_world
 
-from fluxagent import config, identity
+from fluxagent import config
 from fluxagent.config import Config
 from fluxagent.delivery import Deps, Engine
-from fluxagent.ledger import Ledger
+from fluxagent.statedir import identity
+from fluxagent.statedir.ledger import Ledger
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.transport import HttpxTransport, Transport
 

@@ -14,13 +14,13 @@ from typing import Any
 
 from agentkit import Daemon
 
-from fluxagent import identity, state
 from fluxagent.config import Config
 from fluxagent.delivery import SCHEDULED, Deps, Engine
-from fluxagent.ledger import Ledger
-from fluxagent.spool import Spool
+from fluxagent.statedir import identity, state
+from fluxagent.statedir.ledger import Ledger
+from fluxagent.statedir.spool import Spool
 from fluxagent.testing.server import ReferenceServer
-from fluxagent.transport import HttpResponse, TransportError
+from fluxagent.wire.http import HttpResponse, TransportError
 
 MAX_LINE_CUE = 10  # log lines of a busy start: opened, started, 3 spooled, then one per message sent
 

@@ -12,7 +12,7 @@ import nacl.signing
 import pytest
 from agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, rewrite, wire
 
-from fluxagent.agent import Signals
+from fluxagent.daemon.agent import Signals
 from fluxagent.testing.server import Fault, ReferenceServer
 
 
@@ -121,8 +121,8 @@ def test_reload_keeps_the_transport_unless_the_server_section_or_its_ca_file_cha
     import trustme
 
     from fluxagent import config
-    from fluxagent.agent import Agent
-    from fluxagent.demo import make_workspace
+    from fluxagent.daemon.agent import Agent
+    from fluxagent.testing.workspace import make_workspace
     from fluxagent.transport import HttpxTransport
 
     ws = make_workspace(tmp_path / "ws")

@@ -13,17 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from fluxagent import config, identity
-from fluxagent.agent import Agent, instance_lock
-from fluxagent.control import DaemonUpdates
-from fluxagent.credentials import Credential, CredentialCache, CredentialsError, fetch
-from fluxagent.credhelpers import APT_STATE_FILE, cleanup_apt, git_get, matches, parse_git_request, write_apt
+from fluxagent import config
+from fluxagent.daemon.agent import Agent
+from fluxagent.daemon.control import DaemonUpdates
 from fluxagent.delivery import Deps, Engine
-from fluxagent.demo import Workspace, make_workspace
 from fluxagent.errors import ConfigError
-from fluxagent.ledger import Ledger
+from fluxagent.statedir import identity
+from fluxagent.statedir.ledger import Ledger
+from fluxagent.statedir.lock import instance_lock
 from fluxagent.testing.server import ReferenceServer
+from fluxagent.testing.workspace import Workspace, make_workspace
 from fluxagent.transport import HttpxTransport
+from fluxagent.updates.credentials import Credential, CredentialCache, CredentialsError, fetch
+from fluxagent.updates.helpers import APT_STATE_FILE, cleanup_apt, git_get, matches, parse_git_request, write_apt
 from tests.conftest import run_cli
 
 BIN = Path(sys.executable).parent
@@ -314,7 +316,7 @@ def test_daemon_keeps_running_without_a_control_socket_when_the_path_is_too_long
     w = make_workspace(tmp_path / ("d" * 110), server_url="http://127.0.0.1:9")
     agent = Agent(w.cfg)
     try:
-        updates = DaemonUpdates(agent)
+        updates = DaemonUpdates(agent.engine, agent.engine_lock, lambda: agent.cfg, lambda: agent.log)
         assert updates.server is None and not (w.cfg.instance.state_dir / "control.sock").exists()
         assert updates.handle("credentials-please")["ok"] is False
         updates.close()

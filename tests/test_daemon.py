@@ -18,9 +18,9 @@ from agentkit import Daemon, NotifySocket, clean_env, delivered, rewrite, sent_s
 from conftest import run_cli
 from netutil import closed_port
 
-from fluxagent.demo import Workspace
-from fluxagent.state import encode_json
+from fluxagent.statedir.state import encode_json
 from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.workspace import Workspace
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from agentkit import clean_env, ledger_entries, wire
 from conftest import run_cli
 from killkit import Soak, backlog, check_server_side, check_state, kill_trial, reopen
 
-from fluxagent.ledger import Ledger
+from fluxagent.statedir.ledger import Ledger
 from fluxagent.testing.server import ReferenceServer
 
 TRIALS = int(os.environ.get("FLUXAGENT_KILL_TRIALS", "50"))

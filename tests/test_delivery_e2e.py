@@ -28,10 +28,10 @@ from agentkit import (
 )
 from proxy import ConnectProxy
 
-from fluxagent import state
-from fluxagent.commands import build_preview
+from fluxagent.collect import build_preview
 from fluxagent.config import Config
-from fluxagent.spool import Spool
+from fluxagent.statedir import state
+from fluxagent.statedir.spool import Spool
 from fluxagent.testing.server import ReferenceServer
 
 KINDS = ["license", "heartbeat", "digest"]

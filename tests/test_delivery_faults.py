@@ -13,11 +13,11 @@ import nacl.signing
 import pytest
 from agentkit import LogCapture, delivered, ledger_entries, make_agent, wire
 
-from fluxagent import state
-from fluxagent.agent import Agent
-from fluxagent.receipts import Retry
+from fluxagent.daemon.agent import Agent
+from fluxagent.statedir import state
 from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer
 from fluxagent.testing.server_faults import RECEIPT_MUTATIONS
+from fluxagent.wire.receipts import Retry
 
 
 @dataclass

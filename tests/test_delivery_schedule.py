@@ -11,8 +11,8 @@ import nacl.signing
 import pytest
 from agentkit import Clock, LogCapture, make_agent, wire
 
-from fluxagent import state
 from fluxagent.delivery import BACKOFF_CAP, backoff
+from fluxagent.statedir import state
 from fluxagent.status import collect_status
 from fluxagent.testing.server import LicensePolicy, ReferenceServer
 

@@ -22,9 +22,9 @@ from conftest import run_cli
 from hostile import Clock, Events, engine_config, ledger_events, make_engine
 
 from fluxagent import config
-from fluxagent.agent import STATE_ERROR_PAUSE, Agent
+from fluxagent.daemon.agent import STATE_ERROR_PAUSE, Agent
+from fluxagent.daemon.notify import Notifier
 from fluxagent.errors import EXIT_CONFIG, StateError
-from fluxagent.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.transport import HttpxTransport
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxagent import envelope
 from fluxagent.errors import EnvelopeError
+from fluxagent.wire import envelope
 
 KEY = nacl.signing.SigningKey(b"\x11" * 32)
 OTHER = nacl.signing.SigningKey(b"\x22" * 32)

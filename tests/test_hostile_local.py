@@ -23,10 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from fluxagent import collect, config, identity, license_store, state
-from fluxagent.cli import app
+from fluxagent import collect, config
+from fluxagent.cli.main import app
 from fluxagent.delivery import LICENSE_STATUS_FILE, Deps, Engine
 from fluxagent.errors import EXIT_CONFIG, FluxError, StateError
+from fluxagent.license import record as license_store
+from fluxagent.statedir import identity, state
 from fluxagent.testing import sample
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.transport import HttpxTransport

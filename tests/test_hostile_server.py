@@ -29,7 +29,7 @@ from hostile import Clock, Events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxagent import config, identity, license_store, state
+from fluxagent import config
 from fluxagent.delivery import (
     LICENSE_STATUS_FILE,
     OUTAGE_SUMMARY_EVERY,
@@ -39,9 +39,12 @@ from fluxagent.delivery import (
     Engine,
     FlushResult,
 )
-from fluxagent.ledger import Ledger
+from fluxagent.license import record as license_store
+from fluxagent.statedir import identity, state
+from fluxagent.statedir.ledger import Ledger
 from fluxagent.testing.server import Fault, ReferenceServer
-from fluxagent.transport import HttpResponse, HttpxTransport, parse_retry_after
+from fluxagent.transport import HttpxTransport
+from fluxagent.wire.http import HttpResponse, parse_retry_after
 
 CAP = 64 * 1024  # server.max_response_bytes in these tests
 VENDOR = [nacl.signing.SigningKey.generate() for _ in range(2)]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import base_config, run_cli
 
-from fluxagent import identity
 from fluxagent.errors import EXIT_CONFIG, IdentityError
-from fluxagent.fsutil import TMP_MARK
+from fluxagent.statedir import identity
+from fluxagent.statedir.fsutil import TMP_MARK
 
 NOW = 1_760_000_000
 

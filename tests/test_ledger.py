@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fluxagent.errors import StateError
-from fluxagent.ledger import ANCHOR, GENESIS, Ledger, LedgerEntry, Writer
+from fluxagent.statedir.ledger import ANCHOR, GENESIS, Ledger, LedgerEntry, Writer
 
 NOW = 1_760_000_000
 
@@ -253,7 +253,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from test_ledger import add
-from fluxagent.ledger import Ledger
+from fluxagent.statedir.ledger import Ledger
 ledger = Ledger(Path(sys.argv[1]), max_segment_bytes=3000, max_segments=3)
 seq = ledger.head.n if ledger.head else 0
 while True:

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxagent import envelope
-from fluxagent.license import MAX_LICENSE_BYTES, LicenseFile, check_license
-from fluxagent.licensing import Contact, Receipt, applies, derive
+from fluxagent.license.file import MAX_LICENSE_BYTES, LicenseFile, check_license
+from fluxagent.license.state import Contact, Receipt, applies, derive
 from fluxagent.testing.licenses import make_license
+from fluxagent.wire import envelope
 
 NOW = 1_760_000_000
 DAY = 86400

@@ -15,11 +15,13 @@ import tomli_w
 from conftest import BOUND_DOMAIN, base_config, fixed_world
 from netutil import closed_port
 
-from fluxagent import config, identity, license_store
-from fluxagent.agent import Agent
+from fluxagent import config
 from fluxagent.config import Config
+from fluxagent.daemon.agent import Agent
+from fluxagent.daemon.notify import Notifier
 from fluxagent.delivery import Deps, Engine
-from fluxagent.notify import Notifier
+from fluxagent.license import record as license_store
+from fluxagent.statedir import identity
 from fluxagent.status import collect_status
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer

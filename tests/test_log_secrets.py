@@ -21,10 +21,10 @@ from netutil import closed_port
 from proxy import ConnectProxy
 
 from fluxagent import logs
-from fluxagent.agent import Agent
-from fluxagent.demo import Workspace, make_workspace
-from fluxagent.notify import Notifier
+from fluxagent.daemon.agent import Agent
+from fluxagent.daemon.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.workspace import Workspace, make_workspace
 
 PROXY_PASSWORD = "Pr0xy-pass-5f1c9e"
 WRONG_PROXY_PASSWORD = "Wr0ng-proxy-pass-77ab"

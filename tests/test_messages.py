@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxagent import envelope, messages
 from fluxagent.errors import AllowlistError
 from fluxagent.facts import Counts
 from fluxagent.identifiers import TokenSet, add_networks, add_servers, key_id
-from fluxagent.messages import Message, seal
+from fluxagent.wire import envelope, messages
+from fluxagent.wire.messages import Message, seal
 
 KEY = nacl.signing.SigningKey(b"\x33" * 32)
 PUB = bytes(KEY.verify_key)

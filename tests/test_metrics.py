@@ -18,11 +18,11 @@ from conftest import fixed_world
 from packaging_util import require_tool
 
 from fluxagent import logs
-from fluxagent.agent import Agent
-from fluxagent.demo import make_workspace
-from fluxagent.metrics import METRICS_FILE, MetricsWriter, render
-from fluxagent.notify import Notifier
+from fluxagent.daemon.agent import Agent
+from fluxagent.daemon.metrics import METRICS_FILE, MetricsWriter, render
+from fluxagent.daemon.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.workspace import make_workspace
 
 
 def status(**over: Any) -> dict[str, Any]:
@@ -194,7 +194,7 @@ def test_alert_examples_use_only_metrics_and_labels_the_renderer_writes() -> Non
 
 def test_last_delivered_reads_only_appended_lines_and_agrees_with_a_full_scan_across_rotations(
         tmp_path: Path) -> None:
-    from fluxagent.ledger import Ledger
+    from fluxagent.statedir.ledger import Ledger
     from fluxagent.status import LastDelivered, _last_per_kind
 
     ledger = Ledger(tmp_path / "ledger", max_segment_bytes=2048, max_segments=3)

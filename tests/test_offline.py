@@ -15,15 +15,15 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from fluxagent import envelope
-from fluxagent.cli import app
-from fluxagent.demo import Workspace, make_workspace
-from fluxagent.ledger import Ledger, LedgerEntry
+from fluxagent.cli.main import app
 from fluxagent.offline import ANSWER_TYPE, BUNDLE_TYPE, PENDING_FILE
+from fluxagent.statedir.ledger import Ledger, LedgerEntry
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.testing.server_offline import OFFLINE_ENDPOINT, BundleRefused
 from fluxagent.testing.server_protocol import LicensePolicy
+from fluxagent.testing.workspace import Workspace, make_workspace
+from fluxagent.wire import envelope
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_renewal_in_an_answer_installs_the_new_license_file_and_the_state_follow
 
 
 def _ident_key(w: Workspace) -> bytes:
-    from fluxagent import identity
+    from fluxagent.statedir import identity
 
     return identity.load(w.cfg.instance.state_dir).public_key
 

@@ -13,7 +13,7 @@ import pytest
 import tomli_w
 from conftest import base_config, run_cli
 
-from fluxagent import config, identity, status
+from fluxagent import config, status
 from fluxagent.config import PlatformConfig, Queries
 from fluxagent.errors import (
     EXIT_CONFIG,
@@ -24,11 +24,13 @@ from fluxagent.errors import (
     SourceQueryFailed,
     SourceUnreachable,
 )
+from fluxagent.report.status import status_text
 from fluxagent.sources import dburl
 from fluxagent.sources.mysql import MysqlSource
 from fluxagent.sources.platform import open_platform
+from fluxagent.statedir import identity
 from fluxagent.testing import sample
-from fluxagent.testing.dbservers import free_port
+from tests.support.dbservers import free_port
 
 SLEEP = {"postgresql": "SELECT COUNT(*) FROM pg_sleep(4)", "mariadb": "SELECT SLEEP(4)"}
 
@@ -176,7 +178,7 @@ def test_without_the_driver_preview_names_the_extra_to_install(tmp_path, scheme,
     cfg = _workspace(tmp_path, f"{scheme}://fa:Secret-Word-1@127.0.0.1:1/fb")
     code = (f"import sys; sys.modules[{module!r}] = None; "
             f"sys.argv = ['fluxagent', '--config', {str(cfg)!r}, 'preview', '--kind', 'heartbeat']; "
-            "from fluxagent.cli import main; main()")
+            "from fluxagent.cli.main import main; main()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == EXIT_CONFIG, proc.stderr
     assert f"pip install 'fluxagent[{extra}]'" in proc.stderr and "db_config" in proc.stderr
@@ -202,9 +204,9 @@ class _Events:
 
 
 def test_a_database_restarted_under_a_running_agent_is_picked_up_again(tmp_path, server):
-    from fluxagent.agent import Agent
-    from fluxagent.demo import make_workspace
+    from fluxagent.daemon.agent import Agent
     from fluxagent.testing.server import ReferenceServer
+    from fluxagent.testing.workspace import make_workspace
 
     clock = [float(int(time.time()))]
     with ReferenceServer(clock=lambda: clock[0]) as ref:
@@ -233,7 +235,7 @@ def test_a_database_restarted_under_a_running_agent_is_picked_up_again(tmp_path,
                 assert "not sent: heartbeat" in agent.status_line()
                 st = status.collect_status(cfg, now=clock[0])
                 assert st["kinds"]["heartbeat"]["not_sent"]["code"] == "db_unreachable"
-                text = status.status_text(st)
+                text = status_text(st)
                 assert "NOT SENT since" in text and "cannot reach the server" in text
                 assert server.admin_password not in text
             finally:

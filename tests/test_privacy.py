@@ -16,10 +16,12 @@ from conftest import fixed_world
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxagent import collect, identity, messages
-from fluxagent.demo import Workspace, make_workspace
+from fluxagent import collect
 from fluxagent.sources.platform import open_platform
+from fluxagent.statedir import identity
 from fluxagent.testing import sample
+from fluxagent.testing.workspace import Workspace, make_workspace
+from fluxagent.wire import messages
 
 NOW = 1_790_000_000
 

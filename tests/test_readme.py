@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fluxagent import messages
+from fluxagent.wire import messages
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

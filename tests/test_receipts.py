@@ -11,11 +11,11 @@ from typing import Any
 import nacl.signing
 import pytest
 
-from fluxagent import envelope, messages
-from fluxagent.envelope import RECEIPT_TYPE, canonical_json, sign_envelope
 from fluxagent.facts import Counts
-from fluxagent.receipts import Delivered, Rejected, Retry, classify, redact
-from fluxagent.transport import HttpResponse, TransportError
+from fluxagent.wire import envelope, messages
+from fluxagent.wire.envelope import RECEIPT_TYPE, canonical_json, sign_envelope
+from fluxagent.wire.http import HttpResponse, TransportError
+from fluxagent.wire.receipts import Delivered, Rejected, Retry, classify, redact
 
 NOW = 1_700_000_000.0
 CAP = 3600.0

@@ -24,12 +24,12 @@ import nacl.signing
 import pytest
 import trustme
 
-from fluxagent import envelope, messages
 from fluxagent.errors import EnvelopeError
 from fluxagent.facts import Counts
 from fluxagent.identifiers import TokenSet
 from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer
 from fluxagent.testing.server_faults import gzip_of_zeros
+from fluxagent.wire import envelope, messages
 
 T0 = 1_760_000_000
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from packaging_util import UNIT, require_tool
 
-from fluxagent.testing.sandbox import PROT_EXEC, PROT_WRITE, filters, parse_groups, unit_sandbox
-from fluxagent.testing.seccomp import ACT_ALLOW, ACT_KILL_PROCESS, CMP_MASKED_EQ, Libseccomp, act_errno
+from fluxagent.diagnostics.sandbox import PROT_EXEC, PROT_WRITE, filters, parse_groups, unit_sandbox
+from fluxagent.diagnostics.seccomp import ACT_ALLOW, ACT_KILL_PROCESS, CMP_MASKED_EQ, Libseccomp, act_errno
 
 GROUPS_TEXT = """\
 @default
@@ -68,7 +68,7 @@ def test_filters_refuse_write_execute_memory_and_load_the_syscall_filter_last() 
 
 def test_the_units_allow_list_comes_from_systemd_analyze_groups() -> None:
     require_tool("systemd-analyze")
-    from fluxagent.testing.sandbox import systemd_groups
+    from fluxagent.diagnostics.sandbox import systemd_groups
 
     sb = unit_sandbox(UNIT.read_text(encoding="utf-8"), systemd_groups())
     assert sb.allow_list and sb.deny_write_execute
@@ -85,7 +85,7 @@ def _self_test(unit: Path) -> subprocess.CompletedProcess[str]:
             pytest.fail("libseccomp.so.2 is missing; CI must install libseccomp2")
         pytest.skip("libseccomp.so.2 is not installed")
     env = {k: v for k, v in os.environ.items() if k not in ("FLUXAGENT_CONFIG", "NOTIFY_SOCKET")}
-    return subprocess.run([sys.executable, "-m", "fluxagent.testing.selftest", "--unit", str(unit)],
+    return subprocess.run([sys.executable, "-m", "fluxagent.diagnostics.selftest", "--unit", str(unit)],
                           capture_output=True, text=True, timeout=300, env=env, check=False)
 
 

@@ -17,9 +17,9 @@ from fluxagent import collect, config
 from fluxagent.config import HostConfig, PlatformConfig, Queries
 from fluxagent.errors import SourceError, SourceWriteRefused
 from fluxagent.facts import HostFacts
-from fluxagent.identity import ensure
 from fluxagent.sources import host
 from fluxagent.sources.platform import BATCH, SqliteSource, open_platform
+from fluxagent.statedir.identity import ensure
 from fluxagent.testing import sample
 
 
@@ -241,7 +241,7 @@ def test_fqdn_is_a_nonempty_name():
 def test_a_failing_host_reader_holds_back_heartbeat_and_digest_but_not_the_license(workspace):
     from conftest import fixed_world
 
-    from fluxagent import identity
+    from fluxagent.statedir import identity
 
     def broken_host(_cfg):
         raise SourceError("cannot list this host's network interfaces: [Errno 97] Address family not supported")

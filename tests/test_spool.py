@@ -16,8 +16,8 @@ import pytest
 
 from fluxagent.errors import StateError
 from fluxagent.facts import Counts
-from fluxagent.messages import Message, Sealed, build_heartbeat, build_license, seal
-from fluxagent.spool import Spool, SpoolFull
+from fluxagent.statedir.spool import Spool, SpoolFull
+from fluxagent.wire.messages import Message, Sealed, build_heartbeat, build_license, seal
 
 KEY = nacl.signing.SigningKey(b"\x07" * 32)
 IID = "0b6f3c1e-8a4d-4c2b-9e7f-1a2b3c4d5e6f"
@@ -258,7 +258,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from test_spool import NOW, make
-from fluxagent.spool import Spool
+from fluxagent.statedir.spool import Spool
 spool = Spool(Path(sys.argv[1]), 50, 10**7)
 seq = spool.max_seq()
 while True:

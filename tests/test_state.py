@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fluxagent.errors import StateError
-from fluxagent.state import (
+from fluxagent.statedir.state import (
     SEQ_RECOVERY_GAP,
     KindSchedule,
     Schedule,

@@ -22,17 +22,8 @@ from proxy import ConnectProxy
 from fluxagent import __version__
 from fluxagent.config import ServerConfig
 from fluxagent.errors import ConfigError
-from fluxagent.transport import (
-    HttpResponse,
-    HttpxTransport,
-    TransportError,
-    bypasses_proxy,
-    parse_retry_after,
-    proxy_for,
-    redact_url,
-    send,
-    translate,
-)
+from fluxagent.transport import HttpxTransport, bypasses_proxy, proxy_for, send, translate
+from fluxagent.wire.http import HttpResponse, TransportError, parse_retry_after, redact_url
 
 Handler = http.server.BaseHTTPRequestHandler
 NO_ENV: dict[str, str] = {}

@@ -21,12 +21,12 @@ from conftest import BOUND_DOMAIN, base_config, run_cli
 from netutil import closed_port
 from proxy import ConnectProxy
 
-from fluxagent import identity
-from fluxagent.ledger import Ledger
-from fluxagent.state import Seq
+from fluxagent.statedir import identity
+from fluxagent.statedir.ledger import Ledger
+from fluxagent.statedir.state import Seq
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import LicensePolicy, ReferenceServer
-from fluxagent.validate import Check, exit_code
+from fluxagent.validate.check import Check, exit_code
 
 LID = "FB-VAL-0001"
 
@@ -248,7 +248,7 @@ def test_checks_through_a_connect_proxy_step_by_step(site: Site) -> None:
 
 
 def test_agent_holding_the_state_directory_turns_the_live_check_into_a_warning(site: Site) -> None:
-    from fluxagent.agent import instance_lock
+    from fluxagent.statedir.lock import instance_lock
 
     with instance_lock(site.state_dir):
         code, out, _ = site.validate()

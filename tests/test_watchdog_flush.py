@@ -8,10 +8,10 @@ from pathlib import Path
 from agentkit import NotifySocket
 from conftest import fixed_world
 
-from fluxagent.agent import Agent
-from fluxagent.demo import make_workspace
-from fluxagent.notify import Notifier
+from fluxagent.daemon.agent import Agent
+from fluxagent.daemon.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.workspace import make_workspace
 
 
 def test_each_message_of_a_flush_feeds_the_watchdog(tmp_path: Path) -> None:

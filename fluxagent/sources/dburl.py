@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from fluxagent.config import PlatformConfig
 from fluxagent.errors import SourceConfigError
-from fluxagent.fsutil import unsafe_permissions
+from fluxagent.statedir.fsutil import unsafe_permissions
 
 SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 MASK = "***"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nacl.signing
 
-from fluxagent import envelope
+from fluxagent.wire import envelope
 
 
 def make_license(

@@ -18,8 +18,8 @@ from typing import Any
 
 import nacl.signing
 
-from fluxagent import envelope, messages
 from fluxagent.errors import AllowlistError, EnvelopeError
+from fluxagent.wire import envelope, messages
 
 KIND_BY_ENDPOINT = {path: kind for kind, path in messages.ENDPOINTS.items()}
 

@@ -1,0 +1,116 @@
+"""`metrics.prom` in node_exporter's textfile-collector format, rendered from the status dict (DESIGN §6).
+
+`render` is pure (status dict in, text out); `MetricsWriter` is the shell the daemon calls after
+each loop step: it writes the file atomically and logs a failure once per streak, never raising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fluxagent.config import Config
+from fluxagent.errors import FluxError
+from fluxagent.statedir.fsutil import atomic_write
+from fluxagent.wire.messages import LICENSE_STATES
+
+if TYPE_CHECKING:
+    from fluxagent.status import LastDelivered
+
+METRICS_FILE = "metrics.prom"
+PREFIX = "fluxagent"
+# every state a gauge can report: the protocol's license states, plus "unknown" before the first receipt
+STATES = (*LICENSE_STATES, "unknown")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return "0"
+
+
+def _family(name: str, kind: str, help_text: str,
+            samples: Iterable[tuple[Mapping[str, str], Any]]) -> list[str]:
+    """Return the HELP, TYPE and sample lines of one metric family."""
+    full = f"{PREFIX}_{name}"
+    lines = [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}"]
+    for labels, value in samples:
+        tag = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        lines.append(f"{full}{{{tag}}} {_number(value)}" if tag else f"{full} {_number(value)}")
+    return lines
+
+
+def render(status: Mapping[str, Any]) -> str:
+    """Return the textfile-collector text for a `status.collect_status` dict (pure)."""
+    kinds: Mapping[str, Mapping[str, Any]] = status.get("kinds", {})
+    spool: Mapping[str, Any] = status.get("spool", {})
+    lic: Mapping[str, Any] = status.get("license", {})
+    state = lic.get("state") if lic.get("state") in STATES else "unknown"
+    out: list[str] = []
+    out += _family("last_success_timestamp_seconds", "gauge",
+                   "Unix time of the last delivered message of each kind (0: never delivered).",
+                   (({"kind": k}, v.get("last_delivered") or 0) for k, v in kinds.items()))
+    out += _family("next_due_timestamp_seconds", "gauge",
+                   "Unix time the next message of each kind is due (0: not scheduled yet).",
+                   (({"kind": k}, v.get("next_due") or 0) for k, v in kinds.items()))
+    out += _family("consecutive_failures", "gauge",
+                   "Delivery attempts of each kind that failed in a row since the last success.",
+                   (({"kind": k}, v.get("consecutive_failures") or 0) for k, v in kinds.items()))
+    out += _family("spool_messages", "gauge", "Messages waiting in the spool to be sent.",
+                   [({}, spool.get("depth", 0))])
+    out += _family("spool_bytes", "gauge", "Bytes of the messages waiting in the spool.",
+                   [({}, spool.get("bytes", 0))])
+    out += _family("spool_dropped_total", "counter",
+                   "Unsent messages removed from the spool, by reason.",
+                   [({"reason": "overflow"}, spool.get("dropped_overflow", 0)),
+                    ({"reason": "superseded"}, spool.get("superseded", 0)),
+                    ({"reason": "corrupt"}, spool.get("corrupt", 0))])
+    out += _family("license_state", "gauge", "The license state: 1 for the current state, 0 for the others.",
+                   (({"state": s}, s == state) for s in STATES))
+    out += _family("license_expiry_timestamp_seconds", "gauge",
+                   "Unix time the license expires, as the server last said (0: unknown).",
+                   [({}, lic.get("expires_at") or 0)])
+    out += _family("clock_skew", "gauge",
+                   "1 when the local clock disagrees with the licensing server by more than 300 s.",
+                   [({}, bool(status.get("clock_skew")))])
+    out += _family("metrics_timestamp_seconds", "gauge", "Unix time this file was written.",
+                   [({}, status.get("now", 0))])
+    return "\n".join(out) + "\n"
+
+
+class MetricsWriter:
+    """Writes `<state_dir>/metrics.prom` after each loop step; a failure is logged once, not every step."""
+
+    def __init__(self, log: Any = None) -> None:
+        self.log = log
+        self.failing = False
+        self.last_delivered: LastDelivered | None = None  # of the state dir, made on the first write
+
+    def write(self, cfg: Config, now: float) -> bool:
+        """Collect the status of cfg's state dir, render it and write it atomically; return success."""
+        from fluxagent.status import LastDelivered, collect_status
+
+        path = cfg.instance.state_dir / METRICS_FILE
+        ledger_dir = cfg.instance.state_dir / "ledger"
+        if self.last_delivered is None or self.last_delivered.dir != ledger_dir:
+            self.last_delivered = LastDelivered(ledger_dir)
+        try:
+            status = collect_status(cfg, now, last_delivered=self.last_delivered)
+            atomic_write(path, render(status).encode(), mode=0o644)
+        except (OSError, FluxError) as exc:
+            if not self.failing and self.log is not None:
+                self.log.warning("metrics.write_failed", path=str(path), error=str(exc))
+            self.failing = True
+            return False
+        if self.failing and self.log is not None:
+            self.log.info("metrics.write_recovered", path=str(path))
+        self.failing = False
+        return True

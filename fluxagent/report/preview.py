@@ -1,0 +1,91 @@
+"""Text renderings for people (pure: values in, strings out); cli.py prints them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fluxagent.wire.messages import REGISTRY, Sealed
+
+_ITEMS = {(f.kind, f.path): f.item for f in REGISTRY}
+
+
+_KIND_ITEM = {
+    "license": "License validation",
+    "heartbeat": "Heartbeat metrics",
+    "digest": "Infrastructure digest",
+    "credentials": "Update delivery",
+}
+_ORDER = {"v": 0, "aud": 1, "iid": 2, "seq": 3, "ts": 4, "nonce": 5}
+
+
+def _item(kind: str, path: str) -> str:
+    if path == "body":
+        return _KIND_ITEM[kind]
+    if path.startswith("body."):
+        return _ITEMS.get((kind, path[5:]), "NOT IN ALLOWLIST")
+    return _ITEMS.get(("*", path), "NOT IN ALLOWLIST")
+
+
+def _leaves(obj: dict[str, Any], base: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key in sorted(obj, key=lambda k: (_ORDER.get(k, 9), k)):
+        value, path = obj[key], f"{base}{key}"
+        if isinstance(value, dict) and value:
+            out.extend(_leaves(value, f"{path}."))
+        else:
+            out.append((path, value))
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        if not value:
+            return "[] (empty)"
+        return (
+            f"{len(value)} tokens: "
+            + ", ".join(str(v)[:12] + "…" for v in value[:2])
+            + (", …" if len(value) > 2 else "")
+        )
+    if isinstance(value, dict):
+        return "{} (empty: the signed envelope is the request)"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def preview_text(sealed: list[Sealed], server_url: str) -> str:
+    """Return the human preview: per message its endpoint, every field with value and clause 08 item."""
+    blocks = []
+    for s in sealed:
+        rows = [(p, _show(v), _item(s.kind, p)) for p, v in _leaves(s.obj)]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = min(max(len(r[1]) for r in rows), 60)
+        lines = [
+            f"{s.kind}  →  POST {server_url}{s.endpoint}",
+            f"  payload {len(s.payload)} bytes, sha256 {s.payload_sha256}; envelope {len(s.envelope)} bytes",
+            f"  {'field':<{w0}}  {'value':<{w1}}  clause 08 item",
+        ]
+        for path, shown, item in rows:
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            lines.append(f"  {path:<{w0}}  {shown:<{w1}}  {item}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def preview_json(sealed: list[Sealed], server_url: str) -> str:
+    """Return the `preview --json` document: one object per message (DESIGN §7)."""
+    return json.dumps(
+        [
+            {
+                "kind": s.kind,
+                "endpoint": s.endpoint,
+                "url": f"{server_url}{s.endpoint}",
+                "payload": s.obj,
+                "payload_sha256": s.payload_sha256,
+                "envelope": s.envelope.decode("ascii"),
+            }
+            for s in sealed
+        ],
+        indent=2,
+        ensure_ascii=False,
+    )

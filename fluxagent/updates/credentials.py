@@ -1,0 +1,197 @@
+"""Update credentials: request them, verify the receipt, hold them in memory until they expire.
+
+Expiry is kept on a monotonic clock (CLOCK_BOOTTIME: it never jumps with the wall clock and keeps
+counting through suspend, as the server's clock does); the wall clock is used only to show the
+expiry to people and to git (`password_expiry_utc`). Credentials live in memory, or in the 0600
+apt entry (credhelpers.py); the ledger records only that they were issued and until when.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
+
+if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, erase) stay fast
+    from fluxagent.config import Config
+    from fluxagent.delivery import Engine
+    from fluxagent.statedir.identity import Identity
+    from fluxagent.transport import Transport
+
+Clock = Callable[[], float]
+
+
+class CredentialsError(FluxError):
+    """The server refused update credentials, or issued ones too short-lived to hand out."""
+
+    code = "credentials"
+
+
+def monotonic() -> float:
+    """Return seconds on the system-wide monotonic clock that also counts suspend (CLOCK_BOOTTIME)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Short-lived update credentials; `expires_mono` is on the `monotonic()` clock."""
+
+    username: str
+    secret: str = field(repr=False)
+    registry: str
+    expires_mono: float
+    expires_utc: int  # for presenting only
+
+    def remaining(self, mono_now: float) -> float:
+        """Return the seconds of validity left at mono_now (negative once expired)."""
+        return self.expires_mono - mono_now
+
+    def usable(self, mono_now: float, margin: float) -> bool:
+        """Return whether the credential is still valid for at least margin seconds at mono_now."""
+        return self.remaining(mono_now) > margin
+
+    def __repr__(self) -> str:
+        return f"Credential(username={self.username!r}, registry={self.registry!r}, expires_utc={self.expires_utc})"
+
+
+def from_receipt(body: dict[str, Any], sent_mono: float, sent_wall: float) -> Credential:
+    """Return the credential of a verified receipt body; expiry counts from when the request left.
+
+    The request left before the server issued the credentials, so sent time + expires_in never
+    lies after the server's own expiry.
+    """
+    ttl = int(body["expires_in"])
+    return Credential(str(body["username"]), str(body["secret"]), str(body["registry"]),
+                      sent_mono + ttl, int(sent_wall) + ttl)
+
+
+def utc_text(ts: int) -> str:
+    """Return a Unix time as ISO 8601 UTC ("2026-11-22T15:30:00Z")."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fetch(engine: Engine, mono: Clock) -> Credential:
+    """Request update credentials with a fresh seq after flushing the spool; ledger the outcome.
+
+    The spool goes first because the server accepts seq only in increasing order: a credentials
+    request overtaking a spooled message would get that message refused.
+    Raises ServerUnavailable (69) when the server cannot be reached, CredentialsError when refused.
+    """
+    from fluxagent.delivery import RETRY_AFTER_CAP
+    from fluxagent.transport import send
+    from fluxagent.wire import messages
+    from fluxagent.wire.receipts import Delivered, Rejected, classify
+
+    cfg, ident, deps = engine.cfg, engine.ident, engine.deps
+    flushed = engine.flush()
+    if flushed.retry is not None:
+        raise ServerUnavailable(f"cannot reach the licensing server: {flushed.retry.reason}",
+                                hint="check `fluxagent validate`; credentials need the server")
+    seq = engine.seq.reserve(floor=max(engine.spool.max_seq(), engine.ledger.max_seq()))
+    sealed = messages.seal(messages.build_credentials(), signing_key=ident.signing_key, iid=ident.instance_id,
+                           aud=cfg.server.audience, seq=seq, now=int(deps.clock()), nonce=deps.nonce(16))
+    sent_mono, sent_wall = mono(), deps.clock()
+    deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 5
+    response = send(deps.transport, cfg.server.url + sealed.endpoint, sealed.envelope, deadline=deadline)
+    now = deps.clock()
+    outcome = classify(sealed, response, cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
+
+    def record(event: str, result: str, **kw: Any) -> None:
+        engine.ledger.append(now=int(now), event=event, kind="credentials", outcome=result,
+                             endpoint=sealed.endpoint, seq=seq, payload=sealed.payload, **kw)
+
+    if isinstance(outcome, Delivered):
+        cred = from_receipt(outcome.receipt_body, sent_mono, sent_wall)
+        record("sent", "delivered", http_status=outcome.status, receipt_sha256=outcome.receipt_sha256,
+               detail=f"credentials issued for {cred.registry}, valid until {utc_text(cred.expires_utc)}")
+        if deps.log is not None:
+            deps.log.info("credentials.issued", seq=seq, registry=cred.registry,
+                          expires_in=int(outcome.receipt_body["expires_in"]))
+        return cred
+    if isinstance(outcome, Rejected):
+        record("rejected", "rejected", http_status=outcome.status, detail=outcome.reason)
+        raise CredentialsError(f"the server refused update credentials: {outcome.reason}")
+    record("failed", "failed", http_status=outcome.status, detail=outcome.reason)
+    raise ServerUnavailable(f"no update credentials: {outcome.reason}", hint="try again later")
+
+
+class CredentialCache:
+    """Holds at most one credential in memory; never hands out one that expires within `margin`."""
+
+    def __init__(self, fetcher: Callable[[], Credential], mono: Clock, margin: float) -> None:
+        self._fetch, self._mono, self.margin = fetcher, mono, margin
+        self._cred: Credential | None = None
+
+    def get(self) -> Credential:
+        """Return a credential valid for more than margin seconds; fetch one if needed. Raises FluxError."""
+        if self._cred is not None and self._cred.usable(self._mono(), self.margin):
+            return self._cred
+        self._cred = None
+        cred = self._fetch()
+        if not cred.usable(self._mono(), self.margin):
+            raise CredentialsError(
+                f"the server issued credentials that expire in {max(0, int(cred.remaining(self._mono())))}s,"
+                f" within updates.min_remaining ({self.margin:g}s)",
+                hint="lower updates.min_remaining, or ask the vendor about the credential lifetime")
+        self._cred = cred
+        return cred
+
+    def forget(self) -> None:
+        """Drop the cached credential."""
+        self._cred = None
+
+
+def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, mono: Clock = monotonic) -> Credential:
+    """Return credentials: fetched under the instance lock, or from the running daemon; raises FluxError."""
+    from fluxagent.statedir import identity
+    from fluxagent.statedir.lock import instance_lock
+    from fluxagent.updates import client
+
+    sd = cfg.instance.state_dir
+    ident = identity.load(sd)
+    deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 10
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            with instance_lock(sd):
+                return _fetch_once(cfg, ident, log, transport, mono)
+        except LockHeld:
+            pass
+        try:  # a daemon owns seq and spool, so it makes the request
+            cred = credential_of(client.ask(sd, "credentials", deadline))
+        except LockHeld:
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(0.1)  # another one-shot command (helpers run in parallel) holds the lock briefly
+            continue
+        if not cred.usable(mono(), cfg.updates.min_remaining):  # checked here too: never hand out an expired one
+            raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
+        return cred
+
+
+def _fetch_once(cfg: Config, ident: Identity, log: Any, transport: Transport | None, mono: Clock) -> Credential:
+    """Under the instance lock: open the state, request credentials once, close the transport."""
+    from fluxagent.delivery import Deps, Engine
+    from fluxagent.transport import HttpxTransport
+
+    tr = transport if transport is not None else HttpxTransport(cfg.server)
+    try:
+        engine = Engine(cfg, ident, Deps(tr, time.time, log=log))
+        return CredentialCache(lambda: fetch(engine, mono), mono, cfg.updates.min_remaining).get()
+    finally:
+        closer = getattr(tr, "close", None)
+        if transport is None and callable(closer):
+            closer()
+
+
+def credential_of(answer: dict[str, Any]) -> Credential:
+    """Return the Credential in a daemon answer; raises LockHeld if it is malformed."""
+    try:
+        return Credential(str(answer["username"]), str(answer["secret"]), str(answer["registry"]),
+                          float(answer["expires_mono"]), int(answer["expires_utc"]))
+    except (KeyError, TypeError, ValueError):
+        raise LockHeld("the daemon's credentials answer is malformed") from None

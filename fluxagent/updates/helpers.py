@@ -1,0 +1,150 @@
+"""Front ends that hand update credentials over: docker and git credential helpers, apt auth.conf.d.
+
+The protocol functions are pure (text in, text out); `write_apt` and `cleanup_apt` are the only
+I/O. The apt entry is the one place credentials touch a disk: mode 0600, written atomically, and
+removed once expired; its expiry lives beside it in the state dir (`apt-credentials.json`, no
+secret in it), on the monotonic clock of the current boot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fluxagent.errors import StateError
+from fluxagent.statedir import fsutil, state
+from fluxagent.updates.credentials import Credential, utc_text
+
+DOCKER_NOT_FOUND = "credentials not found in native keychain"
+APT_STATE_FILE = "apt-credentials.json"
+
+
+def host_of(text: str) -> str:
+    """Return the lowercase host[:port] a registry URL or name designates ("" if none)."""
+    t = text.strip()
+    if "://" not in t:
+        t = "//" + t
+    try:
+        parts = urlsplit(t)
+        host, port = (parts.hostname or "").rstrip("."), parts.port
+    except ValueError:
+        return ""
+    return f"{host}:{port}" if port else host
+
+
+def matches(requested: str, registry: str) -> bool:
+    """Return whether a requested server/host designates the registry the credentials are for."""
+    want, have = host_of(requested), host_of(registry)
+    if not want or not have:
+        return False
+    return want == have or (":" not in have and want.split(":")[0] == have)
+
+
+# ---- docker credential helper: `get` reads the server URL on stdin ----
+
+
+def docker_get(stdin: str, cred: Credential) -> tuple[str, int]:
+    """Return (stdout, exit code) of `get`; a server other than the registry is "not found"."""
+    server = stdin.strip()
+    if not matches(server, cred.registry):
+        return DOCKER_NOT_FOUND, 1
+    return json.dumps({"ServerURL": server, "Username": cred.username, "Secret": cred.secret}), 0
+
+
+def docker_other(action: str) -> tuple[str, int]:
+    """Return (stdout, exit code) of store/erase/list: nothing is stored, so nothing to change or list."""
+    if action == "list":
+        return "{}", 0
+    if action == "erase":
+        return "", 0
+    if action == "store":
+        return "fluxagent issues short-lived update credentials itself and stores none", 1
+    return f"unknown credential helper action {action!r}: use get, store, erase or list", 1
+
+
+# ---- git credential helper: key=value lines on stdin ----
+
+
+def parse_git_request(lines: Iterable[str]) -> dict[str, str]:
+    """Return the attributes of a git credential request (up to the first blank line)."""
+    out: dict[str, str] = {}
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line:
+            break
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def git_get(request: dict[str, str], cred: Credential) -> str:
+    """Return the `get` answer: username/password/password_expiry_utc, or nothing for another host."""
+    if not matches(request.get("host", ""), cred.registry):
+        return ""
+    return (f"username={cred.username}\npassword={cred.secret}\n"
+            f"password_expiry_utc={cred.expires_utc}\n")
+
+
+# ---- apt auth.conf.d ----
+
+
+def apt_entry(cred: Credential) -> bytes:
+    """Return the netrc-like auth.conf line for the registry."""
+    return f"machine {cred.registry} login {cred.username} password {cred.secret}\n".encode()
+
+
+def boot_id() -> str:
+    """Return this boot's id (a monotonic time means nothing after a reboot), or "" if unknown."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
+    """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError."""
+    state.write_json(state_dir / APT_STATE_FILE, {
+        "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
+        "expires_at": utc_text(cred.expires_utc)})
+    try:
+        fsutil.atomic_write(path, apt_entry(cred), mode=0o600)
+    except OSError as exc:
+        raise StateError(f"cannot write the apt entry {path}: {exc.strerror or exc}",
+                         hint="run as root, or set updates.apt_auth_file") from None
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What cleanup_apt did: whether it removed the entry, and seconds until it is due otherwise."""
+
+    removed: bool
+    due_in: float | None
+
+
+def cleanup_apt(state_dir: Path, mono_now: float, boot: str) -> Cleanup:
+    """Remove the apt entry once expired (or written before this boot); raises StateError."""
+    record = state.read_json(state_dir / APT_STATE_FILE)
+    if record is None:
+        return Cleanup(False, None)
+    expires = record.get("expires_boottime")
+    path = record.get("path")
+    stale = not isinstance(expires, int | float) or record.get("boot_id") != boot or mono_now >= expires
+    if not stale:
+        assert isinstance(expires, int | float)
+        return Cleanup(False, float(expires) - mono_now)
+    try:
+        with contextlib.suppress(FileNotFoundError):  # another cleanup may have been first
+            if isinstance(path, str):
+                os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state_dir / APT_STATE_FILE)
+    except OSError as exc:
+        raise StateError(f"cannot remove the expired apt entry {path}: {exc.strerror or exc}",
+                         hint="run `fluxagent credentials apt --cleanup` as root") from None
+    return Cleanup(True, None)

@@ -1,0 +1,274 @@
+"""The four message builders, the allowlist registry, and `seal`, which refuses anything off the list.
+
+The registry is the single statement of what may leave the machine (DESIGN §2): every key path,
+its type, and the clause 08 item it belongs to. The README table is rendered from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.signing
+
+from fluxagent.errors import AllowlistError
+from fluxagent.facts import Counts
+from fluxagent.identifiers import TokenSet, canonical_hostname
+from fluxagent.wire import envelope
+
+LICENSE = "License validation"
+HEARTBEAT = "Heartbeat metrics"
+DIGEST = "Infrastructure digest"
+UPDATES = "Update delivery"
+EVERY = "All four (instance ID and signature)"
+
+KINDS = ("license", "heartbeat", "digest", "credentials")
+ENDPOINTS = {
+    "license": "/v1/license",
+    "heartbeat": "/v1/heartbeat",
+    "digest": "/v1/digest",
+    "credentials": "/v1/update-credentials",
+}
+LICENSE_STATES = ("valid", "offline", "grace", "expired", "revoked", "invalid", "unlicensed")
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+_VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
+_LICENSE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+def _uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53
+
+
+def _hex(n: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and len(v) == n and bool(_HEX.match(v))
+
+
+def _public_key(v: Any) -> bool:
+    try:
+        return isinstance(v, str) and len(base64.b64decode(v, validate=True)) == 32
+    except ValueError:
+        return False
+
+
+def _tokens(v: Any) -> bool:
+    return isinstance(v, list) and all(_hex(32)(t) for t in v) and all(a < b for a, b in itertools.pairwise(v))
+
+
+# value type name → (description for people, validator)
+TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "uint": ("non-negative integer", _uint),
+    "bool": ("true/false", lambda v: isinstance(v, bool)),
+    "one": ("the integer 1", lambda v: v == 1 and not isinstance(v, bool)),
+    "hostname": ("DNS name", lambda v: isinstance(v, str) and canonical_hostname(v) is not None),
+    "uuid": ("random UUID", lambda v: isinstance(v, str) and bool(_UUID.match(v))),
+    "nonce": ("16 random bytes, base64url", lambda v: isinstance(v, str) and bool(_NONCE.match(v))),
+    "version": ("version string", lambda v: isinstance(v, str) and bool(_VERSION.match(v))),
+    "license_id": (
+        "vendor license id or null",
+        lambda v: v is None or (isinstance(v, str) and bool(_LICENSE_ID.match(v))),
+    ),
+    "license_state": ("one of " + "/".join(LICENSE_STATES), lambda v: v in LICENSE_STATES),
+    "public_key": ("Ed25519 public key, base64", _public_key),
+    "key_id": ("16 hex digits", _hex(16)),
+    "root": ("64 hex digits", _hex(64)),
+    "tokens": ("sorted list of 32-hex keyed tokens", _tokens),
+    "object": ("object", lambda v: isinstance(v, dict)),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One allowlisted key path of a payload."""
+
+    kind: str  # a message kind, or "*" for the payload fields every message carries
+    path: str
+    type: str
+    item: str
+    meaning: str
+
+
+REGISTRY: tuple[Field, ...] = (
+    Field("*", "v", "one", EVERY, "protocol version"),
+    Field("*", "aud", "hostname", EVERY, "the licensing server this message is for"),
+    Field("*", "iid", "uuid", EVERY, "instance ID (random, made by `fluxagent init`)"),
+    Field("*", "seq", "uint", EVERY, "message counter, never reused"),
+    Field("*", "ts", "uint", EVERY, "send time, Unix seconds"),
+    Field("*", "nonce", "nonce", EVERY, "random, makes each message unique"),
+    Field("*", "body", "object", EVERY, "the message body below"),
+    Field("license", "bound_domain", "hostname", LICENSE, "the domain the license is bound to"),
+    Field("license", "license", "object", LICENSE, "license status"),
+    Field("license", "license.id", "license_id", LICENSE, "license id from the vendor's license file"),
+    Field("license", "license.state", "license_state", LICENSE, "license status as this instance sees it"),
+    Field("license", "public_key", "public_key", LICENSE, "the instance's signing key, to check its signature"),
+    Field("heartbeat", "platform_version", "version", HEARTBEAT, "FluxBilling version"),
+    Field("heartbeat", "hostname", "hostname", HEARTBEAT, "this server's host name"),
+    Field("heartbeat", "counts", "object", HEARTBEAT, "aggregate counts"),
+    Field("heartbeat", "counts.active_clients", "uint", HEARTBEAT, "number of active clients"),
+    Field("heartbeat", "counts.total_users", "uint", HEARTBEAT, "number of users"),
+    Field("heartbeat", "counts.servers_total", "uint", HEARTBEAT, "number of inventory servers"),
+    Field("digest", "key_id", "key_id", DIGEST, "which local hashing key made the tokens"),
+    Field("digest", "root", "root", DIGEST, "hash over all tokens, to detect change"),
+    Field("digest", "full", "bool", DIGEST, "whether the token lists follow"),
+    Field("digest", "servers", "tokens", DIGEST, "keyed hashes of server identifiers"),
+    Field("digest", "networks", "tokens", DIGEST, "keyed hashes of network ranges"),
+)
+_BY_KIND: dict[str, dict[str, Field]] = {kind: {f.path: f for f in REGISTRY if f.kind == kind} for kind in KINDS}
+_COMMON: dict[str, Field] = {f.path: f for f in REGISTRY if f.kind == "*"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """An unsealed message: its kind and body (the payload's `body`)."""
+
+    kind: str
+    body: dict[str, Any]
+
+    @property
+    def endpoint(self) -> str:
+        return ENDPOINTS[self.kind]
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A sealed message: exact payload bytes, decoded payload and the envelope text to send."""
+
+    kind: str
+    endpoint: str
+    payload: bytes
+    obj: dict[str, Any]
+    envelope: bytes
+
+    @property
+    def payload_sha256(self) -> str:
+        return hashlib.sha256(self.payload).hexdigest()
+
+
+def check_allowlist(kind: str, payload: dict[str, Any]) -> None:
+    """Raise AllowlistError unless every key path of payload is registered for kind with a valid value."""
+    if kind not in _BY_KIND:
+        raise AllowlistError(f"unknown message kind {kind!r}")
+    problems: list[str] = []
+    _walk(payload, "", _COMMON, problems)
+    for path in _COMMON:
+        if path not in payload:
+            problems.append(f"{path}: missing")
+    body = payload.get("body")
+    if isinstance(body, dict):
+        _walk(body, "", _BY_KIND[kind], problems, prefix="body.")
+    if problems:
+        raise AllowlistError(f"{kind} payload refused by the allowlist: " + "; ".join(problems))
+
+
+def _walk(obj: dict[str, Any], base: str, allowed: dict[str, Field], problems: list[str], prefix: str = "") -> None:
+    for key, value in obj.items():
+        path = f"{base}{key}"
+        f = allowed.get(path)
+        if f is None:
+            problems.append(f"{prefix}{path}: not in the allowlist")
+            continue
+        if not TYPES[f.type][1](value):
+            problems.append(f"{prefix}{path}: not a valid {TYPES[f.type][0]}")
+            continue
+        if f.type == "object" and not (prefix == "" and path == "body"):
+            _walk(value, f"{path}.", allowed, problems, prefix)
+
+
+def seal(
+    message: Message,
+    *,
+    signing_key: nacl.signing.SigningKey,
+    iid: str,
+    aud: str,
+    seq: int,
+    now: int,
+    nonce: bytes,
+) -> Sealed:
+    """Return the DSSE-sealed message; raises AllowlistError if any field is off the registry."""
+    payload_obj: dict[str, Any] = {
+        "v": 1,
+        "aud": aud,
+        "iid": iid,
+        "seq": seq,
+        "ts": now,
+        "nonce": base64.urlsafe_b64encode(nonce).rstrip(b"=").decode("ascii"),
+        "body": message.body,
+    }
+    check_allowlist(message.kind, payload_obj)
+    payload = envelope.canonical_json(payload_obj)
+    env = envelope.sign_envelope(envelope.payload_type(message.kind), payload, signing_key)
+    return Sealed(message.kind, message.endpoint, payload, payload_obj, env)
+
+
+# ---- builders: pure, values in, Message out ----
+
+
+def build_license(bound_domain: str, license_id: str | None, state: str, public_key: bytes) -> Message:
+    """Return the license message for the bound domain, license id/state and the instance public key."""
+    return Message(
+        "license",
+        {
+            "bound_domain": bound_domain,
+            "license": {"id": license_id, "state": state},
+            "public_key": base64.b64encode(public_key).decode("ascii"),
+        },
+    )
+
+
+def build_heartbeat(platform_version: str, hostname: str, counts: Counts) -> Message:
+    """Return the heartbeat message from the platform version, this host's name and the counts."""
+    return Message(
+        "heartbeat",
+        {
+            "platform_version": platform_version,
+            "hostname": hostname,
+            "counts": {
+                "active_clients": counts.active_clients,
+                "total_users": counts.total_users,
+                "servers_total": counts.servers_total,
+            },
+        },
+    )
+
+
+def build_digest(tokens: TokenSet, key_id: str, last_acked_root: str | None, *, force_full: bool = False) -> Message:
+    """Return the digest; without lists when its root equals the last acknowledged one (unless forced).
+
+    `tokens` must be finished (sorted, deduplicated).
+    """
+    root = tokens.root
+    full = force_full or root != last_acked_root
+    body: dict[str, Any] = {"key_id": key_id, "root": root, "full": full}
+    if full:
+        body["servers"] = tokens.servers.hex()
+        body["networks"] = tokens.networks.hex()
+    return Message("digest", body)
+
+
+def build_credentials() -> Message:
+    """Return the update-credentials request: an empty body; the envelope authenticates the instance."""
+    return Message("credentials", {})
+
+
+def registry_table() -> str:
+    """Return the Markdown table of the registry (the README's "what is sent" table)."""
+    lines = [
+        "| message | field | type | clause 08 item | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for f in REGISTRY:
+        kind = "every message" if f.kind == "*" else f"`{f.kind}` → `{ENDPOINTS[f.kind]}`"
+        path = f.path if f.kind == "*" else f"body.{f.path}"
+        lines.append(f"| {kind} | `{path}` | {TYPES[f.type][0]} | {f.item} | {f.meaning} |")
+    lines.append(
+        f"| `credentials` → `{ENDPOINTS['credentials']}` | (empty body) | — | {UPDATES} |"
+        " the signed envelope alone asks for short-lived update credentials |"
+    )
+    return "\n".join(lines)
