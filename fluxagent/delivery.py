@@ -96,13 +96,16 @@ class Engine:
         self.ledger = Ledger(sd / "ledger")
         self.seq = state.Seq(sd)
         self.schedule = state.load_schedule(sd)
-        self.failures = 0
-        self.retry_at: float = 0.0
-        self.outage_since: float | None = None
-        self.outage_summary_at: float = 0.0
+        # persisted: each event runs in a worker process of its own, and backoff and the outage
+        # bookkeeping (one warning per outage, then summaries) must carry over from one to the next
+        held = state.load_backoff(sd)
+        self.failures = held.failures
+        self.retry_at: float = held.retry_at
+        self.outage_since: float | None = held.outage_since
+        self.outage_summary_at: float = held.outage_summary_at
         self.last_skew: float = 0.0
-        self.source_errors: dict[str, str] = {}
-        self.source_status = state.load_source_errors(sd)  # persisted for `status`
+        self.source_errors: dict[str, str] = {}  # kinds a failing source kept back in this process
+        self.source_status = state.load_source_errors(sd)  # persisted: `status`, and logging once per streak
         now = int(deps.clock())
         for e in self.spool.opened.superseded:
             self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
@@ -179,15 +182,15 @@ class Engine:
             if b.message is None:
                 err = b.error.message if b.error else "not built"
                 code = b.error.code if b.error else "error"
-                if self.source_errors.get(b.kind) != err:  # log a failing source once, not every hour
+                if (self.source_status.get(b.kind) or {}).get("error") != err:  # once per streak, not hourly
                     self._warn(f"{b.kind}.not_sent", reason=err, code=code)
                     self._source_status(b.kind, {"error": err, "code": code, "since": int(now)})
                 self.source_errors[b.kind] = err
                 self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
-            if self.source_errors.pop(b.kind, None):
-                self._log(f"{b.kind}.source_recovered")
+            self.source_errors.pop(b.kind, None)
             if b.kind in self.source_status:
+                self._log(f"{b.kind}.source_recovered")
                 self._source_status(b.kind, None)
             seq = self.seq.reserve(floor=max(self.spool.max_seq(), self.ledger.max_seq()))
             if self.seq.recovered:
@@ -262,8 +265,14 @@ class Engine:
             result.delivered.append((entry, outcome))
         if self.outage_since is not None:
             self._log("delivery.recovered", outage_seconds=int(clock() - self.outage_since), attempts=self.failures)
-        self.failures, self.retry_at, self.outage_since = 0, 0.0, None
+        if self.failures or self.retry_at or self.outage_since is not None:
+            self.failures, self.retry_at, self.outage_since = 0, 0.0, None
+            self._save_backoff()
         return result
+
+    def _save_backoff(self) -> None:
+        state.save_backoff(self.cfg.instance.state_dir, state.Backoff(
+            self.failures, self.retry_at, self.outage_since, self.outage_summary_at))
 
     def _on_retry(self, entry: Entry, outcome: Retry, now: float) -> None:
         self.failures += 1
@@ -283,6 +292,7 @@ class Engine:
             self.outage_summary_at = now
             self._warn("delivery.outage_continues", attempts=self.failures, seconds=int(now - self.outage_since),
                        spool=self.spool.depth(), reason=outcome.reason)
+        self._save_backoff()
         self.refresh_license(now, Contact("unreachable", now, self.outage_since, outcome.reason[:200]))
 
     def _on_delivered(self, entry: Entry, sealed: Sealed, d: Delivered, now: float) -> None:
