@@ -3,76 +3,54 @@ or console; secrets redacted before anything is rendered (DESIGN §10)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
-# structlog.dev imports rich, when installed, only to draw tracebacks on a console. The agent never
-# asks for that, and rich holds ~5 MB of resident memory in a process that runs for months.
+# structlog.dev imports rich, when installed, only to draw tracebacks on a console: nothing here asks
+# for that, and importing it costs every worker process time and memory.
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
 import structlog  # noqa: E402
 
-_SECRET_KEY = re.compile(
-    r"(secret|password|passwd|token|private|signing_key|digest_key|authorization|cookie|credential)", re.I
-)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
-PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+from fluxagent import logfmt  # noqa: E402
+from fluxagent.logfmt import PRIORITY, redact_text  # noqa: E402
+
+__all__ = ["PRIORITY", "configure", "current_stream", "get", "redact", "redact_text"]
+
 _stream: list[TextIO] = []
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def redact_text(text: str) -> str:
-    """Return text with passwords inside URLs replaced by ***."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
-
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask values of secret-looking keys and passwords in URLs."""
-    for key in list(event):
-        value = event[key]
-        if key != "event" and _SECRET_KEY.search(key):
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = redact_text(value)
-    return event
+    return logfmt.redact(event)
 
 
-def _journald_json(_logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
-    level = str(event.get("level", method))
-    return f"<{PRIORITY.get(level, 6)}>" + json.dumps(event, default=str, sort_keys=True)
-
-
-def _plain_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
-    return json.dumps(event, default=str, sort_keys=True)
+def _as_processor(render: Callable[[Mapping[str, Any]], str]) -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    def processor(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+        return render(event)
+    return processor
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
               env: MutableMapping[str, str] | None = None) -> None:
-    """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set."""
+    """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set.
+
+    The lines are rendered by logfmt, as the supervisor's are: one format for every process.
+    """
     out = stream or sys.stdout
     _stream[:] = [out]
     env = os.environ if env is None else env
-    if fmt == "auto":
-        fmt = "console" if out.isatty() else "json"
-    renderer: Any
-    if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    elif env.get("JOURNAL_STREAM"):
-        renderer = _journald_json
-    else:
-        renderer = _plain_json
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
-            renderer,
+            _as_processor(logfmt.renderer(fmt, out.isatty(), env)),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=out),

@@ -90,6 +90,26 @@ class LastDelivered:
         return self.last
 
 
+def _daemon(sd: Path) -> dict[str, Any]:
+    """Return the supervisor's record (supervisor.json) and whether that process still runs."""
+    try:
+        doc = state.read_json(sd / "supervisor.json") or {}
+    except StateError:
+        doc = {}
+    pid = doc.get("pid")
+    running = False
+    if isinstance(pid, int) and doc.get("running"):
+        try:
+            holder = (sd / "lock").read_text().strip()
+        except OSError:
+            holder = ""
+        running = holder == str(pid) and Path(f"/proc/{pid}").exists()  # the lock file names its holder
+    last = doc.get("last_worker")
+    return {"running": running, "pid": pid if running else None, "started": doc.get("started") if running else None,
+            "last_pid": pid, "failed_steps": doc.get("failed_steps", 0),
+            "last_worker": last if isinstance(last, dict) else None}
+
+
 def collect_status(cfg: Config, now: float | None = None, *, last_delivered: LastDelivered | None = None
                    ) -> dict[str, Any]:
     """Return the agent's status as a JSON-ready dict; raises StateError on unreadable state.
@@ -125,6 +145,7 @@ def collect_status(cfg: Config, now: float | None = None, *, last_delivered: Las
         "clock_skew": lic.clock_skew,
         "kinds": kinds,
         "spool": _spool_facts(sd / "spool"),
+        "daemon": _daemon(sd),
         "state_dir": str(sd),
         "now": int(t),
     }

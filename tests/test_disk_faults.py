@@ -23,7 +23,6 @@ from hostile import Clock, Events, engine_config, ledger_events, make_engine
 
 from fluxagent import config
 from fluxagent.daemon.agent import STATE_ERROR_PAUSE, Agent
-from fluxagent.daemon.notify import Notifier
 from fluxagent.errors import EXIT_CONFIG, StateError
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.transport import HttpxTransport
@@ -138,8 +137,7 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
     cfg = engine_config(small_fs / "state", sample_db, server)
     clock = Clock()
     make_engine(cfg, Events(), clock)  # creates the identity
-    agent = Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
-                  notifier=Notifier(env={}))
+    agent = Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock)
     try:
         filler = fill(small_fs)
         assert agent.step() == STATE_ERROR_PAUSE

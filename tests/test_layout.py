@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fluxagent", "fluxagent.errors", "fluxagent.kinds", "fluxagent.facts", "fluxagent.timefmt"),
     ("fluxagent.identifiers",),
     ("fluxagent.config",),
+    ("fluxagent.logfmt",),
     ("fluxagent.logs",),
     ("fluxagent.wire",),
     ("fluxagent.transport",),

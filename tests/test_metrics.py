@@ -20,7 +20,6 @@ from packaging_util import require_tool
 from fluxagent import logs
 from fluxagent.daemon.agent import Agent
 from fluxagent.daemon.metrics import METRICS_FILE, MetricsWriter, render
-from fluxagent.daemon.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.workspace import make_workspace
 
@@ -139,7 +138,7 @@ def test_daemon_step_writes_metrics_and_counts_failures_during_an_outage(tmp_pat
     with ReferenceServer() as srv:
         ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
         now = [time.time()]
-        agent = Agent(ws.cfg, notifier=Notifier(env={}), clock=lambda: now[0])
+        agent = Agent(ws.cfg, clock=lambda: now[0])
         agent.engine.deps.world = fixed_world()
         try:
             agent.step()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
@@ -25,7 +24,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool 
     With exclusive=True the final rename refuses to replace an existing file (FileExistsError).
     """
     directory = path.parent
-    tmp = directory / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    # os.urandom, not secrets: secrets pulls in random and hashlib, megabytes the supervisor does not need
+    tmp = directory / f".{path.name}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)

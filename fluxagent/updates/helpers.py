@@ -8,20 +8,17 @@ secret in it), on the monotonic clock of the current boot.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from fluxagent.errors import StateError
 from fluxagent.statedir import fsutil, state
+from fluxagent.updates.aptexpiry import APT_STATE_FILE, Cleanup, boot_id, cleanup_apt
 from fluxagent.updates.credentials import Credential, utc_text
 
 DOCKER_NOT_FOUND = "credentials not found in native keychain"
-APT_STATE_FILE = "apt-credentials.json"
 
 
 def host_of(text: str) -> str:
@@ -99,14 +96,6 @@ def apt_entry(cred: Credential) -> bytes:
     return f"machine {cred.registry} login {cred.username} password {cred.secret}\n".encode()
 
 
-def boot_id() -> str:
-    """Return this boot's id (a monotonic time means nothing after a reboot), or "" if unknown."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
     """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError."""
     state.write_json(state_dir / APT_STATE_FILE, {
@@ -119,32 +108,5 @@ def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
                          hint="run as root, or set updates.apt_auth_file") from None
 
 
-@dataclass(frozen=True)
-class Cleanup:
-    """What cleanup_apt did: whether it removed the entry, and seconds until it is due otherwise."""
-
-    removed: bool
-    due_in: float | None
-
-
-def cleanup_apt(state_dir: Path, mono_now: float, boot: str) -> Cleanup:
-    """Remove the apt entry once expired (or written before this boot); raises StateError."""
-    record = state.read_json(state_dir / APT_STATE_FILE)
-    if record is None:
-        return Cleanup(False, None)
-    expires = record.get("expires_boottime")
-    path = record.get("path")
-    stale = not isinstance(expires, int | float) or record.get("boot_id") != boot or mono_now >= expires
-    if not stale:
-        assert isinstance(expires, int | float)
-        return Cleanup(False, float(expires) - mono_now)
-    try:
-        with contextlib.suppress(FileNotFoundError):  # another cleanup may have been first
-            if isinstance(path, str):
-                os.unlink(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(state_dir / APT_STATE_FILE)
-    except OSError as exc:
-        raise StateError(f"cannot remove the expired apt entry {path}: {exc.strerror or exc}",
-                         hint="run `fluxagent credentials apt --cleanup` as root") from None
-    return Cleanup(True, None)
+__all__ = ["APT_STATE_FILE", "DOCKER_NOT_FOUND", "Cleanup", "apt_entry", "boot_id", "cleanup_apt", "docker_get",
+           "docker_other", "git_get", "host_of", "matches", "parse_git_request", "write_apt"]
