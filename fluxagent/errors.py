@@ -57,9 +57,9 @@ class IdentityError(FluxError):
 class StateError(FluxError):
     """A state file cannot be read or written, or is corrupt, and cannot be recovered automatically.
 
-    A disk or state I/O error (full, read-only, EIO, corrupt content) is 74, which systemd restarts
-    once the disk is fixed; a permission error (the cause an EACCES/EPERM OSError) is a setup
-    problem a person must fix: 78, like configuration errors.
+    Raised `from` the OSError when there is one: a disk or state I/O error (full, read-only, EIO) is
+    74, which systemd restarts once the disk is fixed; a permission error (EACCES/EPERM) or corrupt
+    content is a problem a person must fix: 78, like configuration errors.
     """
 
     code = "state"
@@ -70,7 +70,7 @@ class StateError(FluxError):
         if self._exit_override is not None:
             return self._exit_override
         cause = self.__cause__
-        return oserror_exit_code(cause) if isinstance(cause, OSError) else EXIT_IOERR
+        return oserror_exit_code(cause) if isinstance(cause, OSError) else EXIT_CONFIG
 
     @exit_code.setter
     def exit_code(self, value: int) -> None:

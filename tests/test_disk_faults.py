@@ -312,7 +312,7 @@ def test_state_error_from_a_disk_error_exits_74_and_from_a_permission_error_78(e
     with pytest.raises(StateError) as info:
         write()
     assert info.value.exit_code == code
-    assert StateError("schedule.json is not valid JSON").exit_code == EXIT_IOERR  # corrupt state: not config
+    assert StateError("schedule.json is not valid JSON").exit_code == EXIT_CONFIG  # corrupt: a person fixes it
 
 
 def test_a_unit_restart_policy_restarts_after_74_and_only_78_prevents_it() -> None:
