@@ -110,7 +110,8 @@ def git(
 def apt(
     ctx: typer.Context,
     path: Annotated[Path | None, typer.Option(help="auth.conf.d file [default: updates.apt_auth_file]")] = None,
-    cleanup: Annotated[bool, typer.Option("--cleanup", help="Only remove the entry (--path or updates.apt_auth_file) if it has expired")] = False,
+    cleanup: Annotated[bool, typer.Option(
+        "--cleanup", help="Only remove the entry (--path or updates.apt_auth_file) if it has expired")] = False,
 ) -> None:
     """Write the apt auth.conf.d entry (0600, atomic); --cleanup removes it once expired."""
     from fluxagent.updates import helpers as credhelpers
