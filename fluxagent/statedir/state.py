@@ -123,6 +123,17 @@ class Seq:
             raise self._corrupt()
         return value
 
+    def peek(self, floor: int | None = None) -> int:
+        """Return the seq reserve(floor) would return now, persisting nothing; raises StateError."""
+        value = self._read()
+        if value is None:
+            if floor is None:
+                raise self._corrupt()
+            value = floor + SEQ_RECOVERY_GAP
+        elif value == 0 and floor:
+            value = floor + SEQ_RECOVERY_GAP
+        return max(value, floor or 0) + 1
+
     def reserve(self, floor: int | None = None) -> int:
         """Persist and return the next seq (> last, > floor); raises StateError (see class doc)."""
         value = self._read()
