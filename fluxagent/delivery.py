@@ -16,7 +16,7 @@ from typing import Any
 
 from fluxagent import collect
 from fluxagent.config import Config
-from fluxagent.errors import FluxError, StateError
+from fluxagent.errors import AllowlistError, FluxError, StateError
 from fluxagent.kinds import LICENSE_STATES, SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
@@ -24,7 +24,7 @@ from fluxagent.license.state import Contact, Receipt, Status
 from fluxagent.statedir import state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
-from fluxagent.statedir.spool import Entry, Spool
+from fluxagent.statedir.spool import Entry, Spool, SpoolFull, TooBig
 from fluxagent.transport import Transport, send
 from fluxagent.wire import messages
 from fluxagent.wire.messages import Message, Sealed
@@ -41,6 +41,7 @@ SERVER_INTERVAL_CAP = 30 * 86400
 SKEW_LIMIT = licensing.SKEW_LIMIT
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
+SPOOL_ENTRY_OVERHEAD = 512  # the spool entry's own fields around the envelope
 
 # Event names per kind, written out so that grep finds each one.
 SENT_EVENT = {"license": "license.sent", "heartbeat": "heartbeat.sent", "digest": "digest.sent",
@@ -256,17 +257,15 @@ class Engine:
                 self._source_errors[b.kind] = err
                 self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
+            sealed = self._seal_into_spool(b.kind, b.message, now)
+            if sealed is None:
+                self._advance(b.kind, now)  # not rebuilt before its next interval: no rescan loop
+                continue
             if self._source_errors.pop(b.kind, None):
                 self._log(RECOVERED_EVENT[b.kind])
             if b.kind in self._source_state:
                 self._note_source(b.kind, None)
-            seq = self._seq.reserve(floor=max(self._spool.max_seq(), self._ledger.max_seq()))
-            if self._seq.recovered:
-                self._warn("seq.recovered", detail=self._seq.recovered)
-                self._seq.recovered = None
-            sealed = messages.seal(b.message, signing_key=self._ident.signing_key, iid=self._ident.instance_id,
-                                   aud=self._cfg.server.audience, seq=seq, now=int(now),
-                                   nonce=self._deps.nonce(16))
+            seq = sealed.obj["seq"]
             put = self._spool.put(sealed, int(now))
             for e in put.superseded:
                 self._ledger_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
@@ -281,6 +280,34 @@ class Engine:
             out.append(sealed)
         self._save_schedule()
         return out
+
+    def _seal_into_spool(self, kind: str, message: messages.Message, now: float) -> Sealed | None:
+        """Seal message with the next seq once it is sure to fit the spool; else report why, return None.
+
+        The seq is reserved only after the check, so a message that cannot be queued burns none.
+        """
+        floor = max(self._spool.max_seq(), self._ledger.max_seq())
+        nonce = self._deps.nonce(16)
+
+        def seal(seq: int) -> Sealed:
+            return messages.seal(message, signing_key=self._ident.signing_key, iid=self._ident.instance_id,
+                                 aud=self._cfg.server.audience, seq=seq, now=int(now), nonce=nonce)
+
+        try:
+            sealed = seal(self._seq.peek(floor))
+            self._spool.check_room(kind, len(sealed.envelope) + SPOOL_ENTRY_OVERHEAD)
+        except (AllowlistError, SpoolFull) as exc:
+            if (self._source_state.get(kind) or {}).get("code") != exc.code:  # once, not every interval
+                event = "digest.too_big_for_spool" if isinstance(exc, TooBig) else NOT_SENT_EVENT[kind]
+                self._warn(event, reason=exc.message, code=exc.code, hint=exc.hint)
+                self._note_source(kind, {"error": exc.message, "code": exc.code, "since": int(now)})
+            self._source_errors[kind] = exc.message
+            return None
+        seq = self._seq.reserve(floor=floor)
+        if self._seq.recovered:
+            self._warn("seq.recovered", detail=self._seq.recovered)
+            self._seq.recovered = None
+        return sealed if seq == sealed.obj["seq"] else seal(seq)
 
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""

@@ -254,15 +254,12 @@ def write_initial_config(
     database: str | None,
     license_file: Path | None,
 ) -> Config:
-    """Validate the init options, write them as a TOML config (0640) and return the Config."""
-    import tomli_w
-
-    from fluxagent import config
+    """Validate the init options, write them as a commented TOML config (0640) and return the Config."""
+    from fluxagent import config, configdoc
     from fluxagent.sources.host import fqdn
     from fluxagent.statedir.fsutil import atomic_write
 
-    defaults = config.to_mapping(config.Config())
-    doc = defaults
+    doc = config.to_mapping(config.Config())
     doc["instance"]["bound_domain"] = bound_domain or fqdn()
     if state_dir:
         doc["instance"]["state_dir"] = str(state_dir.absolute())
@@ -273,10 +270,10 @@ def write_initial_config(
     doc["server"]["vendor_keys"] = list(vendor_keys)
     if database:
         doc["platform"]["database"] = database
-    config.from_mapping(doc, Path("--options"))  # validate the options before anything is written
+    cfg = config.from_mapping(doc, Path("--options"))  # validate the options before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(path, tomli_w.dumps(doc).encode(), mode=0o640, exclusive=True)
+        atomic_write(path, configdoc.init_toml(cfg).encode(), mode=0o640, exclusive=True)
     except FileExistsError:
         raise ConfigError([f"{path}: appeared while init was running; left untouched"]) from None
     return config.load(path)

@@ -7,6 +7,7 @@ leaves either the old or the new file, never a mix.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,16 @@ class _Corrupt(ValueError):
     """The file exists and was read, but its content is not what we wrote."""
 
 
+def read_private(path: Path) -> bytes:
+    """Return the bytes of path, refusing a symbolic link there (ELOOP); raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def _load(path: Path) -> dict[str, Any] | None:
     try:
-        data = path.read_bytes()
+        data = read_private(path)
     except FileNotFoundError:
         return None
     try:
@@ -114,6 +122,17 @@ class Seq:
         if value is None:
             raise self._corrupt()
         return value
+
+    def peek(self, floor: int | None = None) -> int:
+        """Return the seq reserve(floor) would return now, persisting nothing; raises StateError."""
+        value = self._read()
+        if value is None:
+            if floor is None:
+                raise self._corrupt()
+            value = floor + SEQ_RECOVERY_GAP
+        elif value == 0 and floor:
+            value = floor + SEQ_RECOVERY_GAP
+        return max(value, floor or 0) + 1
 
     def reserve(self, floor: int | None = None) -> int:
         """Persist and return the next seq (> last, > floor); raises StateError (see class doc)."""
