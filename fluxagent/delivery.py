@@ -172,6 +172,11 @@ class Engine:
         """The kinds not sent because their source fails, with why (a copy)."""
         return dict(self._source_errors)
 
+    @property
+    def source_status(self) -> dict[str, dict[str, Any]]:
+        """Why each kind is not being sent, as persisted for `status` (a copy)."""
+        return dict(self._source_state)
+
     def make_due(self, kind: str, now: float) -> None:
         """Make a scheduled kind due at now (a license file replaced by hand, an operator's request)."""
         ks = self._schedule.kind(kind)
