@@ -110,6 +110,7 @@ class Engine:
         self._ledger = Ledger(sd / "ledger")
         self._seq = state.Seq(sd)
         self._schedule = state.load_schedule(sd)
+        self._clamp_schedule(deps.clock())
         self._failures = 0
         self._retry_at: float = 0.0
         self._outage_since: float | None = None
@@ -223,12 +224,23 @@ class Engine:
     def _save_schedule(self) -> None:
         state.save_schedule(self._cfg.instance.state_dir, self._schedule)
 
+    def _clamp_schedule(self, now: float) -> None:
+        """Make timers that lie impossibly far ahead (set while the clock ran ahead) due now; save if any."""
+        spans = {k: interval_of(self._cfg, k) + self._cfg.schedule.jitter for k in SCHEDULED}
+        self._schedule, clamped = state.clamp_schedule(self._schedule, now, spans)
+        if clamped:
+            self._warn("schedule.clamped", kinds=clamped,
+                       reason="a timer lay further ahead than any run sets one: the clock ran ahead")
+            self._save_schedule()
+
     def due(self, now: float) -> list[str]:
         """Return the scheduled kinds whose timer has expired (never scheduled counts as due)."""
+        self._clamp_schedule(now)  # the clock can jump back under a running daemon too
         return [k for k in SCHEDULED if (self._schedule.kind(k).next_due or 0) <= now]
 
     def next_wake(self, now: float) -> float:
         """Return when the loop must wake next: the earliest timer, or the retry time of a non-empty spool."""
+        self._clamp_schedule(now)
         t = min(float(self._schedule.kind(k).next_due or now) for k in SCHEDULED)
         if self._spool.depth():
             t = min(t, max(self._retry_at, now))
@@ -448,10 +460,11 @@ class Engine:
         ks = self._schedule.kind(kind)
         due = ks.next_due
         hint = d.receipt_body.get("next_check_in" if kind == "license" else "next_in")
-        if isinstance(hint, int) and hint > 0 and due is not None:
-            due = max(due, int(now + min(hint, SERVER_INTERVAL_CAP)))  # a server can only lengthen it
+        asked = min(hint, SERVER_INTERVAL_CAP) if isinstance(hint, int) and hint > 0 else None
+        if asked is not None and due is not None:
+            due = max(due, int(now + asked))  # a server can only lengthen it
         self._schedule = self._schedule.with_kind(kind, replace(
-            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None))
+            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None, server_interval=asked))
         if kind == "digest":
             if d.receipt_body.get("need_full"):
                 self._schedule = replace(self._schedule, last_acked_root=None)

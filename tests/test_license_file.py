@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluxagent.license.file import MAX_LICENSE_BYTES, LicenseFile, check_license
-from fluxagent.license.state import Contact, Receipt, applies, derive
+from fluxagent.license.state import Contact, Receipt, applies, derive, seen_after
 from fluxagent.testing.licenses import make_license
 from fluxagent.wire import envelope
 
@@ -153,12 +153,37 @@ files = st.builds(lambda exp, issued: check_license(lic(issued_at=issued, expire
 
 @settings(max_examples=150, deadline=None)
 @given(files, st.none() | receipts, contacts, times, st.none() | times)
-def test_setting_the_clock_back_never_changes_the_state(file: LicenseFile, rec: Receipt | None, contact: Contact,
-                                                         now: int, seen: int | None) -> None:
+def test_setting_the_clock_back_never_changes_the_state_without_a_new_trusted_receipt(
+        file: LicenseFile, rec: Receipt | None, contact: Contact, now: int, seen: int | None) -> None:
+    # same inputs, only the clock differs: the state derived at the latest time seen holds when the
+    # clock is set back, and so does the state derived once that time is recorded as seen_until
     top = max(now, seen or now, rec.server_ts if rec else now)
     later = derive(file, rec, contact, top, 14 * DAY, seen)
-    earlier = derive(file, rec, contact, now, 14 * DAY, seen)
-    assert earlier.state == later.state
+    assert derive(file, rec, contact, now, 14 * DAY, seen).state == later.state
+    assert derive(file, rec, contact, now, 14 * DAY, later.effective_now).state == later.state
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.none() | times, st.none() | receipts)
+def test_seen_until_only_grows_unless_a_fresh_online_receipt_sets_it_to_the_server_time(
+        seen: int | None, rec: Receipt | None) -> None:
+    after = seen_after(seen, rec)
+    if rec is not None and rec.source == "online":
+        assert after == rec.server_ts  # the vendor's signed clock, in answer to the request just sent
+    else:
+        assert after == seen  # no receipt, or an imported one (it may be days old): nothing corrected
+
+
+def test_a_fresh_receipt_after_a_run_with_the_clock_a_year_ahead_brings_valid_back() -> None:
+    ahead = derive(GOOD, receipt(), Contact("delivered", NOW), NOW + 365 * DAY, 14 * DAY)
+    assert ahead.state == "expired"
+    spoiled = ahead.effective_now  # recorded as seen_until by that run
+    fresh = receipt(at=NOW + 600)
+    assert derive(GOOD, fresh, Contact("delivered", NOW + 600), NOW + 600, 14 * DAY, spoiled).state == "expired"
+    corrected = seen_after(spoiled, fresh)
+    assert derive(GOOD, fresh, Contact("delivered", NOW + 600), NOW + 600, 14 * DAY, corrected).state == "valid"
+    imported = receipt(at=NOW + 600, source="import")
+    assert derive(GOOD, imported, Contact(), NOW + 600, 14 * DAY, seen_after(spoiled, imported)).state == "expired"
 
 
 @settings(max_examples=150, deadline=None)
