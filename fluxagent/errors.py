@@ -1,4 +1,7 @@
-"""One error tree: each error has a stable code, a message for people and an exit code (DESIGN §7)."""
+"""One error tree: each error has a stable code, a message for people and an exit code.
+
+The exit codes are listed in docs/OPERATOR.md, "Commands".
+"""
 
 from __future__ import annotations
 

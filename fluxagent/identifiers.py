@@ -1,4 +1,4 @@
-"""Canonical forms and keyed BLAKE2b tokens of server and network identifiers (DESIGN §3).
+"""Canonical forms and keyed BLAKE2b tokens of server and network identifiers (docs/PROTOCOL.md §2, digest).
 
 Fast paths (socket.inet_pton, precompiled regexes) keep tokenizing near 1 µs per identifier;
 tests check them against the `ipaddress` reference behaviour.

@@ -1,5 +1,5 @@
 """Structured logging: events, not sentences; JSON (with <N> priority prefixes under journald)
-or console; secrets redacted before anything is rendered (docs/ARCHITECTURE.md)."""
+or console; secrets redacted before anything is rendered (docs/ARCHITECTURE.md, "Logs are events")."""
 
 from __future__ import annotations
 

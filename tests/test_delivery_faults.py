@@ -1,5 +1,5 @@
 """Each scripted fault of the reference server, met by the delivery engine over real loopback HTTP:
-handled as DESIGN §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
+handled as docs/PROTOCOL.md §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
 
 from __future__ import annotations
 

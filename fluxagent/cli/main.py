@@ -1,4 +1,4 @@
-"""The command-line interface: the only place that prints and picks exit codes (DESIGN §7).
+"""The command-line interface: the only place that prints and picks exit codes (docs/OPERATOR.md, "Commands").
 
 Modules a command needs are imported inside it, so `fluxagent --help` stays fast.
 """

@@ -1,4 +1,4 @@
-"""The daemon: one main loop, interruptible waits, flock, signals and sd_notify (DESIGN §8)."""
+"""The daemon: one main loop, interruptible waits, flock, signals and sd_notify (docs/OPERATOR.md, "The daemon")."""
 
 from __future__ import annotations
 

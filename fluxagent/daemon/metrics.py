@@ -1,4 +1,6 @@
-"""`metrics.prom` in node_exporter's textfile-collector format, rendered from the status dict (DESIGN §6).
+"""`metrics.prom` in node_exporter's textfile-collector format, rendered from the status dict.
+
+The metrics are listed in docs/OPERATOR.md, "Monitoring".
 
 `render` is pure (status dict in, text out); `MetricsWriter` is the shell the daemon calls after
 each loop step: it writes the file atomically and logs a failure once per streak, never raising.

@@ -1,4 +1,4 @@
-"""The license state machine: a pure function from what is known to the state shown (DESIGN §8).
+"""The license state machine: a pure function from what is known to the state shown (docs/PROTOCOL.md §7).
 
 Inputs: the local license file verdict, the last verified license receipt, the outcome of the
 latest contact with the server, the time, `offline_grace`, and the latest time a state was

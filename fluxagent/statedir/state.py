@@ -1,4 +1,6 @@
-"""Small atomic state files in the state dir: JSON helpers, `seq`, `schedule.json` (DESIGN §6).
+"""Small atomic state files in the state dir: JSON helpers, `seq`, `schedule.json`.
+
+The files: docs/ARCHITECTURE.md, "State directory".
 
 Every write goes through fsutil.atomic_write (temp file, fsync, rename, fsync dir), so a kill -9
 leaves either the old or the new file, never a mix.

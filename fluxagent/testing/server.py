@@ -1,4 +1,4 @@
-"""Reference license server: the protocol's reference verifier over real HTTP(S) (DESIGN §4).
+"""Reference license server: the protocol's reference verifier over real HTTP(S) (docs/PROTOCOL.md).
 
 Standard library only on the serving side (http.server in a background thread), so vendors can
 run it as is: `python -m fluxagent.testing.server --port 8443 --tls-cert C --tls-key K`.

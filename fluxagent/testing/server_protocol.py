@@ -84,7 +84,7 @@ class Rejected(Exception):
 
 
 class Verifier:
-    """Checks requests against DESIGN §4 and keeps the per-instance state under one lock."""
+    """Checks requests against docs/PROTOCOL.md §3 and keeps the per-instance state under one lock."""
 
     def __init__(
         self,

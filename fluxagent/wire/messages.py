@@ -1,7 +1,8 @@
 """The four message builders, the allowlist registry, and `seal`, which refuses anything off the list.
 
-The registry is the single statement of what may leave the machine (DESIGN §2): every key path,
-its type, and the clause 08 item it belongs to. The README table is rendered from it.
+The registry is the single statement of what may leave the machine: every key path, its type,
+and the clause 08 item it belongs to (docs/ARCHITECTURE.md, "One allowlist registry"). The
+README table is rendered from it.
 """
 
 from __future__ import annotations

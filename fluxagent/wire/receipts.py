@@ -1,7 +1,7 @@
 """Receipt verification and response classification: pure functions from a response to an Outcome.
 
 A message counts as delivered only when a pinned vendor key signed a receipt that names this
-request (`req`), echoes its nonce and is addressed to this instance (DESIGN §4). Anything less is
+request (`req`), echoes its nonce and is addressed to this instance (docs/PROTOCOL.md §4). Anything less is
 a failed delivery and the message stays in the spool.
 """
 
