@@ -34,11 +34,6 @@ class FluxError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
-class UsageError(FluxError):
-    code = "usage"
-    exit_code = EXIT_USAGE
-
-
 class ConfigError(FluxError):
     """One or more configuration problems; `problems` holds each as "file: path: what"."""
 
@@ -98,11 +93,6 @@ class EnvelopeError(FluxError):
     """A DSSE envelope is malformed or its signature does not verify."""
 
     code = "envelope"
-    exit_code = EXIT_CHECK_FAILED
-
-
-class LicenseError(FluxError):
-    code = "license"
     exit_code = EXIT_CHECK_FAILED
 
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from fluxagent.config import Config
 from fluxagent.errors import FluxError
+from fluxagent.kinds import LICENSE_STATES
 from fluxagent.statedir.fsutil import atomic_write
-from fluxagent.wire.messages import LICENSE_STATES
 
 if TYPE_CHECKING:
     from fluxagent.status import LastDelivered

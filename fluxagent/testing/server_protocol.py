@@ -19,9 +19,8 @@ from typing import Any
 import nacl.signing
 
 from fluxagent.errors import AllowlistError, EnvelopeError
+from fluxagent.kinds import KIND_BY_ENDPOINT
 from fluxagent.wire import envelope, messages
-
-KIND_BY_ENDPOINT = {path: kind for kind, path in messages.ENDPOINTS.items()}
 
 
 @dataclass

@@ -20,6 +20,7 @@ import nacl.signing
 from fluxagent.errors import AllowlistError
 from fluxagent.facts import Counts
 from fluxagent.identifiers import TokenSet, canonical_hostname
+from fluxagent.kinds import ENDPOINTS, KINDS, LICENSE_STATES
 from fluxagent.wire import envelope
 
 LICENSE = "License validation"
@@ -28,14 +29,6 @@ DIGEST = "Infrastructure digest"
 UPDATES = "Update delivery"
 EVERY = "All four (instance ID and signature)"
 
-KINDS = ("license", "heartbeat", "digest", "credentials")
-ENDPOINTS = {
-    "license": "/v1/license",
-    "heartbeat": "/v1/heartbeat",
-    "digest": "/v1/digest",
-    "credentials": "/v1/update-credentials",
-}
-LICENSE_STATES = ("valid", "offline", "grace", "expired", "revoked", "invalid", "unlicensed")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
