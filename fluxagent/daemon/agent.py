@@ -24,6 +24,7 @@ from fluxagent.daemon.notify import Notifier
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
 from fluxagent.statedir import identity
+from fluxagent.statedir.fsutil import check_state_dir
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.transport import HttpxTransport, Transport
 
@@ -260,6 +261,7 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
     faulthandler.enable()
     cfg = config_mod.load(config_path)
     logs.configure(cfg.log.format, cfg.log.level, stream=log_stream)
+    check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
     identity.load(cfg.instance.state_dir)  # fail with 78 before taking the lock
     with instance_lock(cfg.instance.state_dir):
         agent = Agent(cfg)
