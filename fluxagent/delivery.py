@@ -97,6 +97,7 @@ class Engine:
         self.ledger = Ledger(sd / "ledger")
         self.seq = state.Seq(sd)
         self.schedule = state.load_schedule(sd)
+        self._clamp_schedule(deps.clock())
         self.failures = 0
         self.retry_at: float = 0.0
         self.outage_since: float | None = None
@@ -147,12 +148,23 @@ class Engine:
     def _save_schedule(self) -> None:
         state.save_schedule(self.cfg.instance.state_dir, self.schedule)
 
+    def _clamp_schedule(self, now: float) -> None:
+        """Make timers that lie impossibly far ahead (set while the clock ran ahead) due now; save if any."""
+        spans = {k: interval_of(self.cfg, k) + self.cfg.schedule.jitter for k in SCHEDULED}
+        self.schedule, clamped = state.clamp_schedule(self.schedule, now, spans)
+        if clamped:
+            self._warn("schedule.clamped", kinds=clamped,
+                       reason="a timer lay further ahead than any run sets one: the clock ran ahead")
+            self._save_schedule()
+
     def due(self, now: float) -> list[str]:
         """Return the scheduled kinds whose timer has expired (never scheduled counts as due)."""
+        self._clamp_schedule(now)  # the clock can jump back under a running daemon too
         return [k for k in SCHEDULED if (self.schedule.kind(k).next_due or 0) <= now]
 
     def next_wake(self, now: float) -> float:
         """Return when the loop must wake next: the earliest timer, or the retry time of a non-empty spool."""
+        self._clamp_schedule(now)
         t = min(float(self.schedule.kind(k).next_due or now) for k in SCHEDULED)
         if self.spool.depth():
             t = min(t, max(self.retry_at, now))
@@ -323,10 +335,11 @@ class Engine:
         ks = self.schedule.kind(kind)
         due = ks.next_due
         hint = d.receipt_body.get("next_check_in" if kind == "license" else "next_in")
-        if isinstance(hint, int) and hint > 0 and due is not None:
-            due = max(due, int(now + min(hint, SERVER_INTERVAL_CAP)))  # a server can only lengthen it
+        asked = min(hint, SERVER_INTERVAL_CAP) if isinstance(hint, int) and hint > 0 else None
+        if asked is not None and due is not None:
+            due = max(due, int(now + asked))  # a server can only lengthen it
         self.schedule = self.schedule.with_kind(kind, replace(
-            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None))
+            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None, server_interval=asked))
         if kind == "digest":
             if d.receipt_body.get("need_full"):
                 self.schedule = replace(self.schedule, last_acked_root=None)

@@ -157,7 +157,9 @@ def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportEr
     if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
         return TransportError("connect", url, f"cannot connect{via}: {_strerror(chain)}")
     if isinstance(exc, httpx.NetworkError | OSError):
-        return TransportError("connect", url, f"connection broken{via}: {_strerror(chain)}")
+        # connected, then broken (a reset while writing or awaiting the answer): the request may
+        # have reached the server, so it is not a "connect" failure and the ledger records it
+        return TransportError("broken", url, f"connection broken{via}: {_strerror(chain)}")
     return TransportError("protocol", url, f"bad HTTP from the server{via}: {exc}")
 
 

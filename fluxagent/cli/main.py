@@ -13,7 +13,7 @@ import typer
 
 from fluxagent.cli import updates  # registers `credentials`, `export`, `import` on app
 from fluxagent.cli.app import KIND_NAMES, app, fail, load_config
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError, oserror_exit_code
 
 if TYPE_CHECKING:
     from fluxagent.config import Config
@@ -63,7 +63,7 @@ def init(
         raise fail(exc) from None
     except OSError as exc:
         typer.echo(f"fluxagent: cannot write {exc.filename}: {exc.strerror}", err=True)
-        raise typer.Exit(78) from None
+        raise typer.Exit(oserror_exit_code(exc)) from None
     state = ", ".join(created) if created else "nothing (identity already present)"
     typer.echo(f"identity: instance {ident.instance_id} in {cfg.instance.state_dir}; created {state}")
     if not cfg.server.vendor_keys:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,7 @@ class KindSchedule:
     next_due: int | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
+    server_interval: int | None = None  # the interval the server asked for at the last delivery
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,27 @@ def _kind_from(obj: Any) -> KindSchedule:
         next_due=_opt_int(obj, "next_due"),
         consecutive_failures=_opt_int(obj, "consecutive_failures") or 0,
         last_error=err,
+        server_interval=_opt_int(obj, "server_interval"),
     )
+
+
+def clamp_schedule(schedule: Schedule, now: float, spans: Mapping[str, float]) -> tuple[Schedule, list[str]]:
+    """Return schedule with impossible timers made due at now, and the kinds so clamped. Pure.
+
+    spans: per kind, its interval plus jitter. No run sets a timer further ahead than that plus
+    the interval the server last asked for; a later one was set while the clock ran ahead (a
+    jump, later corrected), and kept as is it would silence the kind for as long as the jump.
+    Due at once, the next delivery also brings the trusted server time that corrects the
+    license state (license/state.py, `seen_after`).
+    """
+    clamped: list[str] = []
+    for name in SCHEDULED_KINDS:
+        ks = schedule.kind(name)
+        limit = now + spans.get(name, 0.0) + (ks.server_interval or 0)
+        if ks.next_due is not None and ks.next_due > limit:
+            schedule = schedule.with_kind(name, replace(ks, next_due=int(now)))
+            clamped.append(name)
+    return schedule, clamped
 
 
 def load_schedule(state_dir: Path) -> Schedule:
@@ -246,6 +268,7 @@ def save_schedule(state_dir: Path, schedule: Schedule) -> None:
             "next_due": ks.next_due,
             "consecutive_failures": ks.consecutive_failures,
             "last_error": ks.last_error,
+            "server_interval": ks.server_interval,
         }
     write_json(state_dir / SCHEDULE_FILE, obj)
 

@@ -117,7 +117,7 @@ def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
         fsutil.atomic_write(path, apt_entry(cred), mode=0o600)
     except OSError as exc:
         raise StateError(f"cannot write the apt entry {path}: {exc.strerror or exc}",
-                         hint="run as root, or set updates.apt_auth_file") from None
+                         hint="run as root, or set updates.apt_auth_file") from exc
 
 
 @dataclass(frozen=True)

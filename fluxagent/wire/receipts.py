@@ -15,7 +15,7 @@ from typing import Any
 
 from fluxagent.errors import EnvelopeError, FluxError
 from fluxagent.wire.envelope import RECEIPT_TYPE, open_envelope
-from fluxagent.wire.http import HttpResponse, TransportError, parse_retry_after
+from fluxagent.wire.http import NOT_SENT_KINDS, HttpResponse, TransportError, parse_retry_after
 from fluxagent.wire.messages import Sealed
 
 RECEIPT_STATES = ("valid", "grace", "expired", "revoked", "invalid", "unlicensed")
@@ -90,7 +90,7 @@ def classify(
     100-599 is no HTTP answer at all → Retry ("protocol").
     """
     if isinstance(response, TransportError):
-        sent = response.kind not in ("connect", "dns", "tls")
+        sent = response.kind not in NOT_SENT_KINDS  # anything later may have reached the server
         return Retry(None, f"{response.kind}: {response.message}", response.status, sent)
     status = response.status
     if not 100 <= status <= 599:  # not an HTTP status: says nothing about the message (a proxy, a broken server)
