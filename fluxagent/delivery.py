@@ -16,14 +16,14 @@ from typing import Any
 
 from fluxagent import collect
 from fluxagent.config import Config
-from fluxagent.errors import FluxError, StateError
+from fluxagent.errors import AllowlistError, FluxError, StateError
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
 from fluxagent.license.state import Contact, Receipt, Status
 from fluxagent.statedir import state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
-from fluxagent.statedir.spool import Entry, Spool
+from fluxagent.statedir.spool import Entry, Spool, SpoolFull, TooBig
 from fluxagent.transport import Transport, send
 from fluxagent.wire import messages
 from fluxagent.wire.messages import Sealed
@@ -41,6 +41,7 @@ SERVER_INTERVAL_CAP = 30 * 86400
 SKEW_LIMIT = licensing.SKEW_LIMIT
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
+SPOOL_ENTRY_OVERHEAD = 512  # the spool entry's own fields around the envelope
 
 
 def interval_of(cfg: Config, kind: str) -> float:
@@ -96,6 +97,7 @@ class Engine:
         self.ledger = Ledger(sd / "ledger")
         self.seq = state.Seq(sd)
         self.schedule = state.load_schedule(sd)
+        self._clamp_schedule(deps.clock())
         self.failures = 0
         self.retry_at: float = 0.0
         self.outage_since: float | None = None
@@ -146,12 +148,23 @@ class Engine:
     def _save_schedule(self) -> None:
         state.save_schedule(self.cfg.instance.state_dir, self.schedule)
 
+    def _clamp_schedule(self, now: float) -> None:
+        """Make timers that lie impossibly far ahead (set while the clock ran ahead) due now; save if any."""
+        spans = {k: interval_of(self.cfg, k) + self.cfg.schedule.jitter for k in SCHEDULED}
+        self.schedule, clamped = state.clamp_schedule(self.schedule, now, spans)
+        if clamped:
+            self._warn("schedule.clamped", kinds=clamped,
+                       reason="a timer lay further ahead than any run sets one: the clock ran ahead")
+            self._save_schedule()
+
     def due(self, now: float) -> list[str]:
         """Return the scheduled kinds whose timer has expired (never scheduled counts as due)."""
+        self._clamp_schedule(now)  # the clock can jump back under a running daemon too
         return [k for k in SCHEDULED if (self.schedule.kind(k).next_due or 0) <= now]
 
     def next_wake(self, now: float) -> float:
         """Return when the loop must wake next: the earliest timer, or the retry time of a non-empty spool."""
+        self._clamp_schedule(now)
         t = min(float(self.schedule.kind(k).next_due or now) for k in SCHEDULED)
         if self.spool.depth():
             t = min(t, max(self.retry_at, now))
@@ -185,17 +198,15 @@ class Engine:
                 self.source_errors[b.kind] = err
                 self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
+            sealed = self._seal_into_spool(b.kind, b.message, now)
+            if sealed is None:
+                self._advance(b.kind, now)  # not rebuilt before its next interval: no rescan loop
+                continue
             if self.source_errors.pop(b.kind, None):
                 self._log(f"{b.kind}.source_recovered")
             if b.kind in self.source_status:
                 self._source_status(b.kind, None)
-            seq = self.seq.reserve(floor=max(self.spool.max_seq(), self.ledger.max_seq()))
-            if self.seq.recovered:
-                self._warn("seq.recovered", detail=self.seq.recovered)
-                self.seq.recovered = None
-            sealed = messages.seal(b.message, signing_key=self.ident.signing_key, iid=self.ident.instance_id,
-                                   aud=self.cfg.server.audience, seq=seq, now=int(now),
-                                   nonce=self.deps.nonce(16))
+            seq = sealed.obj["seq"]
             put = self.spool.put(sealed, int(now))
             for e in put.superseded:
                 self._ledger_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
@@ -208,6 +219,34 @@ class Engine:
             out.append(sealed)
         self._save_schedule()
         return out
+
+    def _seal_into_spool(self, kind: str, message: messages.Message, now: float) -> Sealed | None:
+        """Seal message with the next seq once it is sure to fit the spool; else report why, return None.
+
+        The seq is reserved only after the check, so a message that cannot be queued burns none.
+        """
+        floor = max(self.spool.max_seq(), self.ledger.max_seq())
+        nonce = self.deps.nonce(16)
+
+        def seal(seq: int) -> Sealed:
+            return messages.seal(message, signing_key=self.ident.signing_key, iid=self.ident.instance_id,
+                                 aud=self.cfg.server.audience, seq=seq, now=int(now), nonce=nonce)
+
+        try:
+            sealed = seal(self.seq.peek(floor))
+            self.spool.check_room(kind, len(sealed.envelope) + SPOOL_ENTRY_OVERHEAD)
+        except (AllowlistError, SpoolFull) as exc:
+            if (self.source_status.get(kind) or {}).get("code") != exc.code:  # once, not every interval
+                event = "digest.too_big_for_spool" if isinstance(exc, TooBig) else f"{kind}.not_sent"
+                self._warn(event, reason=exc.message, code=exc.code, hint=exc.hint)
+                self._source_status(kind, {"error": exc.message, "code": exc.code, "since": int(now)})
+            self.source_errors[kind] = exc.message
+            return None
+        seq = self.seq.reserve(floor=floor)
+        if self.seq.recovered:
+            self._warn("seq.recovered", detail=self.seq.recovered)
+            self.seq.recovered = None
+        return sealed if seq == sealed.obj["seq"] else seal(seq)
 
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""
@@ -296,10 +335,11 @@ class Engine:
         ks = self.schedule.kind(kind)
         due = ks.next_due
         hint = d.receipt_body.get("next_check_in" if kind == "license" else "next_in")
-        if isinstance(hint, int) and hint > 0 and due is not None:
-            due = max(due, int(now + min(hint, SERVER_INTERVAL_CAP)))  # a server can only lengthen it
+        asked = min(hint, SERVER_INTERVAL_CAP) if isinstance(hint, int) and hint > 0 else None
+        if asked is not None and due is not None:
+            due = max(due, int(now + asked))  # a server can only lengthen it
         self.schedule = self.schedule.with_kind(kind, replace(
-            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None))
+            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None, server_interval=asked))
         if kind == "digest":
             if d.receipt_body.get("need_full"):
                 self.schedule = replace(self.schedule, last_acked_root=None)

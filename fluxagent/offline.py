@@ -225,7 +225,7 @@ def _install_license(engine: Engine, data: bytes, now: float) -> str:
     try:
         fsutil.atomic_write(path, data, mode=0o644)
     except OSError as exc:
-        raise StateError(f"cannot install the renewed license file {path}: {exc.strerror or exc}") from None
+        raise StateError(f"cannot install the renewed license file {path}: {exc.strerror or exc}") from exc
     what = f"license {verdict.license_id} installed at {path}, valid until {utc_text(verdict.expires_at or 0)}"
     engine.ledger.append(now=int(now), event="installed", kind="license", outcome="installed",
                          payload_sha256=hashlib.sha256(data).hexdigest(), detail=what)

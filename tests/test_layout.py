@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fluxagent"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("fluxagent", "fluxagent.errors", "fluxagent.kinds", "fluxagent.facts", "fluxagent.timefmt"),
     ("fluxagent.identifiers",),
-    ("fluxagent.config",),
+    ("fluxagent.configvalues",),
+    ("fluxagent.config", "fluxagent.configdoc"),
     ("fluxagent.logs",),
     ("fluxagent.wire",),
     ("fluxagent.transport",),

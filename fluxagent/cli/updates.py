@@ -110,7 +110,8 @@ def git(
 def apt(
     ctx: typer.Context,
     path: Annotated[Path | None, typer.Option(help="auth.conf.d file [default: updates.apt_auth_file]")] = None,
-    cleanup: Annotated[bool, typer.Option("--cleanup", help="Only remove the entry if it has expired")] = False,
+    cleanup: Annotated[bool, typer.Option(
+        "--cleanup", help="Only remove the entry (--path or updates.apt_auth_file) if it has expired")] = False,
 ) -> None:
     """Write the apt auth.conf.d entry (0600, atomic); --cleanup removes it once expired."""
     from fluxagent.updates import helpers as credhelpers
@@ -119,8 +120,12 @@ def apt(
     try:
         if cleanup:
             cfg = load_config(ctx)
-            done = credhelpers.cleanup_apt(cfg.instance.state_dir, monotonic(), credhelpers.boot_id())
-            if done.removed:
+            entry = path or cfg.updates.apt_auth_file  # from root's config or command line, never the state dir
+            done = credhelpers.cleanup_apt(cfg.instance.state_dir, entry, monotonic(), credhelpers.boot_id())
+            if done.foreign:
+                typer.echo(f"the expired record named another file than {entry}: that file was left alone;"
+                           " the record was removed")
+            elif done.removed:
                 typer.echo("apt entry expired and removed")
             elif done.due_in is not None:
                 typer.echo(f"apt entry valid for another {int(done.due_in)}s")

@@ -2,7 +2,9 @@
 
 Inputs: the local license file verdict, the last verified license receipt, the outcome of the
 latest contact with the server, the time, `offline_grace`, and the latest time a state was
-derived at (so setting the clock back cannot bring an expired state back to life). Output: one of
+derived at, `seen_until` (so setting the clock back cannot bring an expired state back to life).
+`seen_until` only grows, except that a fresh vendor-signed server time replaces it (`seen_after`):
+otherwise one run with the clock a year ahead would spoil the state for a year. Output: one of
 STATES, a `clock_skew` flag, reasons for people, and when the state will next change by itself.
 
 Fail-open: the result is reported (license-status.json, `status`, systemd STATUS, metrics); it
@@ -117,6 +119,19 @@ def server_phase(r: Receipt, t: float) -> tuple[str, int | None]:
     return "expired", None
 
 
+def seen_after(seen_until: float | None, receipt: Receipt | None) -> float | None:
+    """Return `seen_until` once receipt is recorded: an online receipt's server ts replaces it. Pure.
+
+    An online receipt is fresh and trusted: a pinned vendor key signed it in answer to the request
+    just sent (its `req` and `nonce`), so its ts is the server's time of this exchange, and a
+    `seen_until` beyond it only shows that the local clock once ran ahead. An imported receipt may
+    be days old, so it corrects nothing (derive still judges no earlier than its ts).
+    """
+    if receipt is not None and receipt.source == "online":
+        return float(receipt.server_ts)
+    return seen_until
+
+
 def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: float, offline_grace: float,
            seen_until: float | None = None) -> Status:
     """Return the license state for these inputs. Pure; never raises for any input."""
@@ -178,4 +193,4 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
     return out("valid", why, until)
 
 
-__all__ = ["STATES", "Contact", "Receipt", "Status", "applies", "clock_skew", "derive", "server_phase"]
+__all__ = ["STATES", "Contact", "Receipt", "Status", "applies", "clock_skew", "derive", "seen_after", "server_phase"]

@@ -38,7 +38,7 @@ class PlatformSource(Protocol):
 
 
 def sqlite_path(url: str) -> Path:
-    """Return the file path of a sqlite:/// URL (four slashes: absolute, three: relative)."""
+    """Return the file path of a sqlite:/// URL (config load refuses relative ones: four slashes, absolute)."""
     return Path(url[len("sqlite:///"):])
 
 

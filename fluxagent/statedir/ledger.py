@@ -87,7 +87,8 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "payload": lambda v: v is None or isinstance(v, str),
     "payload_sha256": lambda v: v is None or (isinstance(v, str) and bool(_HEX64.match(v))),
     "outcome": lambda v: isinstance(v, str) and bool(_WORD.match(v)),
-    "http_status": lambda v: v is None or (_is_int(v) and 100 <= v <= 599),
+    # whatever three digits a server put in its status line (HTTP's own range is 100-599)
+    "http_status": lambda v: v is None or (_is_int(v) and 0 <= v <= 999),
     "receipt_sha256": lambda v: v is None or (isinstance(v, str) and bool(_HEX64.match(v))),
     "detail": lambda v: v is None or isinstance(v, str),
 }

@@ -39,6 +39,12 @@ class SpoolFull(StateError):
     code = "spool_full"
 
 
+class TooBig(SpoolFull):
+    """One message alone is larger than the spool's byte bound: it can never be queued as configured."""
+
+    code = "spool_too_small"
+
+
 @dataclass(frozen=True)
 class Entry:
     """One spooled message: what it is, the exact envelope to send, and its file."""
@@ -85,6 +91,11 @@ class _Meta:
     kind: str
     path: Path
     size: int
+
+
+def _round_up(size: int) -> int:
+    """Return size rounded up to the next whole MB plus one, a value worth writing into a config."""
+    return (size // 1_000_000 + 2) * 1_000_000
 
 
 def _decode(path: Path, data: bytes) -> Entry:
@@ -234,6 +245,23 @@ class Spool:
             return exc.message
         return None
 
+    def check_room(self, kind: str, size: int) -> None:
+        """Raise TooBig or SpoolFull unless an entry of kind and about size bytes could be queued now."""
+        if size > self.max_bytes:
+            raise TooBig(
+                f"the {kind} message ({size} bytes) is larger than spool.max_bytes ({self.max_bytes} bytes):"
+                " it cannot be queued, and is not sent; the other kinds are",
+                hint=f"raise spool.max_bytes in the config to at least {_round_up(size)} bytes",
+            )
+        superseded = [m for m in self._index if kind in SUPERSEDING and m.kind == kind]
+        if self._plan_overflow([m for m in self._index if m not in superseded], 1, size) is None:
+            raise SpoolFull(
+                f"spool is full ({self.depth()} messages, {self.bytes_used()} bytes; limits"
+                f" {self.max_messages}, {self.max_bytes}) and holds no heartbeat to drop:"
+                f" {kind} was not queued",
+                hint="check why the server is unreachable, or raise spool.max_messages/spool.max_bytes",
+            )
+
     def put(self, sealed: Sealed, now: int) -> PutResult:
         """Durably queue sealed; raises SpoolFull or StateError (then the queue is unchanged)."""
         seq: Any = sealed.obj.get("seq")
@@ -245,16 +273,11 @@ class Spool:
             "spooled_at": now,
         }  # fmt: skip
         data = encode_json(doc)
+        self.check_room(sealed.kind, len(data))
         supersedes = sealed.kind in SUPERSEDING
         superseded = [m for m in self._index if supersedes and m.kind == sealed.kind]
         dropped = self._plan_overflow([m for m in self._index if m not in superseded], 1, len(data))
-        if dropped is None:
-            raise SpoolFull(
-                f"spool is full ({self.depth()} messages, {self.bytes_used()} bytes; limits"
-                f" {self.max_messages}, {self.max_bytes}) and holds no heartbeat to drop:"
-                f" {sealed.kind} seq {seq} was not queued",
-                hint="check why the server is unreachable, or raise [spool] max_messages/max_bytes",
-            )
+        assert dropped is not None  # check_room said it fits
         path = self._new / f"{seq:020d}-{sealed.kind}.json"
         self._store(path, data)
         sup, drop = self._discard(superseded, dropped)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fluxagent import config as config_mod
 from fluxagent.config import Config
-from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError
+from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError, oserror_exit_code
 from fluxagent.license import record as license_store
 from fluxagent.license.file import LicenseFile
 from fluxagent.statedir import identity
@@ -118,7 +118,7 @@ def check_live(cfg: Config, ident: Identity, transport: Transport, clock: Callab
         return fail(name, exc.message, exc.hint or "check the state directory", exc.exit_code)
     except OSError as exc:
         return fail(name, f"cannot use the state directory {cfg.instance.state_dir}: {exc.strerror or exc}",
-                    "run validate as the user fluxagent runs as", EXIT_CONFIG)
+                    "check free space and that the state directory is writable", oserror_exit_code(exc))
     seqs = {s.obj["seq"] for s in sealed}
     for entry, d in result.delivered:
         if entry.seq in seqs:
