@@ -28,8 +28,6 @@ app = typer.Typer(
 # bash/zsh/fish scripts the Debian package installs call back `_FLUXAGENT_COMPLETE=complete_<shell> fluxagent`.
 completion_init()
 
-KIND_NAMES = ("license", "heartbeat", "digest", "credentials")
-
 
 def _version(value: bool) -> None:
     if value:
@@ -51,8 +49,10 @@ def main_options(
     ] = False,
 ) -> None:
     """Global options."""
+    from fluxagent.config import DEFAULT_PATH
+
     env = os.environ.get("FLUXAGENT_CONFIG", "").strip()
-    ctx.obj = Path(config) if config else Path(env) if env else Path("/etc/fluxagent/fluxagent.toml")
+    ctx.obj = Path(config) if config else Path(env) if env else DEFAULT_PATH
 
 
 def fail(exc: FluxError) -> typer.Exit:
