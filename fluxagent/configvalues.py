@@ -219,7 +219,12 @@ def _database(v: Any) -> str:
     if scheme not in ("sqlite", "postgresql", "postgres", "mysql", "mariadb"):
         raise ValueError("must start with sqlite:///, postgresql:// or mysql://")
     if scheme == "sqlite" and not s.startswith("sqlite:///"):
-        raise ValueError("sqlite URLs look like sqlite:////absolute/path.db or sqlite:///relative.db")
+        raise ValueError("sqlite URLs look like sqlite:////absolute/path.db (four slashes)")
+    if scheme == "sqlite" and not s.startswith("sqlite:////"):
+        # a relative path resolves against the working directory: `/` for the service, anything for a person
+        rel = s[len("sqlite:///"):]
+        raise ValueError(f"{s!r} is a relative path ({rel!r}), which depends on the working directory;"
+                         f" write the absolute path with four slashes: 'sqlite:////{rel}'")
     return s
 
 

@@ -55,6 +55,8 @@ install -D -m 0644 packaging/prometheus/fluxagent-alerts.yml \
     "$ROOT/usr/share/doc/fluxagent/examples/fluxagent-alerts.yml"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/fluxagent/README.md"
 install -D -m 0644 docs/PROTOCOL.md "$ROOT/usr/share/doc/fluxagent/PROTOCOL.md"
+install -D -m 0644 docs/OPERATOR.md "$ROOT/usr/share/doc/fluxagent/OPERATOR.md"
+install -D -m 0644 docs/CONFIG.md "$ROOT/usr/share/doc/fluxagent/CONFIG.md"
 mkdir -p "$ROOT/usr/bin"
 # every console script of the project on PATH (fluxagent, and the docker credential helper docker looks up)
 for script in $($PY -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["scripts"])'); do

@@ -203,3 +203,36 @@ def test_server_granted_grace_holds_whatever_the_license_file_dates_say(now: int
     expired_file = check_license(lic(issued_at=now - 90 * DAY, expires_at=now - 1), KEYS, DOMAIN, now)
     rec = receipt("grace", at=now, expires_at=now - 1, grace_until=now + left)
     assert derive(expired_file, rec, contact, now, 14 * DAY).state == "grace"
+
+
+# ---- one license-id pattern: what the license check accepts, the allowlist seals ----
+
+
+def _sealable(license_id: str) -> bool:
+    from fluxagent.errors import AllowlistError
+    from fluxagent.wire import messages
+
+    try:
+        messages.seal(messages.build_license(DOMAIN, license_id, "valid", KEYS[0]), signing_key=VENDOR,
+                      iid="7b3c2f9e-1d4a-4c8b-9e2f-0a1b2c3d4e5f", aud="licensing.example.net", seq=1,
+                      now=NOW, nonce=b"\x01" * 16)
+    except AllowlistError:
+        return False
+    return True
+
+
+def test_license_id_the_wire_refuses_is_refused_by_the_license_check_naming_the_id_shape() -> None:
+    v = check(lic(license_id="FB 2025/0001"))
+    assert (v.state, v.code) == ("invalid", "payload")
+    assert "license_id" in v.reason and "FB 2025/0001" not in v.reason
+    assert not _sealable("FB 2025/0001")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=70), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,70}", fullmatch=True)))
+def test_a_license_id_passes_the_license_check_exactly_when_the_allowlist_seals_it(license_id: str) -> None:
+    v = check(lic(license_id=license_id))
+    if not license_id:
+        assert v.code == "payload"
+        return
+    assert (v.state == "valid") == _sealable(license_id)

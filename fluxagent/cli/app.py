@@ -23,7 +23,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-KIND_NAMES = ("license", "heartbeat", "digest", "credentials")
 
 
 def _version(value: bool) -> None:
@@ -46,8 +45,10 @@ def main_options(
     ] = False,
 ) -> None:
     """Global options."""
+    from fluxagent.config import DEFAULT_PATH
+
     env = os.environ.get("FLUXAGENT_CONFIG", "").strip()
-    ctx.obj = Path(config) if config else Path(env) if env else Path("/etc/fluxagent/fluxagent.toml")
+    ctx.obj = Path(config) if config else Path(env) if env else DEFAULT_PATH
 
 
 def fail(exc: FluxError) -> typer.Exit:

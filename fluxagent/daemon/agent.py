@@ -1,4 +1,4 @@
-"""The daemon: one main loop, interruptible waits, flock, signals and sd_notify (DESIGN §8)."""
+"""The daemon: one main loop, interruptible waits, flock, signals and sd_notify (docs/OPERATOR.md, "The daemon")."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from fluxagent.daemon import early
 from fluxagent.daemon.control import DaemonUpdates
 from fluxagent.daemon.metrics import MetricsWriter
 from fluxagent.daemon.notify import Notifier
-from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
+from fluxagent.delivery import Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
+from fluxagent.kinds import SCHEDULED
 from fluxagent.statedir import fsutil, identity
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.transport import HttpxTransport, Transport
@@ -139,9 +140,14 @@ class Agent:
         self.metrics = MetricsWriter(self.log)
 
     def close(self) -> None:
-        closer = getattr(self.transport, "close", None)
-        if callable(closer):
-            closer()
+        """Close the transport (pooled connections, TLS context)."""
+        self.transport.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def once(self) -> int:
         """Run one full cycle (license, heartbeat, digest, spool flush); return the exit code."""
@@ -270,11 +276,8 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
         stray = fsutil.remove_stray_temp(cfg.instance.state_dir)
         if stray:
             logs.get().info("state.stray_temp_removed", files=stray)
-        agent = Agent(cfg)
-        try:
+        with Agent(cfg) as agent:
             return agent.once() if once else agent.loop(config_path)
-        finally:
-            agent.close()
 
 
 __all__ = ["STOP_DEADLINE", "Agent", "StopDeadline", "once_exit_code", "run"]

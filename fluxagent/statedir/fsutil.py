@@ -1,4 +1,4 @@
-"""Atomic, permission-exact file writes and the checks that go with them (DESIGN §6)."""
+"""Atomic, permission-exact file writes and the checks that go with them (docs/ARCHITECTURE.md, "State directory")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The transparency ledger: hash-chained JSON lines recording what left the machine (DESIGN §6).
+"""The transparency ledger: hash-chained JSON lines recording what left the machine.
+
+Where it sits: docs/ARCHITECTURE.md, "State directory".
 
 Each line is compact sorted JSON; its hash is sha256 of the line bytes (without the newline) and
 the next line carries it as `prev` (64 zeros before entry 1). Lines live in segments

@@ -1,4 +1,6 @@
-"""The spool: a durable, bounded queue of sealed messages in `<state_dir>/spool/` (DESIGN §6, §8).
+"""The spool: a durable, bounded queue of sealed messages in `<state_dir>/spool/`.
+
+Why: docs/ARCHITECTURE.md, "Spool before send".
 
 An entry is written to `tmp/`, fsynced and renamed into `new/`, so after a kill -9 an entry in
 `new/` is always whole; anything left in `tmp/` is removed at open. Entries are removed only after
