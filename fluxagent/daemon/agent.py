@@ -26,6 +26,7 @@ from fluxagent.delivery import Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
 from fluxagent.kinds import SCHEDULED
 from fluxagent.statedir import fsutil, identity
+from fluxagent.statedir.fsutil import check_state_dir
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.transport import HttpxTransport, Transport
 
@@ -270,6 +271,7 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
     faulthandler.enable()
     cfg = config_mod.load(config_path)
     logs.configure(cfg.log.format, cfg.log.level, stream=log_stream)
+    check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
     identity.load(cfg.instance.state_dir)  # fail with 78 before taking the lock
     with instance_lock(cfg.instance.state_dir):
         # temp files a kill left behind; nothing else writes the state dir while the lock is held
