@@ -107,10 +107,10 @@ def _user(uid: int) -> str:
 
 
 def check_state_dir(directory: Path) -> None:
-    """Refuse a state dir another user owns or group/others may write to (DESIGN §6); raises StateDirUnsafe.
+    """Refuse a state dir another user owns or group/others may write to; raises StateDirUnsafe.
 
     A missing directory is fine (it is created 0700). The hint keeps the service working: root is told
-    to run as the owner, never to take the directory over.
+    to run as the owner, never to take the directory over (docs/ARCHITECTURE.md, "State directory").
     """
     try:
         st = os.lstat(directory)
