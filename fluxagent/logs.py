@@ -1,5 +1,5 @@
 """Structured logging: events, not sentences; JSON (with <N> priority prefixes under journald)
-or console; secrets redacted before anything is rendered (DESIGN §10)."""
+or console; secrets redacted before anything is rendered (docs/ARCHITECTURE.md, "Logs are events")."""
 
 from __future__ import annotations
 
@@ -7,13 +7,31 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-# structlog.dev imports rich, when installed, only to draw tracebacks on a console: nothing here asks
-# for that, and importing it costs every worker process time and memory.
-sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
-import structlog  # noqa: E402
+def _import_structlog_without_rich() -> Any:
+    """Import structlog as if rich were not installed, and leave rich importable for everyone else.
+
+    structlog.dev imports rich, when installed, only to draw tracebacks on a console; the agent never
+    asks for that, and rich holds ~5 MB of resident memory in a process that runs for months.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog as already
+
+        return already
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog as fresh
+    finally:
+        del sys.modules["rich"]
+    return fresh
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog_without_rich()
 
 from fluxagent import logfmt  # noqa: E402
 from fluxagent.logfmt import PRIORITY, redact_text  # noqa: E402

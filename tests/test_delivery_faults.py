@@ -1,5 +1,5 @@
 """Each scripted fault of the reference server, met by the delivery engine over real loopback HTTP:
-handled as DESIGN §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
+handled as docs/PROTOCOL.md §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
 
 from __future__ import annotations
 
@@ -34,12 +34,9 @@ def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         ws = wire(tmp_path_factory.mktemp("faults") / "ws", server, keys,
                   server={"connect_timeout": "2s", "read_timeout": "2s"})
         log = LogCapture()
-        agent = make_agent(ws.cfg)
-        try:
+        with make_agent(ws.cfg) as agent:
             assert agent.once() == 0  # registered, everything delivered
             yield Rig(server, agent, log)
-        finally:
-            agent.close()
 
 
 @pytest.fixture
@@ -193,22 +190,21 @@ def test_spool_survives_the_fault_on_disk(rig: Rig, tmp_path: Path) -> None:
 def test_backoff_and_the_outage_warning_carry_over_to_the_next_process(rig: Rig) -> None:
     # each event runs in a worker process of its own: the next one must resume the backoff and
     # not warn of the same outage again (one warning per outage, then summaries)
+    sd = rig.agent.cfg.instance.state_dir
     heartbeat(rig)
     rig.server.inject(Fault.status(503), Fault.status(503))
-    first = rig.agent.engine.flush()
-    assert first.retry is not None
+    assert rig.agent.engine.flush().retry is not None
     retry_at = rig.agent.engine.retry_at
     later = make_agent(rig.agent.cfg)  # a new process would open the state dir like this
     try:
-        assert (later.engine.failures, later.engine.retry_at) == (1, retry_at)
-        assert later.engine.outage_since == rig.agent.engine.outage_since
+        assert later.engine.retry_at == retry_at and state.load_backoff(sd).failures == 1
+        assert later.engine.outage_since == rig.agent.engine.outage_since is not None
         later.engine.flush()
-        assert later.engine.failures == 2
+        assert state.load_backoff(sd).failures == 2
         assert len(rig.log.events("delivery.outage_started")) == 1
         assert later.engine.flush().retry is None
         assert [e["attempts"] for e in rig.log.events("delivery.recovered")] == [2]
-        held = state.load_backoff(rig.agent.cfg.instance.state_dir)
+        held = state.load_backoff(sd)
         assert (held.failures, held.retry_at, held.outage_since) == (0, 0.0, None)
     finally:
         later.close()
-    rig.agent.engine.failures, rig.agent.engine.retry_at, rig.agent.engine.outage_since = 0, 0.0, None

@@ -1,39 +1,21 @@
-"""The console scripts' entry points: `fluxagent run` goes to the supervisor before anything else
-is imported (the resident process imports the standard library only); every other command goes
-to the typer app. The docker credential helper answers from the daemon's memory the same way."""
+"""The console scripts' entry points. For the daemon (`fluxagent run`), signals are caught before
+anything else is imported (daemon/early.py) and the resident supervisor starts without the typer
+app: it imports the standard library only. Every other command goes to the typer app. The docker
+credential helper answers `get` from the daemon's memory the same way, without the library stack."""
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
-DEFAULT_CONFIG = "/etc/fluxagent/fluxagent.toml"
-
-
-def daemon_config(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Path | None:
-    """Return the config path when argv is exactly `[--config PATH | -c PATH] run`, else None
-    (then the typer app parses argv: `run --once`, `--help`, and every usage error)."""
-    config: str | None = None
-    args = list(argv)
-    while args and args[0] != "run":
-        opt = args.pop(0)
-        if opt in ("--config", "-c") and args:
-            config = args.pop(0)
-        elif opt.startswith("--config="):
-            config = opt.partition("=")[2]
-        else:
-            return None
-    if args != ["run"]:
-        return None
-    chosen = config or env.get("FLUXAGENT_CONFIG", "").strip() or DEFAULT_CONFIG
-    return Path(chosen)
 
 
 def main() -> None:
     """Console script `fluxagent`."""
-    path = daemon_config(sys.argv[1:], os.environ)
+    from fluxagent.daemon import early
+
+    path = early.daemon_config(sys.argv[1:], os.environ)
     if path is not None:
+        early.arm()  # first thing: a stop while starting is a graceful stop
         from fluxagent.daemon import supervisor
 
         sys.exit(supervisor.run(path))

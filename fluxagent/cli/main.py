@@ -1,4 +1,4 @@
-"""The command-line interface: the only place that prints and picks exit codes (DESIGN §7).
+"""The command-line interface: the only place that prints and picks exit codes (docs/OPERATOR.md, "Commands").
 
 Modules a command needs are imported inside it, so `fluxagent --help` stays fast.
 """
@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fluxagent.cli import updates  # registers `credentials`, `export`, `import` on app
-from fluxagent.cli.app import KIND_NAMES, app, fail, load_config
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError
+from fluxagent.cli.app import app, fail, load_config
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError, oserror_exit_code
+from fluxagent.kinds import KINDS
 
 if TYPE_CHECKING:
     from fluxagent.config import Config
@@ -63,7 +64,7 @@ def init(
         raise fail(exc) from None
     except OSError as exc:
         typer.echo(f"fluxagent: cannot write {exc.filename}: {exc.strerror}", err=True)
-        raise typer.Exit(78) from None
+        raise typer.Exit(oserror_exit_code(exc)) from None
     state = ", ".join(created) if created else "nothing (identity already present)"
     typer.echo(f"identity: instance {ident.instance_id} in {cfg.instance.state_dir}; created {state}")
     if not cfg.server.vendor_keys:
@@ -74,7 +75,7 @@ def init(
 def preview(
     ctx: typer.Context,
     kind: Annotated[
-        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KIND_NAMES))
+        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KINDS))
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per message")] = False,
 ) -> None:
@@ -97,10 +98,10 @@ def preview(
 
 def _kinds(kind: list[str] | None) -> list[str]:
     if not kind:
-        return list(KIND_NAMES)
-    bad = [k for k in kind if k not in KIND_NAMES]
+        return list(KINDS)
+    bad = [k for k in kind if k not in KINDS]
     if bad:
-        raise typer.BadParameter(f"unknown kind {bad[0]!r}; choose from {', '.join(KIND_NAMES)}", param_hint="--kind")
+        raise typer.BadParameter(f"unknown kind {bad[0]!r}; choose from {', '.join(KINDS)}", param_hint="--kind")
     return list(dict.fromkeys(kind))
 
 
@@ -253,15 +254,12 @@ def write_initial_config(
     database: str | None,
     license_file: Path | None,
 ) -> Config:
-    """Validate the init options, write them as a TOML config (0640) and return the Config."""
-    import tomli_w
-
-    from fluxagent import config
+    """Validate the init options, write them as a commented TOML config (0640) and return the Config."""
+    from fluxagent import config, configdoc
     from fluxagent.sources.host import fqdn
     from fluxagent.statedir.fsutil import atomic_write
 
-    defaults = config.to_mapping(config.Config())
-    doc = defaults
+    doc = config.to_mapping(config.Config())
     doc["instance"]["bound_domain"] = bound_domain or fqdn()
     if state_dir:
         doc["instance"]["state_dir"] = str(state_dir.absolute())
@@ -272,10 +270,10 @@ def write_initial_config(
     doc["server"]["vendor_keys"] = list(vendor_keys)
     if database:
         doc["platform"]["database"] = database
-    config.from_mapping(doc, Path("--options"))  # validate the options before anything is written
+    cfg = config.from_mapping(doc, Path("--options"))  # validate the options before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(path, tomli_w.dumps(doc).encode(), mode=0o640, exclusive=True)
+        atomic_write(path, configdoc.init_toml(cfg).encode(), mode=0o640, exclusive=True)
     except FileExistsError:
         raise ConfigError([f"{path}: appeared while init was running; left untouched"]) from None
     return config.load(path)

@@ -17,10 +17,12 @@ from fluxagent import config as config_mod
 from fluxagent import logs
 from fluxagent.config import Config
 from fluxagent.daemon.metrics import MetricsWriter
-from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
+from fluxagent.delivery import Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
+from fluxagent.kinds import SCHEDULED
 from fluxagent.license import record as license_store
-from fluxagent.statedir import identity, state
+from fluxagent.statedir import fsutil, identity, state
+from fluxagent.statedir.fsutil import check_state_dir
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.transport import HttpxTransport, Transport
 
@@ -84,9 +86,8 @@ class Agent:
         self.metrics = MetricsWriter(self.log)
 
     def close(self) -> None:
-        closer = getattr(self.transport, "close", None)
-        if callable(closer):
-            closer()
+        """Close the transport (pooled connections, TLS context)."""
+        self.transport.close()
 
     def __enter__(self) -> Agent:
         return self
@@ -154,9 +155,15 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
     faulthandler.enable()
     cfg = config_mod.load(config_path)
     logs.configure(cfg.log.format, cfg.log.level, stream=log_stream)
+    check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
     identity.load(cfg.instance.state_dir)  # fail with 78 before taking the lock
-    with instance_lock(cfg.instance.state_dir), Agent(cfg) as agent:
-        return agent.once()
+    with instance_lock(cfg.instance.state_dir):
+        # temp files a kill left behind; nothing else writes the state dir while the lock is held
+        stray = fsutil.remove_stray_temp(cfg.instance.state_dir)
+        if stray:
+            logs.get().info("state.stray_temp_removed", files=stray)
+        with Agent(cfg) as agent:
+            return agent.once()
 
 
 __all__ = ["LICENSE_FILE_POLL", "STATE_ERROR_PAUSE", "STOP_DEADLINE", "Agent", "once_exit_code", "reload_config",

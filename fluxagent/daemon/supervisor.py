@@ -25,11 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+from fluxagent.daemon import early
 from fluxagent.daemon.control import Conn, ControlServer, CredentialMemory, usage_error
 from fluxagent.daemon.notify import Notifier
 from fluxagent.errors import EXIT_OK, EXIT_USAGE, FluxError, StateError
 from fluxagent.logfmt import Logger
-from fluxagent.statedir.fsutil import atomic_write
+from fluxagent.statedir.fsutil import atomic_write, remove_stray_temp
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.updates.aptexpiry import boot_id, cleanup_apt
 
@@ -334,7 +335,8 @@ class Supervisor:
         """Remove the apt entry if it has expired, otherwise remember when it does."""
         self.apt_due = None
         try:
-            done = cleanup_apt(Path(self.values["state_dir"]), time.clock_gettime(time.CLOCK_BOOTTIME), boot_id())
+            done = cleanup_apt(Path(self.values["state_dir"]), Path(self.values["apt_auth_file"]),
+                               time.clock_gettime(time.CLOCK_BOOTTIME), boot_id())
         except FluxError as exc:
             self.log.error("credentials.apt_cleanup_failed", error=exc.message)
             return
@@ -362,6 +364,9 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_reload)
         signal.signal(signal.SIGCHLD, self._on_child)
         self.sel.register(self._sig_r, selectors.EVENT_READ, "signal")
+        caught = early.take()  # what arrived while `run` was starting: a stop then is a graceful stop now
+        self.stop = self.stop or bool(caught & {signal.SIGTERM, signal.SIGINT})
+        self.reload = self.reload or signal.SIGHUP in caught
 
     # ---- start and loop ----
 
@@ -398,6 +403,9 @@ class Supervisor:
 
     def _serve(self, sd: Path) -> int:
         self.install_signals()
+        stray = remove_stray_temp(sd)  # temp files a kill left behind; only the lock holder writes here
+        if stray:
+            self.log.info("state.stray_temp_removed", files=stray)
         self.load_state()
         try:
             self.control = ControlServer(sd)

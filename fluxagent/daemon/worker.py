@@ -58,7 +58,7 @@ def hold_lock(fd: int) -> None:
 def values(cfg: Config) -> dict[str, Any]:
     """Return the few config values the supervisor needs (it never parses the config itself)."""
     return {"state_dir": str(cfg.instance.state_dir), "log_format": cfg.log.format, "log_level": cfg.log.level,
-            "min_remaining": cfg.updates.min_remaining,
+            "min_remaining": cfg.updates.min_remaining, "apt_auth_file": str(cfg.updates.apt_auth_file),
             "request_deadline": cfg.server.connect_timeout + cfg.server.read_timeout + REQUEST_MARGIN}
 
 
@@ -103,7 +103,9 @@ def check(path: Path, previous: str | None, report: Reporter) -> int:
         cfg = config_mod.load(path) if raw is None else config_mod.parse(raw, path)  # raises ConfigError: 78
         logs.configure(cfg.log.format, cfg.log.level)
         from fluxagent.statedir import identity
+        from fluxagent.statedir.fsutil import check_state_dir
 
+        check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
         identity.load(cfg.instance.state_dir)  # fail with 78 before the supervisor takes the lock
         assert raw is not None
         report("config", ok=True, text=raw.decode("utf-8"), values=values(cfg),

@@ -1,4 +1,4 @@
-"""The instance identity: instance id, Ed25519 signing key, digest key (DESIGN §3, §6).
+"""The instance identity: instance id, Ed25519 signing key, digest key (docs/ARCHITECTURE.md, "State directory").
 
 Files are created atomically with mode 0600 whatever the umask, never replaced, and refused
 when group/other can read them or another user owns them.
@@ -7,6 +7,7 @@ when group/other can read them or another user owns them.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import nacl.signing
 
 from fluxagent.errors import IdentityError
 from fluxagent.statedir.fsutil import atomic_write, ensure_private_dir, remove_stray_temp, unsafe_permissions
+from fluxagent.statedir.owner import foreign_owner, owner_hint, user_name
 
 IDENTITY_FILE = "identity.json"
 SIGNING_FILE = "signing.key"
@@ -60,16 +62,17 @@ def _read_secret(path: Path) -> bytes:
     except FileNotFoundError:
         raise IdentityError(f"{path} is missing") from None
     if why:
-        raise IdentityError(
-            f"{path} is not private: {why}",
-            hint=f"run `chmod 600 {path}` and `chown $(id -un) {path}` as the user fluxagent runs as",
-        )
+        st = path.stat()
+        if st.st_uid != os.geteuid():  # the key is someone else's: run as them, never take it over
+            raise IdentityError(f"{path} is not private: {why}", hint=owner_hint(user_name(st.st_uid)))
+        raise IdentityError(f"{path} is not private: {why}", hint=f"run `chmod 600 {path}`")
     try:
         data = path.read_bytes()
     except OSError as exc:
+        owner = foreign_owner(path.parent)
         raise IdentityError(
             f"cannot read {path}: {exc.strerror or exc}",
-            hint="run fluxagent as the user that owns the state directory",
+            hint=owner_hint(owner) if owner else "the state directory must belong to the user fluxagent runs as",
         ) from None
     if len(data) != KEY_BYTES:
         raise IdentityError(
@@ -82,6 +85,13 @@ def _read_secret(path: Path) -> bytes:
 def load(state_dir: Path) -> Identity:
     """Load and check the identity in state_dir; raises IdentityError (exit 78) saying how to fix it."""
     ident_path = state_dir / IDENTITY_FILE
+    owner = foreign_owner(state_dir)
+    if owner is not None:  # another user's (the service's) keys: never loaded, never taken over
+        raise IdentityError(
+            f"the state directory {state_dir} belongs to the user {owner}, not to {user_name(os.geteuid())}"
+            " who runs this command",
+            hint=owner_hint(owner),
+        )
     if not ident_path.exists():
         raise _lost(ident_path) if (state_dir / SIGNING_FILE).exists() and _has_sent(state_dir) else _missing(state_dir)
     try:

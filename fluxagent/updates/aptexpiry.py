@@ -6,26 +6,35 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from fluxagent.errors import StateError
+from fluxagent.statedir import fsutil
 
 APT_STATE_FILE = "apt-credentials.json"
 
 
 class Cleanup:
-    """What cleanup_apt did: whether it removed the entry, and seconds until it is due otherwise."""
+    """What cleanup_apt did: whether it removed the entry, and seconds until it is due otherwise.
 
-    __slots__ = ("due_in", "removed")
+    `foreign` is set when the record named another file than the entry: that file is left alone.
+    """
 
-    def __init__(self, removed: bool, due_in: float | None) -> None:
-        self.removed, self.due_in = removed, due_in
+    __slots__ = ("due_in", "foreign", "removed")
+
+    def __init__(self, removed: bool, due_in: float | None, foreign: bool = False) -> None:
+        self.removed, self.due_in, self.foreign = removed, due_in, foreign
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Cleanup) and (self.removed, self.due_in) == (other.removed, other.due_in)
+        return isinstance(other, Cleanup) and (self.removed, self.due_in, self.foreign) == (
+            other.removed, other.due_in, other.foreign)
+
+    def __hash__(self) -> int:
+        return hash((self.removed, self.due_in, self.foreign))
 
     def __repr__(self) -> str:
-        return f"Cleanup(removed={self.removed}, due_in={self.due_in})"
+        return f"Cleanup(removed={self.removed}, due_in={self.due_in}, foreign={self.foreign})"
 
 
 def boot_id() -> str:
@@ -37,6 +46,7 @@ def boot_id() -> str:
 
 
 def _record(path: Path) -> dict[str, object] | None:
+    """Return the JSON object at path, None if absent; raises StateError if unreadable or corrupt."""
     try:
         obj = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -45,25 +55,56 @@ def _record(path: Path) -> dict[str, object] | None:
         raise StateError(f"{path} is not valid JSON", hint=f"move {path} aside; fluxagent recreates it") from None
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return obj if isinstance(obj, dict) else {}
+    if not isinstance(obj, dict):
+        raise StateError(f"{path} does not hold a JSON object", hint=f"move {path} aside; fluxagent recreates it")
+    return obj
 
 
-def cleanup_apt(state_dir: Path, mono_now: float, boot: str) -> Cleanup:
-    """Remove the apt entry once expired (or written before this boot); raises StateError."""
+def cleanup_apt(state_dir: Path, entry: Path, mono_now: float, boot: str) -> Cleanup:
+    """Remove `entry` (the configured apt file, never a path read from the state dir) once expired.
+
+    The record in the state dir only says when; it belongs to the service user, so the path it names
+    is never removed, and a link at `entry` is not followed. Raises StateError.
+    """
     record = _record(state_dir / APT_STATE_FILE)
     if record is None:
         return Cleanup(False, None)
     expires = record.get("expires_boottime")
-    path = record.get("path")
     if isinstance(expires, int | float) and record.get("boot_id") == boot and mono_now < expires:
         return Cleanup(False, float(expires) - mono_now)
+    foreign = record.get("path") != str(entry)
+    if not foreign:
+        _remove_regular(entry)
     try:
-        with contextlib.suppress(FileNotFoundError):  # another cleanup may have been first
-            if isinstance(path, str):
-                os.unlink(path)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(state_dir / APT_STATE_FILE)
+            os.unlink(state_dir / APT_STATE_FILE)  # unlink never follows a link
     except OSError as exc:
-        raise StateError(f"cannot remove the expired apt entry {path}: {exc.strerror or exc}",
+        raise StateError(f"cannot remove {state_dir / APT_STATE_FILE}: {exc.strerror or exc}",
                          hint="run `fluxagent credentials apt --cleanup` as root") from None
-    return Cleanup(True, None)
+    return Cleanup(not foreign, None, foreign)
+
+
+def _remove_regular(entry: Path) -> None:
+    """Unlink entry if it is a regular file (absent is fine); a link or anything else is refused."""
+    try:
+        dir_fd = os.open(entry.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"cannot open {entry.parent}: {exc.strerror or exc}") from None
+    try:
+        try:
+            st = os.lstat(entry.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return  # another cleanup may have been first
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"the apt entry {entry} is not a regular file (a link?); left alone",
+                             hint="remove it by hand if fluxagent did not put it there")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.name, dir_fd=dir_fd)
+        fsutil.fsync_dir(entry.parent)
+    except OSError as exc:
+        raise StateError(f"cannot remove the expired apt entry {entry}: {exc.strerror or exc}",
+                         hint="run `fluxagent credentials apt --cleanup` as root") from None
+    finally:
+        os.close(dir_fd)

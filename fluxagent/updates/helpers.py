@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 from fluxagent.errors import StateError
 from fluxagent.statedir import fsutil, state
+from fluxagent.timefmt import utc_iso
 from fluxagent.updates.aptexpiry import APT_STATE_FILE, Cleanup, boot_id, cleanup_apt
-from fluxagent.updates.credentials import Credential, utc_text
+from fluxagent.updates.credentials import Credential
 
 DOCKER_NOT_FOUND = "credentials not found in native keychain"
 
@@ -100,12 +101,12 @@ def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
     """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError."""
     state.write_json(state_dir / APT_STATE_FILE, {
         "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
-        "expires_at": utc_text(cred.expires_utc)})
+        "expires_at": utc_iso(cred.expires_utc)})
     try:
         fsutil.atomic_write(path, apt_entry(cred), mode=0o600)
     except OSError as exc:
         raise StateError(f"cannot write the apt entry {path}: {exc.strerror or exc}",
-                         hint="run as root, or set updates.apt_auth_file") from None
+                         hint="run as root, or set updates.apt_auth_file") from exc
 
 
 __all__ = ["APT_STATE_FILE", "DOCKER_NOT_FOUND", "Cleanup", "apt_entry", "boot_id", "cleanup_apt", "docker_get",

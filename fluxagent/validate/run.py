@@ -14,11 +14,12 @@ from pathlib import Path
 
 from fluxagent import config as config_mod
 from fluxagent.config import Config
-from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError
+from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError, oserror_exit_code
 from fluxagent.license import record as license_store
 from fluxagent.license.file import LicenseFile
 from fluxagent.statedir import identity
 from fluxagent.statedir.identity import Identity
+from fluxagent.timefmt import utc_date
 from fluxagent.transport import Transport
 from fluxagent.validate.check import Check, fail, ok
 
@@ -62,7 +63,7 @@ def check_license_file(cfg: Config, lic: LicenseFile) -> Check:
     if lic.state == "valid":
         days = (lic.expires_at or 0) - int(time.time())
         return ok("license file", f"{lic.license_id} for {cfg.instance.bound_domain}, signature verified, "
-                  f"expires {_date(lic.expires_at)} (in {max(days, 0) // 86400} days)")
+                  f"expires {utc_date(lic.expires_at)} (in {max(days, 0) // 86400} days)")
     return fail("license file", f"{where}: {lic.reason}", LICENSE_FIXES.get(lic.code, "contact the vendor"))
 
 
@@ -118,7 +119,7 @@ def check_live(cfg: Config, ident: Identity, transport: Transport, clock: Callab
         return fail(name, exc.message, exc.hint or "check the state directory", exc.exit_code)
     except OSError as exc:
         return fail(name, f"cannot use the state directory {cfg.instance.state_dir}: {exc.strerror or exc}",
-                    "run validate as the user fluxagent runs as", EXIT_CONFIG)
+                    "check free space and that the state directory is writable", oserror_exit_code(exc))
     seqs = {s.obj["seq"] for s in sealed}
     for entry, d in result.delivered:
         if entry.seq in seqs:
@@ -190,9 +191,6 @@ def run_checks(config_path: Path, *, offline: bool, transport_factory: Callable[
     yield check_clock(cfg, clock())
     yield check_state(cfg, clock())
 
-
-def _date(ts: int | None) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts)) if ts else "never"
 
 
 __all__ = ["check_config", "check_identity", "run_checks"]
