@@ -161,7 +161,7 @@ def test_worker_dies_with_its_supervisor_and_the_next_start_recovers(
     again.wait_event("digest.sent", timeout=30)
     again.signal(signal.SIGTERM)
     assert again.wait() == 0
-    assert [p["seq"] for p in delivered(server)] == [1, 2, 3]
+    assert sorted({p["seq"] for p in delivered(server)}) == [1, 2, 3]  # at-least-once: a resend is the same seq
 
 
 def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the_message(
