@@ -48,13 +48,18 @@ def boot_id() -> str:
 def _record(path: Path) -> dict[str, object] | None:
     """Return the JSON object at path, None if absent; raises StateError if unreadable or corrupt."""
     try:
-        obj = json.loads(path.read_bytes())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a link planted there is refused (ELOOP)
+        with os.fdopen(fd, "rb") as f:
+            obj = json.loads(f.read())
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise StateError(f"{path} is not valid JSON", hint=f"move {path} aside; fluxagent recreates it") from None
     except OSError as exc:
-        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise StateError(
+            f"cannot read {path}: {exc.strerror or exc}",
+            hint="check that the state directory belongs to the user fluxagent runs as",
+        ) from exc
     if not isinstance(obj, dict):
         raise StateError(f"{path} does not hold a JSON object", hint=f"move {path} aside; fluxagent recreates it")
     return obj
