@@ -95,6 +95,10 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
     sealed, outcome = engine.request(messages.build_credentials(), describe=describe)
     if isinstance(outcome, Delivered):
         cred = issued[0]
+        from fluxagent.updates.helpers import remember_registry
+
+        # the helpers answer "not found" for any other host from this record, without asking the server
+        remember_registry(engine.config.instance.state_dir, cred.registry)
         log = engine.deps.log
         if log is not None:
             log.info("credentials.issued", seq=sealed.obj["seq"], registry=cred.registry,
