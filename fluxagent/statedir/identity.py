@@ -162,3 +162,32 @@ def permission_problems(state_dir: Path) -> list[str]:
             if why and name != IDENTITY_FILE:
                 out.append(f"{path}: {why}")
     return out
+
+
+def inspect(state_dir: Path) -> str:
+    """Return the instance id of another user's identity after checking its files, without reading a key.
+
+    For root beside the service (validate): each key file present, 0600 and owned by the state dir's
+    owner. Raises IdentityError saying what is wrong.
+    """
+    ident_path = state_dir / IDENTITY_FILE
+    try:
+        owner = state_dir.stat().st_uid
+        instance_id = str(uuid.UUID(json.loads(ident_path.read_bytes())["instance_id"]))
+    except FileNotFoundError:
+        raise _missing(state_dir) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise IdentityError(f"{ident_path} is damaged or unreadable",
+                            hint="restore it from a backup; fluxagent never regenerates an instance identity") from None
+    for name in (SIGNING_FILE, DIGEST_FILE):
+        path = state_dir / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise IdentityError(f"{path} is missing", hint="restore it from a backup") from None
+        if st.st_mode & 0o077 or st.st_uid != owner:
+            raise IdentityError(
+                f"{path} is not private to {user_name(owner)}: mode {st.st_mode & 0o777:04o},"
+                f" owner {user_name(st.st_uid)}",
+                hint=f"as {user_name(owner)}: `sudo -u {user_name(owner)} chmod 600 {path}`")
+    return instance_id
