@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomli_w
 from conftest import run_cli
 
 from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE
@@ -196,3 +197,71 @@ def test_as_root_every_helper_gets_credentials_from_the_service_users_daemon_and
         assert code == 0, f"{command}: {out}{err}"
     assert owners(service.ws.cfg.instance.state_dir) == {pwd.getpwnam(SERVICE).pw_uid}
     assert service.daemon.poll() is None
+
+
+# ---- init: root creates the identity for the service user; the service user gets a clear hint ----
+
+
+def _init_config(tmp: Path, state: Path, **instance: str) -> Path:
+    from conftest import base_config
+
+    doc = base_config(state, tmp / "p.db")
+    doc["instance"].update(instance)
+    path = tmp / "fluxagent.toml"
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def test_init_as_root_creates_the_identity_owned_by_the_configured_service_user_and_says_so(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cfg = _init_config(tmp_path, state, service_user=SERVICE)
+    done = run_cli("--config", str(cfg), "init")
+    assert done.returncode == 0, done.stderr
+    uid = pwd.getpwnam(SERVICE).pw_uid
+    assert owners(state) == {uid}
+    assert {p.name: p.stat().st_mode & 0o777 for p in state.iterdir()} == {
+        "identity.json": 0o600, "signing.key": 0o600, "digest.key": 0o600}
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert f"owned by {SERVICE}" in done.stdout
+    again = run_cli("--config", str(cfg), "init")  # nothing to do, nothing taken over
+    assert again.returncode == 0 and owners(state) == {uid}, again.stderr
+
+
+def test_init_as_root_on_the_service_users_state_dir_creates_the_identity_for_its_owner(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    pw = pwd.getpwnam(SERVICE)
+    os.chown(state, pw.pw_uid, pw.pw_gid)  # as the package's tmpfiles.d entry leaves it
+    done = run_cli("--config", str(_init_config(tmp_path, state)), "init")
+    assert done.returncode == 0, done.stderr
+    assert owners(state) == {pw.pw_uid}
+    assert f"owned by {SERVICE}" in done.stdout
+
+
+def test_init_with_a_service_user_that_does_not_exist_is_a_configuration_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    done = run_cli("--config", str(_init_config(tmp_path, state, service_user="no-such-user-fx")), "init")
+    assert done.returncode == EXIT_CONFIG
+    assert "instance.service_user" in done.stderr and "no-such-user-fx" in done.stderr
+    assert not state.exists()
+
+
+def test_init_as_the_service_user_that_cannot_write_the_config_names_the_file_and_the_fix() -> None:
+    why = _service_can_run_python()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="fluxagent-init-"))
+    try:
+        base.chmod(0o755)  # root's, like /etc/fluxagent: the service user cannot write here
+        env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
+        done = subprocess.run([SETPRIV, *AS_SERVICE, sys.executable, "-m", "fluxagent", "--config",
+                               str(base / "fluxagent.toml"), "init", "--bound-domain", "billing.example.com",
+                               "--state-dir", str(base / "state")],
+                              capture_output=True, text=True, env=env, cwd="/", timeout=60, check=False)
+        out = done.stdout + done.stderr
+        assert done.returncode == EXIT_CONFIG, out
+        assert str(base / "fluxagent.toml") in out and "Permission denied" in out
+        assert ".tmp-" not in out and "Traceback" not in out
+        assert "sudo fluxagent init" in out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
