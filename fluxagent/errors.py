@@ -1,4 +1,7 @@
-"""One error tree: each error has a stable code, a message for people and an exit code (DESIGN §7)."""
+"""One error tree: each error has a stable code, a message for people and an exit code.
+
+The exit codes are listed in docs/OPERATOR.md, "Commands".
+"""
 
 from __future__ import annotations
 
@@ -29,11 +32,6 @@ class FluxError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
-
-
-class UsageError(FluxError):
-    code = "usage"
-    exit_code = EXIT_USAGE
 
 
 class ConfigError(FluxError):
@@ -77,6 +75,13 @@ class StateError(FluxError):
         self._exit_override = value
 
 
+class StateDirUnsafe(FluxError):
+    """The state directory belongs to another user or others may write to it: refused, never repaired."""
+
+    code = "state_dir"
+    exit_code = EXIT_CONFIG
+
+
 class SourceError(FluxError):
     """The platform database or this host could not provide a fact."""
 
@@ -95,11 +100,6 @@ class EnvelopeError(FluxError):
     """A DSSE envelope is malformed or its signature does not verify."""
 
     code = "envelope"
-    exit_code = EXIT_CHECK_FAILED
-
-
-class LicenseError(FluxError):
-    code = "license"
     exit_code = EXIT_CHECK_FAILED
 
 

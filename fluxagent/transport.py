@@ -39,6 +39,22 @@ class Transport(Protocol):
 
     def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse: ...
 
+    def close(self) -> None:
+        """Release pooled connections; the transport is not used afterwards."""
+
+
+class Plain:
+    """A Transport made of a plain function (tests, the offline exchange); closing it does nothing."""
+
+    def __init__(self, fn: Callable[..., HttpResponse]) -> None:
+        self._fn = fn
+
+    def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse:
+        return self._fn(url, body, deadline=deadline)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 def send(
     transport: Transport, url: str, body: bytes, *, deadline: float

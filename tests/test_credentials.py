@@ -48,12 +48,8 @@ def ws(tmp_path: Path, server: ReferenceServer) -> Workspace:
 
 def register(w: Workspace) -> None:
     """Register the workspace's instance with its server: one `run --once` cycle, in process."""
-    with instance_lock(w.cfg.instance.state_dir):
-        agent = Agent(w.cfg)
-        try:
-            assert agent.once() == 0
-        finally:
-            agent.close()
+    with instance_lock(w.cfg.instance.state_dir), Agent(w.cfg) as agent:
+        assert agent.once() == 0
 
 
 def helper(ws: Workspace, argv: list[str], stdin: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -315,14 +311,11 @@ def test_updates_section_defaults_match_the_example_and_mistakes_name_their_dott
 
 def test_daemon_keeps_running_without_a_control_socket_when_the_path_is_too_long(tmp_path: Path) -> None:
     w = make_workspace(tmp_path / ("d" * 110), server_url="http://127.0.0.1:9")
-    agent = Agent(w.cfg)
-    try:
+    with Agent(w.cfg) as agent:
         updates = DaemonUpdates(agent.engine, agent.engine_lock, lambda: agent.cfg, lambda: agent.log)
         assert updates.server is None and not (w.cfg.instance.state_dir / "control.sock").exists()
         assert updates.handle("credentials-please")["ok"] is False
         updates.close()
-    finally:
-        agent.close()
 
 
 def test_helpers_started_in_parallel_without_a_daemon_wait_for_the_lock_and_all_succeed(

@@ -138,9 +138,8 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
     cfg = engine_config(small_fs / "state", sample_db, server)
     clock = Clock()
     make_engine(cfg, Events(), clock)  # creates the identity
-    agent = Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
-                  notifier=Notifier(env={}))
-    try:
+    with Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
+                 notifier=Notifier(env={})) as agent:
         filler = fill(small_fs)
         assert agent.step() == STATE_ERROR_PAUSE
         filler.unlink()
@@ -148,8 +147,6 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
         agent.step()
         assert agent.engine.spool.depth() == 0
         assert ledger_events(cfg.instance.state_dir) == ["sent"] * 3
-    finally:
-        agent.close()
 
 
 def _write_config(cfg: config.Config, where: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The command-line interface: the only place that prints and picks exit codes (DESIGN §7).
+"""The command-line interface: the only place that prints and picks exit codes (docs/OPERATOR.md, "Commands").
 
 Modules a command needs are imported inside it, so `fluxagent --help` stays fast.
 """
@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fluxagent.cli import updates  # registers `credentials`, `export`, `import` on app
-from fluxagent.cli.app import KIND_NAMES, app, fail, load_config
+from fluxagent.cli.app import app, fail, load_config
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError, oserror_exit_code
+from fluxagent.kinds import KINDS
 
 if TYPE_CHECKING:
     from fluxagent.config import Config
@@ -88,7 +89,7 @@ def init(
 def preview(
     ctx: typer.Context,
     kind: Annotated[
-        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KIND_NAMES))
+        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KINDS))
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per message")] = False,
 ) -> None:
@@ -111,10 +112,10 @@ def preview(
 
 def _kinds(kind: list[str] | None) -> list[str]:
     if not kind:
-        return list(KIND_NAMES)
-    bad = [k for k in kind if k not in KIND_NAMES]
+        return list(KINDS)
+    bad = [k for k in kind if k not in KINDS]
     if bad:
-        raise typer.BadParameter(f"unknown kind {bad[0]!r}; choose from {', '.join(KIND_NAMES)}", param_hint="--kind")
+        raise typer.BadParameter(f"unknown kind {bad[0]!r}; choose from {', '.join(KINDS)}", param_hint="--kind")
     return list(dict.fromkeys(kind))
 
 

@@ -48,14 +48,14 @@ def credentials(ctx: typer.Context) -> None:
     """Request update credentials and print them as JSON (registry, username, secret, expiry)."""
     if ctx.invoked_subcommand is not None:
         return
-    from fluxagent.updates.credentials import utc_text
+    from fluxagent.timefmt import utc_iso
 
     try:
         _, cred = _credential(ctx)
     except FluxError as exc:
         raise fail(exc) from None
     shown = {"registry": cred.registry, "username": cred.username, "secret": cred.secret,
-             "expires_at": utc_text(cred.expires_utc)}
+             "expires_at": utc_iso(cred.expires_utc)}
     if sys.stdout.isatty():  # a handover to programs; a terminal would keep the secret in its scrollback
         shown["secret"] = "<not shown on a terminal: pipe the output to a program>"
     typer.echo(json.dumps(shown))
@@ -114,8 +114,9 @@ def apt(
         "--cleanup", help="Only remove the entry (--path or updates.apt_auth_file) if it has expired")] = False,
 ) -> None:
     """Write the apt auth.conf.d entry (0600, atomic); --cleanup removes it once expired."""
+    from fluxagent.timefmt import utc_iso
     from fluxagent.updates import helpers as credhelpers
-    from fluxagent.updates.credentials import monotonic, utc_text
+    from fluxagent.updates.credentials import monotonic
 
     try:
         if cleanup:
@@ -138,7 +139,7 @@ def apt(
         _wake_daemon(cfg)
     except FluxError as exc:
         raise fail(exc) from None
-    typer.echo(f"apt entry {target} for {cred.registry}, valid until {utc_text(cred.expires_utc)}")
+    typer.echo(f"apt entry {target} for {cred.registry}, valid until {utc_iso(cred.expires_utc)}")
 
 
 def _wake_daemon(cfg: Config) -> None:
@@ -167,6 +168,7 @@ def _offline_engine(cfg: Config) -> Iterator[Engine]:
     from fluxagent.delivery import Deps, Engine
     from fluxagent.statedir import identity
     from fluxagent.statedir.lock import instance_lock
+    from fluxagent.transport import Plain
     from fluxagent.wire.http import HttpResponse, TransportError
 
     def no_network(url: str, body: bytes, *, deadline: float) -> HttpResponse:
@@ -175,7 +177,7 @@ def _offline_engine(cfg: Config) -> Iterator[Engine]:
     logs.configure(cfg.log.format, cfg.log.level, stream=sys.stderr)
     ident = identity.load(cfg.instance.state_dir)
     with instance_lock(cfg.instance.state_dir):
-        yield Engine(cfg, ident, Deps(no_network, time.time, log=logs.get()))
+        yield Engine(cfg, ident, Deps(Plain(no_network), time.time, log=logs.get()))
 
 
 @app.command("export")
@@ -188,12 +190,12 @@ def export_cmd(
     """Air-gapped: write a signed bundle of the messages `run` would send, for the vendor to answer."""
     from fluxagent.offline import commit_export, prepare_export
     from fluxagent.statedir.fsutil import atomic_write
-    from fluxagent.updates.credentials import utc_text
+    from fluxagent.timefmt import utc_iso
 
     try:
         cfg = load_config(ctx)
         now = time.time()
-        target = output or Path(f"fluxagent-bundle-{utc_text(int(now)).replace(':', '')}.json")
+        target = output or Path(f"fluxagent-bundle-{utc_iso(int(now)).replace(':', '')}.json")
         with _offline_engine(cfg) as engine:
             bundle, entries = prepare_export(engine, now)
             try:

@@ -1,4 +1,4 @@
-"""The license file: a DSSE envelope signed by a vendor key, checked offline (DESIGN §4).
+"""The license file: a DSSE envelope signed by a vendor key, checked offline (docs/PROTOCOL.md §5).
 
 Each failure has its own `code` and a message that says what is wrong and where to look, so
 `validate`, `status` and license-status.json can tell an operator exactly what to fix.

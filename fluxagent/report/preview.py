@@ -73,7 +73,7 @@ def preview_text(sealed: list[Sealed], server_url: str) -> str:
 
 
 def preview_json(sealed: list[Sealed], server_url: str) -> str:
-    """Return the `preview --json` document: one object per message (DESIGN §7)."""
+    """Return the `preview --json` document: one object per message (docs/OPERATOR.md, "Commands")."""
     return json.dumps(
         [
             {

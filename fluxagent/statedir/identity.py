@@ -1,4 +1,4 @@
-"""The instance identity: instance id, Ed25519 signing key, digest key (DESIGN §3, §6).
+"""The instance identity: instance id, Ed25519 signing key, digest key (docs/ARCHITECTURE.md, "State directory").
 
 Files are created atomically with mode 0600 whatever the umask, never replaced, and refused
 when group/other can read them or another user owns them.

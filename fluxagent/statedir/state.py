@@ -1,4 +1,6 @@
-"""Small atomic state files in the state dir: JSON helpers, `seq`, `schedule.json` (DESIGN §6).
+"""Small atomic state files in the state dir: JSON helpers, `seq`, `schedule.json`.
+
+The files: docs/ARCHITECTURE.md, "State directory".
 
 Every write goes through fsutil.atomic_write (temp file, fsync, rename, fsync dir), so a kill -9
 leaves either the old or the new file, never a mix.
@@ -14,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fluxagent.errors import StateError
+from fluxagent.kinds import SCHEDULED
 from fluxagent.statedir import fsutil
 
-SCHEDULED_KINDS = ("license", "heartbeat", "digest")
 SEQ_FILE = "seq"
 SCHEDULE_FILE = "schedule.json"
 # Jump this far past the highest seq still on record when the seq file is lost: a message can
@@ -184,14 +186,14 @@ class Schedule:
 
     def kind(self, name: str) -> KindSchedule:
         """Return the KindSchedule of name ("license", "heartbeat" or "digest"); raises KeyError."""
-        if name not in SCHEDULED_KINDS:
+        if name not in SCHEDULED:
             raise KeyError(name)
         ks: KindSchedule = getattr(self, name)
         return ks
 
     def with_kind(self, name: str, ks: KindSchedule) -> Schedule:
         """Return a copy with the schedule of kind name replaced; raises KeyError."""
-        parts = {k: ks if k == name else self.kind(k) for k in SCHEDULED_KINDS}
+        parts = {k: ks if k == name else self.kind(k) for k in SCHEDULED}
         self.kind(name)
         return Schedule(parts["license"], parts["heartbeat"], parts["digest"], self.last_acked_root)
 
@@ -228,7 +230,7 @@ def clamp_schedule(schedule: Schedule, now: float, spans: Mapping[str, float]) -
     license state (license/state.py, `seen_after`).
     """
     clamped: list[str] = []
-    for name in SCHEDULED_KINDS:
+    for name in SCHEDULED:
         ks = schedule.kind(name)
         limit = now + spans.get(name, 0.0) + (ks.server_interval or 0)
         if ks.next_due is not None and ks.next_due > limit:
@@ -247,7 +249,7 @@ def load_schedule(state_dir: Path) -> Schedule:
         obj = _load(path)
         if obj is None:
             return Schedule()
-        kinds = {k: _kind_from(obj.get(k, {})) for k in SCHEDULED_KINDS}
+        kinds = {k: _kind_from(obj.get(k, {})) for k in SCHEDULED}
         root = obj.get("last_acked_root")
         if root is not None and not isinstance(root, str):
             raise _Corrupt("last_acked_root is not a string or null")
@@ -261,7 +263,7 @@ def load_schedule(state_dir: Path) -> Schedule:
 def save_schedule(state_dir: Path, schedule: Schedule) -> None:
     """Atomically write schedule to `<state_dir>/schedule.json`; raises StateError."""
     obj: dict[str, Any] = {"v": 1, "last_acked_root": schedule.last_acked_root}
-    for name in SCHEDULED_KINDS:
+    for name in SCHEDULED:
         ks = schedule.kind(name)
         obj[name] = {
             "last_sent": ks.last_sent,

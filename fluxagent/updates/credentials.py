@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
+from fluxagent.timefmt import utc_iso
 
 if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, erase) stay fast
     from fluxagent.config import Config
@@ -69,10 +69,6 @@ def from_receipt(body: dict[str, Any], sent_mono: float, sent_wall: float) -> Cr
                       sent_mono + ttl, int(sent_wall) + ttl)
 
 
-def utc_text(ts: int) -> str:
-    """Return a Unix time as ISO 8601 UTC ("2026-11-22T15:30:00Z")."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def fetch(engine: Engine, mono: Clock) -> Credential:
     """Request update credentials with a fresh seq after flushing the spool; ledger the outcome.
@@ -81,41 +77,31 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
     request overtaking a spooled message would get that message refused.
     Raises ServerUnavailable (69) when the server cannot be reached, CredentialsError when refused.
     """
-    from fluxagent.delivery import RETRY_AFTER_CAP
-    from fluxagent.transport import send
     from fluxagent.wire import messages
-    from fluxagent.wire.receipts import Delivered, Rejected, classify
+    from fluxagent.wire.receipts import Delivered, Rejected
 
-    cfg, ident, deps = engine.cfg, engine.ident, engine.deps
     flushed = engine.flush()
     if flushed.retry is not None:
         raise ServerUnavailable(f"cannot reach the licensing server: {flushed.retry.reason}",
                                 hint="check `fluxagent validate`; credentials need the server")
-    seq = engine.seq.reserve(floor=max(engine.spool.max_seq(), engine.ledger.max_seq()))
-    sealed = messages.seal(messages.build_credentials(), signing_key=ident.signing_key, iid=ident.instance_id,
-                           aud=cfg.server.audience, seq=seq, now=int(deps.clock()), nonce=deps.nonce(16))
-    sent_mono, sent_wall = mono(), deps.clock()
-    deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 5
-    response = send(deps.transport, cfg.server.url + sealed.endpoint, sealed.envelope, deadline=deadline)
-    now = deps.clock()
-    outcome = classify(sealed, response, cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
+    sent_mono, sent_wall = mono(), engine.deps.clock()  # taken before sending: the lifetime runs from here
+    issued: list[Credential] = []
 
-    def record(event: str, result: str, **kw: Any) -> None:
-        engine.ledger.append(now=int(now), event=event, kind="credentials", outcome=result,
-                             endpoint=sealed.endpoint, seq=seq, payload=sealed.payload, **kw)
+    def describe(d: Delivered) -> str:
+        cred = from_receipt(d.receipt_body, sent_mono, sent_wall)
+        issued.append(cred)
+        return f"credentials issued for {cred.registry}, valid until {utc_iso(cred.expires_utc)}"
 
+    sealed, outcome = engine.request(messages.build_credentials(), describe=describe)
     if isinstance(outcome, Delivered):
-        cred = from_receipt(outcome.receipt_body, sent_mono, sent_wall)
-        record("sent", "delivered", http_status=outcome.status, receipt_sha256=outcome.receipt_sha256,
-               detail=f"credentials issued for {cred.registry}, valid until {utc_text(cred.expires_utc)}")
-        if deps.log is not None:
-            deps.log.info("credentials.issued", seq=seq, registry=cred.registry,
-                          expires_in=int(outcome.receipt_body["expires_in"]))
+        cred = issued[0]
+        log = engine.deps.log
+        if log is not None:
+            log.info("credentials.issued", seq=sealed.obj["seq"], registry=cred.registry,
+                     expires_in=int(outcome.receipt_body["expires_in"]))
         return cred
     if isinstance(outcome, Rejected):
-        record("rejected", "rejected", http_status=outcome.status, detail=outcome.reason)
         raise CredentialsError(f"the server refused update credentials: {outcome.reason}")
-    record("failed", "failed", http_status=outcome.status, detail=outcome.reason)
     raise ServerUnavailable(f"no update credentials: {outcome.reason}", hint="try again later")
 
 
@@ -153,7 +139,7 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
     from fluxagent.updates import client
 
     sd = cfg.instance.state_dir
-    deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 10
+    deadline = cfg.server.request_deadline + 5  # the daemon may first flush its spool
     owner = foreign_owner(sd)
     if owner is not None:  # the service's state (root in the package): ask its daemon, never load its keys
         return _from_service(cfg, owner, deadline, mono)
@@ -209,9 +195,8 @@ def _fetch_once(cfg: Config, ident: Identity, log: Any, transport: Transport | N
         engine = Engine(cfg, ident, Deps(tr, time.time, log=log))
         return CredentialCache(lambda: fetch(engine, mono), mono, cfg.updates.min_remaining).get()
     finally:
-        closer = getattr(tr, "close", None)
-        if transport is None and callable(closer):
-            closer()
+        if transport is None:
+            tr.close()
 
 
 def credential_of(answer: dict[str, Any]) -> Credential:

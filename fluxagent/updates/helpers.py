@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 from fluxagent.errors import StateError
 from fluxagent.statedir import fsutil, state
-from fluxagent.updates.credentials import Credential, utc_text
+from fluxagent.timefmt import utc_iso
+from fluxagent.updates.credentials import Credential
 
 DOCKER_NOT_FOUND = "credentials not found in native keychain"
 APT_STATE_FILE = "apt-credentials.json"
@@ -121,7 +122,7 @@ def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
         owner = None  # write_json says what is wrong with the state dir
     state.write_json(state_dir / APT_STATE_FILE, {
         "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
-        "expires_at": utc_text(cred.expires_utc)}, owner=owner)
+        "expires_at": utc_iso(cred.expires_utc)}, owner=owner)
     try:
         fsutil.atomic_write(path, apt_entry(cred), mode=0o600)
     except OSError as exc:

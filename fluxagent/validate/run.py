@@ -20,6 +20,7 @@ from fluxagent.license.file import LicenseFile
 from fluxagent.statedir import identity
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.owner import foreign_owner
+from fluxagent.timefmt import utc_date
 from fluxagent.transport import Transport
 from fluxagent.validate.check import Check, fail, ok
 
@@ -93,7 +94,7 @@ def check_license_file(cfg: Config, lic: LicenseFile) -> Check:
     if lic.state == "valid":
         days = (lic.expires_at or 0) - int(time.time())
         return ok("license file", f"{lic.license_id} for {cfg.instance.bound_domain}, signature verified, "
-                  f"expires {_date(lic.expires_at)} (in {max(days, 0) // 86400} days)")
+                  f"expires {utc_date(lic.expires_at)} (in {max(days, 0) // 86400} days)")
     return fail("license file", f"{where}: {lic.reason}", LICENSE_FIXES.get(lic.code, "contact the vendor"))
 
 
@@ -246,10 +247,6 @@ def _service_checks(cfg: Config, owner: str, offline: bool, clock: Callable[[], 
             yield check_service_live(cfg, owner, clock)
     yield check_clock(cfg, clock())
     yield check_state(cfg, clock())
-
-
-def _date(ts: int | None) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts)) if ts else "never"
 
 
 __all__ = ["check_config", "check_identity", "run_checks"]

@@ -1,7 +1,8 @@
 """The four message builders, the allowlist registry, and `seal`, which refuses anything off the list.
 
-The registry is the single statement of what may leave the machine (DESIGN §2): every key path,
-its type, and the clause 08 item it belongs to. The README table is rendered from it.
+The registry is the single statement of what may leave the machine: every key path, its type,
+and the clause 08 item it belongs to (docs/ARCHITECTURE.md, "One allowlist registry"). The
+README table is rendered from it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import nacl.signing
 from fluxagent.errors import AllowlistError
 from fluxagent.facts import Counts
 from fluxagent.identifiers import TokenSet, canonical_hostname
+from fluxagent.kinds import ENDPOINTS, KINDS, LICENSE_STATES
 from fluxagent.wire import envelope
 
 LICENSE = "License validation"
@@ -27,14 +29,6 @@ DIGEST = "Infrastructure digest"
 UPDATES = "Update delivery"
 EVERY = "All four (instance ID and signature)"
 
-KINDS = ("license", "heartbeat", "digest", "credentials")
-ENDPOINTS = {
-    "license": "/v1/license",
-    "heartbeat": "/v1/heartbeat",
-    "digest": "/v1/digest",
-    "credentials": "/v1/update-credentials",
-}
-LICENSE_STATES = ("valid", "offline", "grace", "expired", "revoked", "invalid", "unlicensed")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")

@@ -1,7 +1,7 @@
 """Receipt verification and response classification: pure functions from a response to an Outcome.
 
 A message counts as delivered only when a pinned vendor key signed a receipt that names this
-request (`req`), echoes its nonce and is addressed to this instance (DESIGN §4). Anything less is
+request (`req`), echoes its nonce and is addressed to this instance (docs/PROTOCOL.md §4). Anything less is
 a failed delivery and the message stays in the spool.
 """
 
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxagent.errors import EnvelopeError, FluxError
+from fluxagent.kinds import RECEIPT_STATES
 from fluxagent.wire.envelope import RECEIPT_TYPE, open_envelope
 from fluxagent.wire.http import NOT_SENT_KINDS, HttpResponse, TransportError, parse_retry_after
 from fluxagent.wire.messages import Sealed
 
-RECEIPT_STATES = ("valid", "grace", "expired", "revoked", "invalid", "unlicensed")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 SECRET_KEYS = frozenset({"secret"})
 _MAX_INT = 2**53
