@@ -17,7 +17,8 @@ from fluxagent.statedir.ledger import Ledger
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.testing.workspace import Workspace, make_workspace
-from fluxagent.updates.helpers import REGISTRY_FILE, foreign, known_registry, remember_registry
+from fluxagent.updates.credentials import REGISTRY_FILE, known_registry, remember_registry
+from fluxagent.updates.helpers import foreign
 
 BIN = Path(sys.executable).parent
 REGISTRY = "registry.fluxbilling.example"

@@ -48,12 +48,13 @@ def _foreign(ctx: typer.Context, requested: str) -> bool:
     """Return whether the requested host is surely not the vendor's registry (from the state dir; no I/O
     beyond reading the config and one small file; a config error is left for the full path to report)."""
     from fluxagent.updates import helpers as credhelpers
+    from fluxagent.updates.credentials import known_registry
 
     try:
         cfg = load_config(ctx)
     except FluxError:
         return False
-    return credhelpers.foreign(requested, credhelpers.known_registry(cfg.instance.state_dir))
+    return credhelpers.foreign(requested, known_registry(cfg.instance.state_dir))
 
 
 @credentials_app.callback(invoke_without_command=True)

@@ -24,10 +24,6 @@ from fluxagent.updates.credentials import Credential
 
 DOCKER_NOT_FOUND = "credentials not found in native keychain"
 APT_STATE_FILE = "apt-credentials.json"
-# The registry the server last issued credentials for (no secret): docker and git ask a credential
-# helper about every host they talk to, and for all but the vendor's registry the answer is "not
-# found" at once, from this record, without loading the identity or contacting the server.
-REGISTRY_FILE = "update-registry.json"
 
 
 def host_of(text: str) -> str:
@@ -49,22 +45,6 @@ def matches(requested: str, registry: str) -> bool:
     if not want or not have:
         return False
     return want == have or (":" not in have and want.split(":")[0] == have)
-
-
-def remember_registry(state_dir: Path, registry: str) -> None:
-    """Record the registry the server issued credentials for (its host only); raises StateError."""
-    if known_registry(state_dir) != registry:
-        state.write_json(state_dir / REGISTRY_FILE, {"registry": registry}, mode=0o644)
-
-
-def known_registry(state_dir: Path) -> str | None:
-    """Return the registry credentials were last issued for, None if unknown (never issued, unreadable)."""
-    try:
-        record = state.read_json(state_dir / REGISTRY_FILE)
-    except StateError:
-        return None
-    registry = record.get("registry") if record else None
-    return registry if isinstance(registry, str) and host_of(registry) else None
 
 
 def foreign(requested: str, known: str | None) -> bool:
