@@ -40,7 +40,8 @@ def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
     # the value is described, never quoted: a column may hold a phone number or a mail address
     if isinstance(value, str | bytes):
         unit = "characters" if isinstance(value, str) else "bytes"
-        raise SourceShapeError(f"{where} returned a {type(value).__name__} value of {len(value)} {unit}, not an integer")
+        what = f"a {type(value).__name__} value of {len(value)} {unit}"
+        raise SourceShapeError(f"{where} returned {what}, not an integer")
     if isinstance(value, bool) or not isinstance(value, int):
         raise SourceShapeError(f"{where} returned a {type(value).__name__}, not an integer")
     if value < 0:
