@@ -82,7 +82,7 @@ def test_apt_cleanup_as_root_does_not_follow_a_link_planted_as_the_record(apt_ws
     assert done.returncode != 0, done.stdout
 
 
-# ---- who owns the state dir (DESIGN §6): refused with a hint that keeps the service working ----
+# ---- who owns the state dir (docs/ARCHITECTURE.md): refused with a hint that keeps the service working ----
 
 NOBODY = 65534
 
