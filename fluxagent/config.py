@@ -27,6 +27,7 @@ from fluxagent.configvalues import (
     SQL,
     STRING,
     STRING_LIST,
+    USER_NAME,
     VENDOR_KEYS,
     ValueType,
     decode_public_key,
@@ -85,6 +86,10 @@ class InstanceConfig:
         PATH, "Where the identity, spool, ledger and status files live (created 0700)."))
     license_file: Path = field(default=Path("/etc/fluxagent/license.json"), metadata=key(
         PATH, "The vendor-signed license file (a DSSE envelope)."))
+    service_user: str = field(default="", metadata=key(
+        USER_NAME, "The user the service runs as (the package's is fluxagent). `fluxagent init` run as root "
+        "creates the state directory and identity owned by this user. Empty: the owner of an existing state "
+        "directory, else the user running init.", example="fluxagent"))
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,13 @@ def _domain(v: Any) -> str:
     return s
 
 
+def _user_name(v: Any) -> str:
+    s = _str(v).strip()
+    if s and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", s):
+        raise ValueError(f"{s[:40]!r} is not a user name (lowercase letters, digits, '_' or '-')")
+    return s
+
+
 def _opt_hostname(v: Any) -> str:
     s = _str(v).strip()
     return _domain(s) if s else ""
@@ -237,6 +244,7 @@ def _str_list(v: Any) -> tuple[str, ...]:
 # ---- the value types config.py's keys are made of ----
 
 STRING = ValueType("string", _str)
+USER_NAME = ValueType("user name, or empty", _user_name)
 SQL = ValueType("SQL query", _nonempty_str)
 BOOL = ValueType("boolean", _bool)
 PATH = ValueType("path", lambda v: Path(_nonempty_str(v)), str)

@@ -78,7 +78,7 @@ def docker(
         try:
             _, cred = _credential(ctx)
         except FluxError as exc:
-            typer.echo(f"fluxagent: {exc.code} error: {exc.message}")  # docker shows stdout on failure
+            typer.echo(f"fluxagent: {exc.code} error: {exc}")  # docker shows stdout on failure, hint included
             raise typer.Exit(exc.exit_code) from None
         out, code = credhelpers.docker_get(server, cred)
     if out:

@@ -73,10 +73,10 @@ def encode_json(obj: Any) -> bytes:
     return text.encode() + b"\n"
 
 
-def write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
-    """Atomically write obj as compact sorted JSON to path with exactly mode; raises StateError."""
+def write_json(path: Path, obj: Any, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Atomically write obj as compact sorted JSON to path with exactly mode (and owner); raises StateError."""
     try:
-        fsutil.atomic_write(path, encode_json(obj), mode=mode)
+        fsutil.atomic_write(path, encode_json(obj), mode=mode, owner=owner)
     except OSError as exc:
         raise StateError(
             f"cannot write {path}: {exc.strerror or exc}",

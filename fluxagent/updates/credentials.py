@@ -135,11 +135,15 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
     """Return credentials: fetched under the instance lock, or from the running daemon; raises FluxError."""
     from fluxagent.statedir import identity
     from fluxagent.statedir.lock import instance_lock
+    from fluxagent.statedir.owner import foreign_owner
     from fluxagent.updates import client
 
     sd = cfg.instance.state_dir
-    ident = identity.load(sd)
     deadline = cfg.server.request_deadline + 5  # the daemon may first flush its spool
+    owner = foreign_owner(sd)
+    if owner is not None:  # the service's state (root in the package): ask its daemon, never load its keys
+        return _from_service(cfg, owner, deadline, mono)
+    ident = identity.load(sd)
     give_up = time.monotonic() + deadline
     while True:
         try:
@@ -157,6 +161,28 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
         if not cred.usable(mono(), cfg.updates.min_remaining):  # checked here too: never hand out an expired one
             raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
         return cred
+
+
+def _from_service(cfg: Config, owner: str, deadline: float, mono: Clock) -> Credential:
+    """Return credentials from the daemon of the user owning the state dir; raises FluxError (69 when none runs)."""
+    from fluxagent.updates import client
+
+    sd = cfg.instance.state_dir
+    try:
+        cred = credential_of(client.ask(sd, "credentials", deadline))
+    except client.NoDaemon:
+        raise ServerUnavailable(
+            f"the fluxagent service is not running: the state directory {sd} belongs to {owner}, so update"
+            " credentials come from its running daemon (this command never uses the service's keys)",
+            hint="start it: `systemctl start fluxagent` (see `systemctl status fluxagent`)") from None
+    except client.RemoteError:
+        raise
+    except LockHeld as exc:
+        raise ServerUnavailable(f"the fluxagent service does not answer: {exc.message}",
+                                hint="see `systemctl status fluxagent` and `journalctl -u fluxagent`") from None
+    if not cred.usable(mono(), cfg.updates.min_remaining):
+        raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
+    return cred
 
 
 def _fetch_once(cfg: Config, ident: Identity, log: Any, transport: Transport | None, mono: Clock) -> Credential:
