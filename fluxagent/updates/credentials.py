@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
+from fluxagent.errors import FluxError, LockHeld, ServerUnavailable, StateError
+from fluxagent.statedir import state
 from fluxagent.timefmt import utc_iso
 
 if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, erase) stay fast
@@ -23,12 +25,32 @@ if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, eras
     from fluxagent.transport import Transport
 
 Clock = Callable[[], float]
+# The registry the server last issued credentials for (no secret): docker and git ask a credential
+# helper about every host they talk to, and for all but the vendor's registry the answer is "not
+# found" at once, from this record, without loading the identity or contacting the server.
+REGISTRY_FILE = "update-registry.json"
 
 
 class CredentialsError(FluxError):
     """The server refused update credentials, or issued ones too short-lived to hand out."""
 
     code = "credentials"
+
+
+def remember_registry(state_dir: Path, registry: str) -> None:
+    """Record the registry the server issued credentials for; raises StateError."""
+    if known_registry(state_dir) != registry:
+        state.write_json(state_dir / REGISTRY_FILE, {"registry": registry}, mode=0o644)
+
+
+def known_registry(state_dir: Path) -> str | None:
+    """Return the registry credentials were last issued for, None if unknown (never issued, unreadable)."""
+    try:
+        record = state.read_json(state_dir / REGISTRY_FILE)
+    except StateError:
+        return None
+    registry = record.get("registry") if record else None
+    return registry if isinstance(registry, str) and registry.strip() and " " not in registry else None
 
 
 def monotonic() -> float:
@@ -95,6 +117,8 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
     sealed, outcome = engine.request(messages.build_credentials(), describe=describe)
     if isinstance(outcome, Delivered):
         cred = issued[0]
+        # the helpers answer "not found" for any other host from this record, without asking the server
+        remember_registry(engine.config.instance.state_dir, cred.registry)
         log = engine.deps.log
         if log is not None:
             log.info("credentials.issued", seq=sealed.obj["seq"], registry=cred.registry,

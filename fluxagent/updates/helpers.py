@@ -47,6 +47,11 @@ def matches(requested: str, registry: str) -> bool:
     return want == have or (":" not in have and want.split(":")[0] == have)
 
 
+def foreign(requested: str, known: str | None) -> bool:
+    """Return whether requested is surely not the vendor's registry (False while the registry is unknown)."""
+    return known is not None and not matches(requested, known)
+
+
 # ---- docker credential helper: `get` reads the server URL on stdin ----
 
 
