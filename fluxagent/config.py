@@ -21,11 +21,11 @@ from fluxagent.configvalues import (
     DOMAIN,
     OPT_HOSTNAME,
     OPT_PATH,
+    OPT_VERSION,
     PATH,
     PROXY_URL,
     SERVER_URL,
     SQL,
-    STRING,
     STRING_LIST,
     USER_NAME,
     VENDOR_KEYS,
@@ -176,7 +176,9 @@ class PlatformConfig:
     statement_timeout: float = field(default=60.0, metadata=key(
         duration_range(1, 3600), "How long any one query may run."))
     version: str = field(default="", metadata=key(
-        STRING, "Platform version to report. Empty: read from the database (platform.queries.version)."))
+        OPT_VERSION, "Platform version to report: numbers like 4.12.3, optionally one short release tag (-rc2, "
+        "+build.17, ~deb12u1); never a name, mail address or host name. Empty: read from the database "
+        "(platform.queries.version)."))
     hostname: str = field(default="", metadata=key(
         OPT_HOSTNAME, "Host name to report in the heartbeat. Empty: this host's FQDN."))
     queries: Queries = field(default_factory=Queries, metadata=section(
