@@ -21,12 +21,13 @@ from fluxagent.configvalues import (
     DOMAIN,
     OPT_HOSTNAME,
     OPT_PATH,
+    OPT_VERSION,
     PATH,
     PROXY_URL,
     SERVER_URL,
     SQL,
-    STRING,
     STRING_LIST,
+    USER_NAME,
     VENDOR_KEYS,
     ValueType,
     decode_public_key,
@@ -85,6 +86,10 @@ class InstanceConfig:
         PATH, "Where the identity, spool, ledger and status files live (created 0700)."))
     license_file: Path = field(default=Path("/etc/fluxagent/license.json"), metadata=key(
         PATH, "The vendor-signed license file (a DSSE envelope)."))
+    service_user: str = field(default="", metadata=key(
+        USER_NAME, "The user the service runs as (the package's is fluxagent). `fluxagent init` run as root "
+        "creates the state directory and identity owned by this user. Empty: the owner of an existing state "
+        "directory, else the user running init.", example="fluxagent"))
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,9 @@ class PlatformConfig:
     statement_timeout: float = field(default=60.0, metadata=key(
         duration_range(1, 3600), "How long any one query may run."))
     version: str = field(default="", metadata=key(
-        STRING, "Platform version to report. Empty: read from the database (platform.queries.version)."))
+        OPT_VERSION, "Platform version to report: numbers like 4.12.3, optionally one short release tag (-rc2, "
+        "+build.17, ~deb12u1); never a name, mail address or host name. Empty: read from the database "
+        "(platform.queries.version)."))
     hostname: str = field(default="", metadata=key(
         OPT_HOSTNAME, "Host name to report in the heartbeat. Empty: this host's FQDN."))
     queries: Queries = field(default_factory=Queries, metadata=section(

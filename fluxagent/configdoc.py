@@ -40,7 +40,7 @@ _EXAMPLE_HEADER = [
 _INIT_HEADER = [
     "fluxagent configuration, written by `fluxagent init`: every key, with a comment.",
     *_SYNTAX,
-    "Every key's type and range: CONFIG.md in the documentation (/usr/share/doc/fluxagent).",
+    "Every key's type and range: docs/CONFIG.md (packaged: /usr/share/doc/fluxagent/CONFIG.md).",
     "Reload a running agent after a change: systemctl reload fluxagent.",
 ]
 

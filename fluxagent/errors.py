@@ -75,6 +75,13 @@ class StateError(FluxError):
         self._exit_override = value
 
 
+class StateDirUnsafe(FluxError):
+    """The state directory belongs to another user or others may write to it: refused, never repaired."""
+
+    code = "state_dir"
+    exit_code = EXIT_CONFIG
+
+
 class SourceError(FluxError):
     """The platform database or this host could not provide a fact."""
 

@@ -15,7 +15,8 @@ from agentkit import make_agent, wire
 from support.keys import vendor_keys
 
 from fluxagent.config import Config
-from fluxagent.delivery import SCHEDULED, Deps, Engine, interval_of
+from fluxagent.delivery import Deps, Engine, interval_of
+from fluxagent.kinds import SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.statedir import identity, state
 from fluxagent.status import collect_status

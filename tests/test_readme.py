@@ -63,3 +63,13 @@ def test_readme_and_docs_link_only_to_files_and_headings_that_exist() -> None:
             assert linked.exists(), f"{page.name} links to {target}, which does not exist"
             if anchor:
                 assert anchor in _anchors(linked), f"{page.name} links to {target}#{anchor}: no such heading"
+
+
+def test_code_refers_to_docs_in_the_repository_never_to_an_outside_design_document() -> None:
+    root = README.parent
+    found = [f"{path.relative_to(root)}:{n}"
+             for top in ("fluxagent", "tests", "bench", "packaging", ".ci")
+             for path in sorted((root / top).rglob("*")) if path.is_file() and path.suffix != ".pyc"
+             for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if re.search(r"DESIGN(\.md| §)", line) and path.name != "test_readme.py"]
+    assert found == [], "point these at docs/ARCHITECTURE.md, docs/PROTOCOL.md, docs/OPERATOR.md or docs/CONFIG.md"

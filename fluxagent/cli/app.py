@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer._completion_classes import completion_init  # typer.completion re-exports it implicitly
 
 from fluxagent import __version__
 from fluxagent.errors import EXIT_OK, FluxError
@@ -23,6 +24,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+# Shell completion without typer's --install-completion (which edits the user's shell rc files): the
+# bash/zsh/fish scripts the Debian package installs call back `_FLUXAGENT_COMPLETE=complete_<shell> fluxagent`.
+completion_init()
 
 
 def _version(value: bool) -> None:

@@ -174,9 +174,12 @@ class Ledger:
             if cut < len(data) and not self.readonly:
                 # A line without its newline was cut short by kill -9 in the middle of write().
                 self.torn_bytes += len(data) - cut
-                os.truncate(seg, cut)
-                with open(seg, "rb+") as f:
-                    os.fsync(f.fileno())
+                fd = os.open(seg, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, cut)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             if cut == 0:
                 if not self.readonly:
                     seg.unlink()
@@ -272,10 +275,11 @@ class Ledger:
         segs = self._segments()
         seg = segs[-1] if segs else None
         size = seg.stat().st_size if seg else 0
+        new = 0
         if seg is None or (size > 0 and size + len(line) > self.max_segment_bytes):
-            seg = self.directory / f"{n:012d}.jsonl"
+            seg, new = self.directory / f"{n:012d}.jsonl", os.O_EXCL  # a new segment is a new file, never a link
             self._drop_oldest(segs)
-        fd = os.open(seg, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(seg, os.O_WRONLY | os.O_APPEND | os.O_CREAT | new | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             size = os.fstat(fd).st_size
             try:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,9 +293,9 @@ class Spool:
 
     def _store(self, path: Path, data: bytes) -> None:
         """Write data to tmp/, fsync, rename to path, fsync new/; on error leave no trace."""
-        tmp, placed = self._tmp / path.name, False
+        tmp, placed = self._tmp / f"{path.name}.{secrets.token_hex(8)}", False
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = fsutil.create_new(tmp)  # an unpredictable name, never through a link
             try:
                 done = 0
                 while done < len(data):
