@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path("/etc/fluxagent/fluxagent.toml")
-REQUEST_SLACK = 5.0  # request_deadline beyond connect + read: TLS handshake and a slow body
+REQUEST_SLACK = 5.0  # at most this beyond connect + read (no more than read_timeout): TLS and a slow body
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; --config /dev/zero must not read for ever
 _MAX_PROBLEM = 300  # a 5 MB bad value is quoted in its problem, but not in full
 
@@ -122,8 +122,8 @@ class ServerConfig:
 
     @property
     def request_deadline(self) -> float:
-        """Seconds one request may take in all: connect, then read, plus slack for TLS and the body."""
-        return self.connect_timeout + self.read_timeout + REQUEST_SLACK
+        """Seconds one request may take in all: connect, read, and slack for TLS and the body (≤ 5 s, ≤ read)."""
+        return self.connect_timeout + self.read_timeout + min(REQUEST_SLACK, self.read_timeout)
 
 
 @dataclass(frozen=True)

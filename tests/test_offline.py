@@ -27,9 +27,9 @@ from fluxagent.wire import envelope
 
 
 @pytest.fixture
-def server() -> Iterator[ReferenceServer]:
-    with ReferenceServer() as srv:
-        yield srv
+def server(reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server()
+    yield srv
 
 
 def _ws(root: Path, srv: ReferenceServer) -> Workspace:
