@@ -56,8 +56,10 @@ git worktree add --detach "$tmp/old" "$OLD_COMMIT" >/dev/null 2>&1
 OLD=$(bash "$tmp/old/packaging/build-deb.sh" "$tmp/olddist" 2>/dev/null | tail -n 1)
 echo "$(basename "$OLD") → $(basename "$NEW")"
 
-step "reference server on loopback"
-"$PY" -m fluxagent.testing.server --port 0 > "$tmp/server.json" &
+step "reference server on loopback, as of 0.1.0"
+# The server 0.1.0 was released against: the vendor's server is not upgraded with the agent, so the
+# new package must carry on against it.
+(cd "$tmp/old" && PYTHONPATH="$tmp/old" exec "$PY" -m fluxagent.testing.server --port 0) > "$tmp/server.json" &
 server_pid=$!
 for _ in $(seq 100); do [ -s "$tmp/server.json" ] && break; sleep 0.1; done
 [ -s "$tmp/server.json" ] || fail "the reference server did not start"
@@ -67,7 +69,7 @@ step "install 0.1.0 and configure it as an operator"
 dpkg -i "$OLD" >/dev/null
 [ -f /etc/fluxagent/fluxagent.toml.example ] || fail "0.1.0 did not ship its conffile example"
 # sample database, a license file signed the 0.1.0 way, config from 0.1.0's example (0.1.0's own code)
-/opt/fluxagent/bin/python - "$tmp" <<'PY'
+(cd / && exec /opt/fluxagent/bin/python - "$tmp") <<'PY'  # from /: the installed fluxagent, not this tree
 import base64, json, sys, time, tomllib
 from pathlib import Path
 import nacl.signing, tomli_w
@@ -98,7 +100,10 @@ as_agent fluxagent init >/dev/null
 step "0.1.0: one cycle delivered, one cycle spooled while the server is unreachable"
 quiet as_agent fluxagent run --once || fail "0.1.0 run --once failed"
 state_before=$(field "$(cat "$STATE/license-status.json")" state)
-[ "$state_before" = valid ] || fail "0.1.0's license state is $state_before"
+if [ "$state_before" != valid ]; then
+    as_agent fluxagent status >&2 || true
+    fail "0.1.0's license state is $state_before"
+fi
 code=0
 as_agent fluxagent --config "$tmp/offline.conf.toml" run --once >/dev/null 2>&1 || code=$?
 [ "$code" = 69 ] || fail "the offline cycle exited $code, not 69"
