@@ -25,6 +25,7 @@ from fluxagent.statedir import state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.statedir.spool import Entry, Spool, SpoolFull, TooBig
+from fluxagent.timefmt import utc_stamp
 from fluxagent.transport import Transport, send
 from fluxagent.wire import messages
 from fluxagent.wire.messages import Message, Sealed
@@ -113,7 +114,12 @@ class Engine:
         self._schedule = state.load_schedule(sd)
         self._clamp_schedule(deps.clock())
         self._failures = 0
-        self._retry_at: float = 0.0
+        # the server's Retry-After outlives the process that heard it (a restart, the next run --once);
+        # one further ahead than any Retry-After we accept was heard with the clock ahead: ignored
+        self._server_wait = state.load_retry_after(sd)
+        if self._server_wait > deps.clock() + RETRY_AFTER_CAP:
+            self._server_wait = 0.0
+        self._retry_at: float = self._server_wait
         self._outage_since: float | None = None
         self._outage_summary_at: float = 0.0
         self._last_skew: float = 0.0
@@ -386,15 +392,22 @@ class Engine:
         if self._outage_since is not None:
             self._log("delivery.recovered", outage_seconds=int(clock() - self._outage_since), attempts=self._failures)
         self._failures, self._retry_at, self._outage_since = 0, 0.0, None
+        if self._server_wait:
+            self._server_wait = 0.0
+            state.save_retry_after(self._cfg.instance.state_dir, 0.0)
         return result
 
     def _on_retry(self, entry: Entry, outcome: Retry, now: float) -> None:
         self._failures += 1
         after = outcome.after
-        delay = after if after is not None and after >= RETRY_AFTER_FLOOR else backoff(self._failures, self._deps.rng)
+        asked = after is not None and after >= RETRY_AFTER_FLOOR
+        delay = after if after is not None and asked else backoff(self._failures, self._deps.rng)
         if outcome.config:  # a person must fix the setup: try again slowly, not on the outage schedule
             delay = max(delay, CONFIG_ERROR_RETRY)
         self._retry_at = now + delay
+        if asked or self._server_wait:
+            self._server_wait = self._retry_at if asked else 0.0
+            state.save_retry_after(self._cfg.instance.state_dir, self._server_wait)
         ks = self._schedule.kind(entry.kind) if entry.kind in SCHEDULED else None
         if ks is not None:
             self._schedule = self._schedule.with_kind(entry.kind, replace(
@@ -541,8 +554,17 @@ class Engine:
         return license_store.current(self._cfg, now, read=self._deps.world.read_license)[0]
 
     def cycle(self, now: float, kinds: Sequence[str]) -> FlushResult:
-        """Produce kinds and flush the spool: one full cycle. Raises FluxError on state trouble."""
+        """Produce kinds and flush the spool: one full cycle. Raises FluxError on state trouble.
+
+        While the server's Retry-After lasts, nothing is sent: the result says to retry then.
+        """
         self.produce(kinds, now)
+        if self._server_wait > now:
+            until = utc_stamp(self._server_wait)
+            self._log("delivery.waiting", until=until, retry_in=int(self._server_wait - now),
+                      spool=self._spool.depth())
+            return FlushResult(retry=Retry(self._server_wait - now, f"retry_after: the server asked to wait until"
+                                           f" {until}", None, sent=False))
         result = self.flush()
         if any(e.kind == "digest" and d.receipt_body.get("need_full") for e, d in result.delivered):
             self.produce(["digest"], self._deps.clock(), force_full=True)  # the server asked for the lists

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nacl.signing
 import pytest
 from agentkit import make_agent, wire
+from support.keys import vendor_keys
 
 from fluxagent.config import Config
 from fluxagent.delivery import Deps, Engine, interval_of
@@ -59,12 +59,12 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+def rig(tmp_path: Path, reference_server) -> Iterator[Rig]:
+    keys = vendor_keys()
     server_now = [float(T0)]
-    with ReferenceServer(signing_keys=keys, clock=lambda: server_now[0], license=POLICY) as server:
-        ws = wire(tmp_path / "ws", server, keys, now=T0, server={"connect_timeout": "2s", "read_timeout": "2s"})
-        yield Rig(ws, server, server_now)
+    server = reference_server(signing_keys=keys, clock=lambda: server_now[0], license=POLICY)
+    ws = wire(tmp_path / "ws", server, keys, now=T0, server={"connect_timeout": "2s", "read_timeout": "2s"})
+    yield Rig(ws, server, server_now)
 
 
 def assert_schedule_sane(rig: Rig, now: float) -> None:

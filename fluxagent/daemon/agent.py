@@ -159,6 +159,7 @@ class Agent:
         """Run one full cycle (license, heartbeat, digest, spool flush); return the exit code."""
         result = self.engine.cycle(self.clock(), SCHEDULED)
         code = once_exit_code(result, self.engine.source_exit_codes)
+        self.metrics.write(self.cfg, self.clock())  # a cron-driven `run --once` keeps metrics.prom current too
         self.log.info("run.once_done", delivered=len(result.delivered), rejected=len(result.rejected),
                       pending=self.engine.spool.depth(), exit_code=code)
         return code

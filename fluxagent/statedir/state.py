@@ -291,3 +291,28 @@ def load_source_errors(state_dir: Path) -> dict[str, dict[str, Any]]:
 def save_source_errors(state_dir: Path, errors: dict[str, dict[str, Any]]) -> None:
     """Atomically record the kinds a failing source keeps from being sent, for `status`; raises StateError."""
     write_json(state_dir / SOURCE_ERRORS_FILE, {"v": 1, "kinds": errors}, mode=0o640)
+
+
+RETRY_AFTER_FILE = "retry-after.json"
+
+
+def load_retry_after(state_dir: Path) -> float:
+    """Return until when the server asked us to wait (Unix time), 0.0 when it did not or the file is bad."""
+    try:
+        obj = _load(state_dir / RETRY_AFTER_FILE) or {}
+    except (_Corrupt, OSError):
+        return 0.0
+    until = obj.get("until")
+    return float(until) if isinstance(until, int | float) and not isinstance(until, bool) and until > 0 else 0.0
+
+
+def save_retry_after(state_dir: Path, until: float) -> None:
+    """Record until when the server asked us to wait (atomically), or forget it (until 0); raises StateError."""
+    path = state_dir / RETRY_AFTER_FILE
+    if until > 0:
+        write_json(path, {"v": 1, "until": until})
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot remove {path}: {exc.strerror or exc}") from exc

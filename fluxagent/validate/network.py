@@ -1,8 +1,9 @@
 """The network steps of `validate`: DNS, TCP, proxy tunnel and TLS to the server, each with a deadline.
 
 They take the path the transport takes (the same proxy choice and the same CA), one step at a
-time, so a failure names the step that broke. Each blocking step is bounded by
-server.connect_timeout (the budget httpx gives connecting, TLS included).
+time, so a failure names the step that broke. Each step as a whole is bounded by
+server.connect_timeout (the budget httpx gives connecting, TLS included), however slowly the
+other side drips its answer.
 """
 
 from __future__ import annotations
@@ -70,10 +71,17 @@ def tunnel(sock: socket.socket, host: str, port: int, proxy: str, deadline: floa
     if parts.username is not None:
         cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         head += f"Proxy-Authorization: Basic {base64.b64encode(cred).decode()}\r\n"
+    # one deadline for the whole exchange: a per-read timeout would restart with every byte a
+    # dripping proxy sends, and 16 KiB one byte at a time is hours
+    end = time.monotonic() + deadline
     sock.settimeout(deadline)
     sock.sendall((head + "\r\n").encode())
     reply = b""
     while b"\r\n\r\n" not in reply:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer to CONNECT within {deadline:g}s")
+        sock.settimeout(left)
         piece = sock.recv(4096)
         if not piece or len(reply) > MAX_PROXY_REPLY:
             raise ConnectionError("the proxy closed the connection without answering CONNECT")
