@@ -34,6 +34,8 @@ from fluxagent.wire.receipts import Delivered, Rejected, Retry, classify
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
+# No retry time this clock sets lies further ahead: one that does was set while the clock ran ahead.
+MAX_RETRY_WAIT = max(BACKOFF_CAP, RETRY_AFTER_CAP)
 # A Retry-After shorter than this ("0", a date in the past) is no guidance: back off instead, or a
 # server answering 429 + "Retry-After: 0" forever would have the daemon retry in a tight loop.
 RETRY_AFTER_FLOOR = 1.0
@@ -117,9 +119,8 @@ class Engine:
         # the server's Retry-After outlives the process that heard it (a restart, the next run --once);
         # one further ahead than any Retry-After we accept was heard with the clock ahead: ignored
         self._server_wait = state.load_retry_after(sd)
-        if self._server_wait > deps.clock() + RETRY_AFTER_CAP:
-            self._server_wait = 0.0
         self._retry_at: float = self._server_wait
+        self._retry_time(deps.clock())
         self._outage_since: float | None = None
         self._outage_summary_at: float = 0.0
         self._last_skew: float = 0.0
@@ -169,6 +170,14 @@ class Engine:
     @property
     def retry_at(self) -> float:
         """When the spool may next be flushed after a retryable failure (0: now)."""
+        return self._retry_time(self._deps.clock())
+
+    def _retry_time(self, now: float) -> float:
+        """Return retry_at; a wait further ahead of now than any this engine sets is dropped (clock jump)."""
+        if self._retry_at > now + MAX_RETRY_WAIT:
+            self._retry_at = 0.0  # else a backoff begun with the clock a year ahead holds sending back a year
+        if self._server_wait > now + MAX_RETRY_WAIT:
+            self._server_wait = 0.0
         return self._retry_at
 
     @property
@@ -256,7 +265,7 @@ class Engine:
         self._clamp_schedule(now)
         t = min(float(self._schedule.kind(k).next_due or now) for k in SCHEDULED)
         if self._spool.depth():
-            t = min(t, max(self._retry_at, now))
+            t = min(t, max(self._retry_time(now), now))
         return t
 
     # ---- produce ----
@@ -559,6 +568,7 @@ class Engine:
         While the server's Retry-After lasts, nothing is sent: the result says to retry then.
         """
         self.produce(kinds, now)
+        self._retry_time(now)  # drops a wait heard with the clock ahead
         if self._server_wait > now:
             until = utc_stamp(self._server_wait)
             self._log("delivery.waiting", until=until, retry_in=int(self._server_wait - now),
