@@ -63,8 +63,7 @@ RECOVERED_EVENT = {"license": "license.source_recovered", "heartbeat": "heartbea
 
 def interval_of(cfg: Config, kind: str) -> float:
     """Return the configured interval of a scheduled kind, in seconds."""
-    return {"license": cfg.schedule.license_check, "heartbeat": cfg.schedule.heartbeat,
-            "digest": cfg.schedule.digest}[kind]
+    return cfg.schedule.interval(kind)
 
 
 def next_due(now: float, interval: float, jitter: float, rng: random.Random) -> int:
@@ -248,8 +247,7 @@ class Engine:
 
     def _clamp_schedule(self, now: float) -> None:
         """Make timers that lie impossibly far ahead (set while the clock ran ahead) due now; save if any."""
-        spans = {k: interval_of(self._cfg, k) + self._cfg.schedule.jitter for k in SCHEDULED}
-        self._schedule, clamped = state.clamp_schedule(self._schedule, now, spans)
+        self._schedule, clamped = state.clamp_schedule(self._schedule, now, self._cfg.schedule.spans())
         if clamped:
             self._warn("schedule.clamped", kinds=clamped,
                        reason="a timer lay further ahead than any run sets one: the clock ran ahead")
