@@ -115,6 +115,13 @@ class SqliteSource(ShapedSource):
         self.path, self.queries = path, queries
         if not path.is_file():
             raise SourceDatabaseMissing(f"platform.database: {path} does not exist or is not a file")
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:  # a setup problem like a missing file (78), not a failing query (1)
+            raise SourceConfigError(
+                f"platform.database: cannot read {path}: {exc.strerror or exc}",
+                hint="let the user fluxagent runs as read it: add that user to the group owning the file") from exc
         uri = f"file:{quote(str(path.absolute()))}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
@@ -123,6 +130,10 @@ class SqliteSource(ShapedSource):
             self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             # mode=ro still lets ATTACH / VACUUM INTO create files elsewhere: allow reads only
             self.conn.set_authorizer(_read_only_authorizer)
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):  # the configured file is something else: fix the setting
+                raise SourceConfigError(f"platform.database: {path} is not a SQLite database") from exc
+            raise SourceError(f"platform.database: cannot open {path} read-only: {exc}") from exc
         except sqlite3.Error as exc:
             raise SourceError(f"platform.database: cannot open {path} read-only: {exc}") from exc
 
