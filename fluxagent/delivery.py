@@ -16,7 +16,7 @@ from typing import Any
 
 from fluxagent import collect
 from fluxagent.config import Config
-from fluxagent.errors import AllowlistError, FluxError, StateError
+from fluxagent.errors import EXIT_CHECK_FAILED, AllowlistError, FluxError, StateError
 from fluxagent.kinds import LICENSE_STATES, SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
@@ -42,6 +42,7 @@ RETRY_AFTER_FLOOR = 1.0
 # A server may lengthen an interval, up to this: a receipt cannot silence the agent for good.
 SERVER_INTERVAL_CAP = 30 * 86400
 SKEW_LIMIT = licensing.SKEW_LIMIT
+CONFIG_ERROR_RETRY = 900.0  # an untrusted server certificate: retried this rarely until the config is fixed
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
 SPOOL_ENTRY_OVERHEAD = 512  # the spool entry's own fields around the envelope
@@ -62,8 +63,7 @@ RECOVERED_EVENT = {"license": "license.source_recovered", "heartbeat": "heartbea
 
 def interval_of(cfg: Config, kind: str) -> float:
     """Return the configured interval of a scheduled kind, in seconds."""
-    return {"license": cfg.schedule.license_check, "heartbeat": cfg.schedule.heartbeat,
-            "digest": cfg.schedule.digest}[kind]
+    return cfg.schedule.interval(kind)
 
 
 def next_due(now: float, interval: float, jitter: float, rng: random.Random) -> int:
@@ -124,6 +124,7 @@ class Engine:
         self._outage_summary_at: float = 0.0
         self._last_skew: float = 0.0
         self._source_errors: dict[str, str] = {}
+        self._source_exit: dict[str, int] = {}  # the exit code of each failing kind's error (run --once)
         self._source_state = state.load_source_errors(sd)  # persisted for `status`
         now = int(deps.clock())
         for e in self._spool.opened.superseded:
@@ -184,6 +185,11 @@ class Engine:
         return self._outage_since
 
     @property
+    def source_exit_codes(self) -> list[int]:
+        """The exit code of each kind that could not be built or queued in the last produce."""
+        return [self._source_exit[k] for k in self._source_errors if k in self._source_exit]
+
+    @property
     def source_errors(self) -> dict[str, str]:
         """The kinds not sent because their source fails, with why (a copy)."""
         return dict(self._source_errors)
@@ -241,8 +247,7 @@ class Engine:
 
     def _clamp_schedule(self, now: float) -> None:
         """Make timers that lie impossibly far ahead (set while the clock ran ahead) due now; save if any."""
-        spans = {k: interval_of(self._cfg, k) + self._cfg.schedule.jitter for k in SCHEDULED}
-        self._schedule, clamped = state.clamp_schedule(self._schedule, now, spans)
+        self._schedule, clamped = state.clamp_schedule(self._schedule, now, self._cfg.schedule.spans())
         if clamped:
             self._warn("schedule.clamped", kinds=clamped,
                        reason="a timer lay further ahead than any run sets one: the clock ran ahead")
@@ -287,6 +292,7 @@ class Engine:
                     self._warn(NOT_SENT_EVENT[b.kind], reason=err, code=code)
                     self._note_source(b.kind, {"error": err, "code": code, "since": int(now)})
                 self._source_errors[b.kind] = err
+                self._source_exit[b.kind] = b.error.exit_code if b.error else EXIT_CHECK_FAILED
                 self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
             sealed = self._seal_into_spool(b.kind, b.message, now)
@@ -334,6 +340,7 @@ class Engine:
                 self._warn(event, reason=exc.message, code=exc.code, hint=exc.hint)
                 self._note_source(kind, {"error": exc.message, "code": exc.code, "since": int(now)})
             self._source_errors[kind] = exc.message
+            self._source_exit[kind] = exc.exit_code
             return None
         seq = self._seq.reserve(floor=floor)
         if self._seq.recovered:
@@ -402,6 +409,8 @@ class Engine:
         after = outcome.after
         asked = after is not None and after >= RETRY_AFTER_FLOOR
         delay = after if after is not None and asked else backoff(self._failures, self._deps.rng)
+        if outcome.config:  # a person must fix the setup: try again slowly, not on the outage schedule
+            delay = max(delay, CONFIG_ERROR_RETRY)
         self._retry_at = now + delay
         if asked or self._server_wait:
             self._server_wait = self._retry_at if asked else 0.0
@@ -413,8 +422,13 @@ class Engine:
             self._save_schedule()
         if self._outage_since is None:
             self._outage_since = self._outage_summary_at = now
-            self._warn("delivery.outage_started", reason=outcome.reason, retry_in=int(delay),
-                       spool=self._spool.depth())
+            if outcome.config:  # said once, as an error: retrying cannot fix it
+                self._error("delivery.config_error", reason=outcome.reason, retry_in=int(delay),
+                            spool=self._spool.depth(),
+                            hint="set server.ca_bundle to the CA that issued the server's certificate")
+            else:
+                self._warn("delivery.outage_started", reason=outcome.reason, retry_in=int(delay),
+                           spool=self._spool.depth())
         elif now - self._outage_summary_at >= OUTAGE_SUMMARY_EVERY:  # quiet: a summary, not every attempt
             self._outage_summary_at = now
             self._warn("delivery.outage_continues", attempts=self._failures, seconds=int(now - self._outage_since),

@@ -107,6 +107,8 @@ def test_schedule_a_year_ahead_is_clamped_on_load_so_the_daemon_is_not_silent_fo
     rig.run_once(T0 + 365 * DAY)  # leaves every timer a year ahead
     assert all(rig.schedule_file()[k]["next_due"] >= T0 + 365 * DAY for k in SCHEDULED)
     now = T0 + 600
+    shown = rig.status(now)["kinds"]  # `status` shows the timers as the next run will see them
+    assert all(shown[k]["next_due"] <= now for k in SCHEDULED), shown
     engine = Engine(rig.cfg, identity.load(rig.cfg.instance.state_dir),
                     Deps(HttpxTransport(rig.cfg.server, env={}), lambda: now))
     assert engine.due(now) == list(SCHEDULED)  # a timer no run could have set: due at once
