@@ -127,7 +127,8 @@ def test_fix_record_rehashes_rewritten_files_and_drops_removed_ones(tmp_path: Pa
     assert lines == [f"pkg.py,{digest},8", "pkg-1.dist-info/RECORD,,"]
 
 
-@pytest.mark.parametrize("script", ["build-deb.sh", "smoke-deb.sh", "lock.sh"])
+@pytest.mark.parametrize("script", ["build-deb.sh", "smoke-deb.sh", "upgrade-deb.sh", "lock.sh",
+                                    "check-python-dist.sh"])
 def test_packaging_scripts_parse(script: str) -> None:
     out = run("bash", "-n", str(PACKAGING / script))
     assert out.returncode == 0, out.stderr

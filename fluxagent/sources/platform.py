@@ -22,7 +22,14 @@ from fluxagent.errors import (
     SourceWriteRefused,
 )
 from fluxagent.facts import Counts
-from fluxagent.sources.shaped import BATCH, COUNT_QUERIES, ShapedSource, check_count, check_width
+from fluxagent.sources.shaped import (
+    BATCH,
+    COUNT_QUERIES,
+    ShapedSource,
+    check_count,
+    check_width,
+    hide_quoted_values,
+)
 
 __all__ = ["BATCH", "COUNT_QUERIES", "PlatformSource", "SqliteSource", "check_count", "open_platform"]
 
@@ -94,7 +101,7 @@ def _read_only_authorizer(action: int, *_args: object) -> int:
 
 def _sqlite_error(name: str, sql: str, exc: sqlite3.Error) -> SourceError:
     """Translate a query's sqlite3 error: refused writes apart from other failures."""
-    text = str(exc)
+    text = hide_quoted_values(str(exc), sql)  # the database's values, never quoted
     if "not authorized" in text or "authorization denied" in text or "readonly database" in text:
         return SourceWriteRefused(f"platform.queries.{name} tried to change the database and was refused "
                                   f"(read-only): {text} (query {sql!r})")

@@ -41,7 +41,7 @@ class CredentialsError(FluxError):
 def remember_registry(state_dir: Path, registry: str) -> None:
     """Record the registry the server issued credentials for; raises StateError."""
     if known_registry(state_dir) != registry:
-        state.write_json(state_dir / REGISTRY_FILE, {"registry": registry}, mode=0o644)
+        state.write_json(state_dir / REGISTRY_FILE, {"v": 1, "registry": registry}, mode=0o644)
 
 
 def known_registry(state_dir: Path) -> str | None:
