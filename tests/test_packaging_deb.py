@@ -127,7 +127,8 @@ def test_fix_record_rehashes_rewritten_files_and_drops_removed_ones(tmp_path: Pa
     assert lines == [f"pkg.py,{digest},8", "pkg-1.dist-info/RECORD,,"]
 
 
-@pytest.mark.parametrize("script", ["build-deb.sh", "smoke-deb.sh", "lock.sh"])
+@pytest.mark.parametrize("script", ["build-deb.sh", "smoke-deb.sh", "upgrade-deb.sh", "lock.sh",
+                                    "check-python-dist.sh"])
 def test_packaging_scripts_parse(script: str) -> None:
     out = run("bash", "-n", str(PACKAGING / script))
     assert out.returncode == 0, out.stderr
@@ -158,3 +159,13 @@ def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
     assert blocks and all(any("--hash=sha256:" in line for line in b) for b in blocks)
     assert "psycopg-binary" not in pinned  # Debian's libpq5, not a bundled copy
     assert not {"rich", "pygments", "markdown-it-py", "mdurl"} & pinned
+
+
+def test_the_build_backend_is_locked_with_hashes_too() -> None:
+    import tomllib
+
+    requires = tomllib.loads((PACKAGING.parent / "pyproject.toml").read_text())["build-system"]["requires"]
+    lock = (PACKAGING / "build-requirements.lock").read_text()
+    pinned = {_name(line.split("==")[0]) for line in lock.splitlines() if "==" in line and not line.startswith(" ")}
+    assert {_name(r) for r in requires} <= pinned
+    assert lock.count("--hash=sha256:") >= len(pinned)

@@ -148,12 +148,12 @@ def test_offline_skips_the_network_and_sends_nothing(site: Site) -> None:
     assert site.server.received == []
 
 
-def test_wrong_ca_fails_the_tls_line_with_exit_1(site: Site, tmp_path: Path) -> None:
+def test_wrong_ca_fails_the_tls_line_with_exit_78_a_configuration_error(site: Site, tmp_path: Path) -> None:
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     site.write(ca_bundle=str(other))
     code, out, _ = site.validate()
-    assert code == 1, out
+    assert code == 78, out
     assert "not trusted by server.ca_bundle" in line(out, "fail", "tls")
     assert "set server.ca_bundle" in out
     assert site.server.received == []

@@ -58,6 +58,7 @@ class Retry:
     reason: str
     status: int | None
     sent: bool = True  # False when no connection was made (connect, DNS, TLS): nothing left the machine
+    config: bool = False  # the cause is this machine's setup (an untrusted server certificate), not the network
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def classify(
     """
     if isinstance(response, TransportError):
         sent = response.kind not in NOT_SENT_KINDS  # anything later may have reached the server
-        return Retry(None, f"{response.kind}: {response.message}", response.status, sent)
+        return Retry(None, f"{response.kind}: {response.message}", response.status, sent, response.config)
     status = response.status
     if not 100 <= status <= 599:  # not an HTTP status: says nothing about the message (a proxy, a broken server)
         return Retry(None, f"protocol: server answered status {status}, which HTTP does not define",
