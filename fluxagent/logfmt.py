@@ -22,6 +22,7 @@ SECRET_KEY = re.compile(
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+LEVEL_ENV = "FLUXAGENT_LOG_LEVEL"  # set by the global -v/--verbose and -q/--quiet options
 _LEVEL_WIDTH = 9  # the console pads the level to the longest name structlog knows ("exception")
 _EVENT_WIDTH = 30
 
@@ -98,7 +99,9 @@ class Logger:
         self.configure(fmt, level, env or {})
 
     def configure(self, fmt: str, level: str, env: Mapping[str, str]) -> None:
-        """Take a (reloaded) `[log]` format and level."""
+        """Take a (reloaded) `[log]` format and level; FLUXAGENT_LOG_LEVEL (-v/-q) wins over level."""
+        override = env.get(LEVEL_ENV, "").strip().lower()
+        level = override if override in LEVELS else level
         try:
             tty = self.stream.isatty()
         except (OSError, ValueError):

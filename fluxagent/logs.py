@@ -40,6 +40,8 @@ __all__ = ["PRIORITY", "configure", "current_stream", "get", "redact", "redact_t
 
 _stream: list[TextIO] = []
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# set by the global -v/--verbose (debug) and -q/--quiet (warning) options; wins over log.level
+LEVEL_ENV = "FLUXAGENT_LOG_LEVEL"
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -58,10 +60,13 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set.
 
     The lines are rendered by logfmt, as the supervisor's are: one format for every process.
+    FLUXAGENT_LOG_LEVEL (set by -v/-q) overrides level.
     """
     out = stream or sys.stdout
     _stream[:] = [out]
     env = os.environ if env is None else env
+    override = env.get(LEVEL_ENV, "").strip().lower()
+    level = override if override in LEVELS else level
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -79,6 +84,12 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 def get(name: str = "fluxagent") -> Any:
     """Return a bound structlog logger."""
     return structlog.get_logger(name)
+
+
+def debug(event: str, **kw: Any) -> None:
+    """Log a debug event, only once configure() ran (a library caller, or `preview`, gets no log lines)."""
+    if _stream:
+        get().debug(event, **kw)
 
 
 def current_stream() -> TextIO | None:

@@ -21,6 +21,7 @@ from fluxagent.delivery import Engine
 from fluxagent.errors import EnvelopeError, FluxError, StateError
 from fluxagent.kinds import SCHEDULED
 from fluxagent.license.file import check_license
+from fluxagent.license.record import read_license_file
 from fluxagent.statedir import fsutil, state
 from fluxagent.statedir.spool import Entry
 from fluxagent.timefmt import utc_iso
@@ -159,8 +160,17 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
     cfg = engine.config
     obj = open_answer(data, cfg.server.vendor_keys, engine.identity.instance_id)
     license_bytes = _license_of(obj, cfg.server.vendor_keys, cfg.instance.bound_domain, now)
-    pending = {p.req: p for p in load_pending(engine)}
     result = ImportResult()
+    if license_bytes is not None:
+        try:
+            installed = read_license_file(cfg.instance.license_file)
+        except OSError as exc:
+            raise StateError(f"cannot read the installed license file {cfg.instance.license_file}:"
+                             f" {exc.strerror or exc}") from None
+        if not newer_license(license_bytes, installed, cfg.server.vendor_keys, cfg.instance.bound_domain, now):
+            license_bytes = None  # the very file installed already: an answer imported twice changes nothing
+            result.license_installed = "the answer's license file is already installed"
+    pending = {p.req: p for p in load_pending(engine)}
     for item in obj["receipts"]:
         p = pending.get(item["req"])
         if p is None:
@@ -204,6 +214,25 @@ def _license_of(obj: dict[str, Any], vendor_keys: Sequence[bytes], domain: str, 
     if verdict.state != "valid":
         raise ImportRefused(f"renewed license file is not valid here: {verdict.reason}")
     return data
+
+
+def newer_license(offered: bytes, installed: bytes | None, vendor_keys: Sequence[bytes], domain: str,
+                  now: float) -> bool:
+    """Return True to install offered, False if it is the installed file; raises ImportRefused if it is older.
+
+    Newer means issued later than the installed license (which counts only if it verifies): an old
+    answer replayed must not roll the license back (docs/PROTOCOL.md §8). Pure.
+    """
+    if installed is not None and offered == installed:
+        return False
+    new = check_license(offered, tuple(vendor_keys), domain, now)
+    old = check_license(installed, tuple(vendor_keys), domain, now)
+    if old.issued_at is None or new.issued_at is None or new.issued_at > old.issued_at:
+        return True
+    raise ImportRefused(
+        f"the answer's license file ({new.license_id}, issued {utc_iso(new.issued_at)}) is not newer than the"
+        f" installed license ({old.license_id}, issued {utc_iso(old.issued_at)}): an old answer replayed?",
+        hint="import the vendor's latest answer; the installed license file is kept")
 
 
 def _install_license(engine: Engine, data: bytes, now: float) -> str:

@@ -7,34 +7,32 @@ import signal
 import time
 from pathlib import Path
 
-import nacl.signing
 import pytest
 from agentkit import Daemon, NotifySocket, clean_env, rewrite, wire
-
-from fluxagent.testing.server import ReferenceServer
+from support.keys import vendor_keys
 
 
 @pytest.mark.slow
-def test_idle_daemon_does_not_wake_between_events(tmp_path: Path) -> None:
+def test_idle_daemon_does_not_wake_between_events(tmp_path: Path, reference_server) -> None:
     # Wake-ups, not CPU seconds: a process blocked in one wait is not scheduled at all, while any
     # polling loop shows up as context switches however fast the machine is. (CPU figures are
     # the benchmark's business: bench/bench_delivery.py.)
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     notify = NotifySocket()
-    with ReferenceServer(signing_keys=keys) as srv:
-        ws = wire(tmp_path / "ws", srv, keys)
-        d = Daemon(ws.root / "fluxagent.toml", env=clean_env(NOTIFY_SOCKET=str(notify.path)))
-        try:
-            notify.wait_for("STATUS", "license valid; spool 0")
-            settle(d.proc.pid)  # the first cycle's tail (fsyncs, metrics) may still run on a busy machine
-            before = context_switches(d.proc.pid)
-            time.sleep(2.0)
-            woke = context_switches(d.proc.pid) - before
-            d.signal(signal.SIGTERM)
-            assert d.wait() == 0
-        finally:
-            d.stop()
-            notify.close()
+    srv = reference_server(signing_keys=keys)
+    ws = wire(tmp_path / "ws", srv, keys)
+    d = Daemon(ws.root / "fluxagent.toml", env=clean_env(NOTIFY_SOCKET=str(notify.path)))
+    try:
+        notify.wait_for("STATUS", "license valid; spool 0")
+        settle(d.proc.pid)  # the first cycle's tail (fsyncs, metrics) may still run on a busy machine
+        before = context_switches(d.proc.pid)
+        time.sleep(2.0)
+        woke = context_switches(d.proc.pid) - before
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+    finally:
+        d.stop()
+        notify.close()
     assert woke <= 2, f"idle daemon was scheduled {woke} times in 2 s"
 
 
@@ -67,29 +65,29 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_reloads_do_not_grow_the_resident_supervisor(tmp_path: Path) -> None:
+def test_reloads_do_not_grow_the_resident_supervisor(tmp_path: Path, reference_server) -> None:
     # a reload is checked by a worker process: whatever it builds (TLS contexts, the parsed config)
     # dies with it, and the supervisor keeps only the accepted text (the soak once saw RSS creep)
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     notify = NotifySocket()
-    with ReferenceServer(signing_keys=keys) as srv:
-        ws = wire(tmp_path / "ws", srv, keys)
-        cfg_path = ws.root / "fluxagent.toml"
-        d = Daemon(cfg_path, env=clean_env(NOTIFY_SOCKET=str(notify.path)))
-        try:
-            notify.wait_for("STATUS", "license valid; spool 0")
+    srv = reference_server(signing_keys=keys)
+    ws = wire(tmp_path / "ws", srv, keys)
+    cfg_path = ws.root / "fluxagent.toml"
+    d = Daemon(cfg_path, env=clean_env(NOTIFY_SOCKET=str(notify.path)))
+    try:
+        notify.wait_for("STATUS", "license valid; spool 0")
+        d.signal(signal.SIGHUP)
+        notify.wait_for("READY", "1")
+        before = rss_kib(d.proc.pid)
+        for level in ("debug", "info") * 5:
+            rewrite(cfg_path, log={"level": level})
             d.signal(signal.SIGHUP)
             notify.wait_for("READY", "1")
-            before = rss_kib(d.proc.pid)
-            for level in ("debug", "info") * 5:
-                rewrite(cfg_path, log={"level": level})
-                d.signal(signal.SIGHUP)
-                notify.wait_for("READY", "1")
-            grown = rss_kib(d.proc.pid) - before
-            d.signal(signal.SIGTERM)
-            assert d.wait() == 0
-        finally:
-            d.stop()
-            notify.close()
+        grown = rss_kib(d.proc.pid) - before
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+    finally:
+        d.stop()
+        notify.close()
     assert len(d.events("config.reloaded")) >= 5
     assert grown <= 256, f"the supervisor grew by {grown} KiB over 10 reloads"

@@ -15,12 +15,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nacl.signing
 import pytest
-from agentkit import Daemon, clean_env, ledger_entries
+from agentkit import Daemon, clean_env, ledger_entries, make_agent, wire
 
 from fluxagent.daemon.early import daemon_config
 from fluxagent.delivery import Deps, Engine
 from fluxagent.statedir import identity
+from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.workspace import Workspace, make_workspace
 from fluxagent.transport import HttpxTransport
 
@@ -196,3 +198,52 @@ def test_only_the_daemon_command_line_catches_signals_early() -> None:
     assert daemon_config(["run"], {"FLUXAGENT_CONFIG": "/y.toml"}) == Path("/y.toml")
     for argv in (["run", "--once"], ["-c", "run", "status"], ["status"], [], ["--help", "run"]):
         assert daemon_config(argv, {}) is None, argv  # SIGTERM keeps its usual meaning there
+
+
+# ---- Retry-After outlives the process that heard it ----
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[tuple[Workspace, ReferenceServer]]:
+    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    with ReferenceServer(signing_keys=keys, clock=lambda: T0) as server:
+        ws = wire(tmp_path / "ws", server, keys, now=T0, server={"connect_timeout": "2s", "read_timeout": "2s"})
+        yield ws, server
+
+
+def once_at(ws: Workspace, at: float) -> int:
+    """`run --once` (a fresh Agent on the state on disk) with the clock at `at`."""
+    with make_agent(ws.cfg, clock=lambda: at) as agent:
+        return agent.once()
+
+
+def test_retry_after_is_remembered_by_the_next_run_once_and_by_a_restarted_daemon(
+    limited: tuple[Workspace, ReferenceServer],
+) -> None:
+    ws, server = limited
+    server.inject(Fault.rate_limited("3600"))
+    assert once_at(ws, T0) == 69
+    asked = len(server.received)
+    assert asked == 1  # the first message met the 429; nothing more was sent after it
+    assert once_at(ws, T0 + 60) == 69  # the server asked for an hour: a new run --once does not send
+    assert len(server.received) == asked
+    with make_agent(ws.cfg, clock=lambda: T0 + 120) as agent:  # nor does a restarted daemon
+        wait = agent.step()
+        assert len(server.received) == asked
+        assert agent.engine.retry_at == pytest.approx(T0 + 3600, abs=1)
+        assert wait <= 3600
+    assert once_at(ws, T0 + 3601) == 0  # the hour is over: everything goes out
+    assert len(server.received) > asked
+    assert once_at(ws, T0 + 3602) == 0  # and a delivered run forgets the wait
+
+
+def test_a_remembered_retry_after_beyond_its_cap_is_ignored_after_a_clock_jump(
+    limited: tuple[Workspace, ReferenceServer],
+) -> None:
+    ws, server = limited
+    server.verifier.max_clock_skew = 1000 * 86400  # takes the agent's word for its ts
+    server.inject(Fault.rate_limited("3600"))
+    assert once_at(ws, T0 + 365 * 86400) == 69  # heard with the clock a year ahead
+    assert len(server.received) == 1
+    assert once_at(ws, T0 + 60) == 0  # the clock is right again: a year-long wait is no server's ask
+    assert len(server.received) > 1

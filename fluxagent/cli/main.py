@@ -42,6 +42,7 @@ def init(
     from fluxagent import config as config_mod
     from fluxagent.cli.main import write_initial_config
     from fluxagent.statedir import identity
+    from fluxagent.statedir.owner import identity_owner
 
     path: Path = ctx.obj
     try:
@@ -49,24 +50,37 @@ def init(
             cfg = config_mod.load(path)
             typer.echo(f"config: {path} exists, left untouched")
         else:
-            cfg = write_initial_config(
-                path,
-                bound_domain=bound_domain,
-                server_url=server_url,
-                vendor_keys=vendor_key or [],
-                state_dir=state_dir,
-                database=database,
-                license_file=license_file,
-            )
+            try:
+                cfg = write_initial_config(
+                    path,
+                    bound_domain=bound_domain,
+                    server_url=server_url,
+                    vendor_keys=vendor_key or [],
+                    state_dir=state_dir,
+                    database=database,
+                    license_file=license_file,
+                )
+            except PermissionError as exc:
+                raise ConfigError([f"{path}: cannot write the config: {exc.strerror}"],
+                                hint="write the config as root: `sudo fluxagent init …` (as root, init also"
+                                " creates the identity for the service user)") from exc
             typer.echo(f"config: wrote {path}")
-        ident, created = identity.ensure(cfg.instance.state_dir, now=int(time.time()))
+        sd = cfg.instance.state_dir
+        owner = identity_owner(cfg.instance.service_user, sd, str(cfg.source or path))
+        now = int(time.time())
+        if owner is None:
+            ident, created = identity.ensure(sd, now=now)
+            iid, whose = ident.instance_id, ""
+        else:
+            iid, created = identity.ensure_for(sd, now=now, owner=owner[:2])
+            whose = f", owned by {owner[2]} (the service user)"
     except FluxError as exc:
         raise fail(exc) from None
     except OSError as exc:
         typer.echo(f"fluxagent: cannot write {exc.filename}: {exc.strerror}", err=True)
         raise typer.Exit(oserror_exit_code(exc)) from None
     state = ", ".join(created) if created else "nothing (identity already present)"
-    typer.echo(f"identity: instance {ident.instance_id} in {cfg.instance.state_dir}; created {state}")
+    typer.echo(f"identity: instance {iid} in {sd}{whose}; created {state}")
     if not cfg.server.vendor_keys:
         typer.echo("note: server.vendor_keys is empty; add the vendor's public keys before `fluxagent run`")
 
@@ -218,6 +232,19 @@ def validate(
     if as_json:
         typer.echo(json.dumps({"checks": [c.as_dict() for c in checks], "exit_code": code}, indent=2))
     raise typer.Exit(code)
+
+
+@app.command("check-config")
+def check_config(ctx: typer.Context) -> None:
+    """Check the config file alone and exit: 0 it loads, 78 it does not (the unit's ExecReload runs this first).
+
+    Fast and read-only: it loads no identity, opens no state, database or network.
+    """
+    try:
+        load_config(ctx)
+    except FluxError as exc:
+        raise fail(exc) from None
+    typer.echo(f"config {ctx.obj}: ok")
 
 
 @app.command()

@@ -33,14 +33,28 @@ credentials_app = typer.Typer(
 app.add_typer(credentials_app, name="credentials")
 
 
-def _credential(ctx: typer.Context) -> tuple[Config, Credential]:
-    """Load the config, log to stderr, and obtain fresh credentials; raises FluxError."""
+def _credential(ctx: typer.Context, *, quiet: bool = False) -> tuple[Config, Credential]:
+    """Load the config, log to stderr (errors only if quiet), obtain fresh credentials; raises FluxError."""
     from fluxagent import logs
     from fluxagent.updates.credentials import obtain
 
     cfg = load_config(ctx)
-    logs.configure(cfg.log.format, cfg.log.level, stream=sys.stderr)
+    # docker and git run their helpers on every pull and fetch: stderr is for errors, not a log line per call
+    logs.configure(cfg.log.format, "error" if quiet else cfg.log.level, stream=sys.stderr)
     return cfg, obtain(cfg, log=logs.get())
+
+
+def _foreign(ctx: typer.Context, requested: str) -> bool:
+    """Return whether the requested host is surely not the vendor's registry (from the state dir; no I/O
+    beyond reading the config and one small file; a config error is left for the full path to report)."""
+    from fluxagent.updates import helpers as credhelpers
+    from fluxagent.updates.credentials import known_registry
+
+    try:
+        cfg = load_config(ctx)
+    except FluxError:
+        return False
+    return credhelpers.foreign(requested, known_registry(cfg.instance.state_dir))
 
 
 @credentials_app.callback(invoke_without_command=True)
@@ -73,12 +87,13 @@ def docker(
         if action in ("store", "erase"):
             sys.stdin.read()
         out, code = credhelpers.docker_other(action)
+    elif _foreign(ctx, server := sys.stdin.read()):
+        out, code = credhelpers.DOCKER_NOT_FOUND, 1
     else:
-        server = sys.stdin.read()
         try:
-            _, cred = _credential(ctx)
+            _, cred = _credential(ctx, quiet=True)
         except FluxError as exc:
-            typer.echo(f"fluxagent: {exc.code} error: {exc.message}")  # docker shows stdout on failure
+            typer.echo(f"fluxagent: {exc.code} error: {exc}")  # docker shows stdout on failure, hint included
             raise typer.Exit(exc.exit_code) from None
         out, code = credhelpers.docker_get(server, cred)
     if out:
@@ -97,10 +112,10 @@ def git(
     request = credhelpers.parse_git_request(sys.stdin)
     if action != "get":
         raise typer.Exit(EXIT_OK)  # nothing is stored, so store and erase have nothing to do
-    if not request.get("host"):
-        raise typer.Exit(EXIT_OK)  # no host, no answer: git goes on to its next helper
+    if not request.get("host") or _foreign(ctx, request["host"]):
+        raise typer.Exit(EXIT_OK)  # no answer: git goes on to its next helper
     try:
-        _, cred = _credential(ctx)
+        _, cred = _credential(ctx, quiet=True)
     except FluxError as exc:
         raise fail(exc) from None
     typer.echo(credhelpers.git_get(request, cred), nl=False)

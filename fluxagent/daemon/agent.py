@@ -8,7 +8,7 @@ from __future__ import annotations
 import faulthandler
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,7 +18,7 @@ from fluxagent import logs
 from fluxagent.config import Config
 from fluxagent.daemon.metrics import MetricsWriter
 from fluxagent.delivery import Deps, Engine, FlushResult
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_IOERR, EXIT_OK, EXIT_UNAVAILABLE, FluxError
 from fluxagent.kinds import SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.statedir import fsutil, identity, state
@@ -31,13 +31,18 @@ STOP_DEADLINE = 20.0
 LICENSE_FILE_POLL = 300.0  # a replaced license file shows in license-status.json within this
 
 
-def once_exit_code(result: FlushResult, source_failures: int) -> int:
-    """Return `run --once`'s exit code: 0 all delivered, 69 server unavailable, 1 rejected or not built."""
+def once_exit_code(result: FlushResult, source_codes: Iterable[int]) -> int:
+    """Return `run --once`'s exit code: 0 all delivered; else the worst of the failures' own codes
+    (docs/OPERATOR.md, "Exit codes"): 78, 74, then 69 server unavailable, then 1 rejected or not built."""
+    codes = set(source_codes)
     if result.retry is not None:
-        return EXIT_UNAVAILABLE
-    if result.rejected or source_failures:
-        return EXIT_CHECK_FAILED
-    return EXIT_OK
+        codes.add(EXIT_CONFIG if result.retry.config else EXIT_UNAVAILABLE)
+    if result.rejected:
+        codes.add(EXIT_CHECK_FAILED)
+    for code in (EXIT_CONFIG, EXIT_IOERR, EXIT_UNAVAILABLE):
+        if code in codes:
+            return code
+    return EXIT_CHECK_FAILED if codes else EXIT_OK
 
 
 def spool_depth(state_dir: Path) -> int:
@@ -98,7 +103,8 @@ class Agent:
     def once(self) -> int:
         """Run one full cycle (license, heartbeat, digest, spool flush); return the exit code."""
         result = self.engine.cycle(self.clock(), SCHEDULED)
-        code = once_exit_code(result, len(self.engine.source_errors))
+        code = once_exit_code(result, self.engine.source_exit_codes)
+        self.metrics.write(self.cfg, self.clock())  # a cron-driven `run --once` keeps metrics.prom current too
         self.log.info("run.once_done", delivered=len(result.delivered), rejected=len(result.rejected),
                       pending=self.engine.spool.depth(), exit_code=code)
         return code

@@ -33,15 +33,28 @@ def create_new(path: Path, mode: int = 0o600, flags: int = os.O_WRONLY) -> int:
     return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:
-    """Write data to path atomically with exactly `mode` (umask ignored); raises OSError.
+def _named(exc: OSError, path: Path) -> OSError:
+    """Return exc as the same kind of OSError naming path (people know that file, not our temp file)."""
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Write data to path atomically with exactly `mode` (umask ignored); raises OSError naming path.
 
     With exclusive=True the final rename refuses to replace an existing file (FileExistsError).
+    owner (uid, gid), for root only: the file belongs to that user from its first byte (the service
+    user's files stay the service's, docs/OPERATOR.md "Two users").
     """
     directory = path.parent
     tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise _named(exc, path) from None
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
@@ -60,6 +73,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool 
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _named(exc, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -73,10 +73,10 @@ def encode_json(obj: Any) -> bytes:
     return text.encode() + b"\n"
 
 
-def write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
-    """Atomically write obj as compact sorted JSON to path with exactly mode; raises StateError."""
+def write_json(path: Path, obj: Any, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Atomically write obj as compact sorted JSON to path with exactly mode (and owner); raises StateError."""
     try:
-        fsutil.atomic_write(path, encode_json(obj), mode=mode)
+        fsutil.atomic_write(path, encode_json(obj), mode=mode, owner=owner)
     except OSError as exc:
         raise StateError(
             f"cannot write {path}: {exc.strerror or exc}",
@@ -332,3 +332,28 @@ def save_backoff(state_dir: Path, b: Backoff) -> None:
     """Atomically write the backoff position to `<state_dir>/backoff.json`; raises StateError."""
     write_json(state_dir / BACKOFF_FILE, {"v": 1, "failures": b.failures, "retry_at": b.retry_at,
                                           "outage_since": b.outage_since, "outage_summary_at": b.outage_summary_at})
+
+
+RETRY_AFTER_FILE = "retry-after.json"
+
+
+def load_retry_after(state_dir: Path) -> float:
+    """Return until when the server asked us to wait (Unix time), 0.0 when it did not or the file is bad."""
+    try:
+        obj = _load(state_dir / RETRY_AFTER_FILE) or {}
+    except (_Corrupt, OSError):
+        return 0.0
+    until = obj.get("until")
+    return float(until) if isinstance(until, int | float) and not isinstance(until, bool) and until > 0 else 0.0
+
+
+def save_retry_after(state_dir: Path, until: float) -> None:
+    """Record until when the server asked us to wait (atomically), or forget it (until 0); raises StateError."""
+    path = state_dir / RETRY_AFTER_FILE
+    if until > 0:
+        write_json(path, {"v": 1, "until": until})
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot remove {path}: {exc.strerror or exc}") from exc

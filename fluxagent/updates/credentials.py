@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
+from fluxagent.errors import EXIT_CONFIG, FluxError, LockHeld, ServerUnavailable, StateError
+from fluxagent.statedir import state
 from fluxagent.timefmt import utc_iso
 
 if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, erase) stay fast
@@ -21,14 +23,35 @@ if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, eras
     from fluxagent.delivery import Engine
     from fluxagent.statedir.identity import Identity
     from fluxagent.transport import Transport
+    from fluxagent.wire.receipts import Retry
 
 Clock = Callable[[], float]
+# The registry the server last issued credentials for (no secret): docker and git ask a credential
+# helper about every host they talk to, and for all but the vendor's registry the answer is "not
+# found" at once, from this record, without loading the identity or contacting the server.
+REGISTRY_FILE = "update-registry.json"
 
 
 class CredentialsError(FluxError):
     """The server refused update credentials, or issued ones too short-lived to hand out."""
 
     code = "credentials"
+
+
+def remember_registry(state_dir: Path, registry: str) -> None:
+    """Record the registry the server issued credentials for; raises StateError."""
+    if known_registry(state_dir) != registry:
+        state.write_json(state_dir / REGISTRY_FILE, {"v": 1, "registry": registry}, mode=0o644)
+
+
+def known_registry(state_dir: Path) -> str | None:
+    """Return the registry credentials were last issued for, None if unknown (never issued, unreadable)."""
+    try:
+        record = state.read_json(state_dir / REGISTRY_FILE)
+    except StateError:
+        return None
+    registry = record.get("registry") if record else None
+    return registry if isinstance(registry, str) and registry.strip() and " " not in registry else None
 
 
 def monotonic() -> float:
@@ -82,8 +105,8 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
 
     flushed = engine.flush()
     if flushed.retry is not None:
-        raise ServerUnavailable(f"cannot reach the licensing server: {flushed.retry.reason}",
-                                hint="check `fluxagent validate`; credentials need the server")
+        raise _unavailable(flushed.retry, f"cannot reach the licensing server: {flushed.retry.reason}",
+                           "check `fluxagent validate`; credentials need the server")
     sent_mono, sent_wall = mono(), engine.deps.clock()  # taken before sending: the lifetime runs from here
     issued: list[Credential] = []
 
@@ -95,6 +118,8 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
     sealed, outcome = engine.request(messages.build_credentials(), describe=describe)
     if isinstance(outcome, Delivered):
         cred = issued[0]
+        # the helpers answer "not found" for any other host from this record, without asking the server
+        remember_registry(engine.config.instance.state_dir, cred.registry)
         log = engine.deps.log
         if log is not None:
             log.info("credentials.issued", seq=sealed.obj["seq"], registry=cred.registry,
@@ -102,7 +127,16 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
         return cred
     if isinstance(outcome, Rejected):
         raise CredentialsError(f"the server refused update credentials: {outcome.reason}")
-    raise ServerUnavailable(f"no update credentials: {outcome.reason}", hint="try again later")
+    raise _unavailable(outcome, f"no update credentials: {outcome.reason}", "try again later")
+
+
+def _unavailable(retry: Retry, message: str, hint: str) -> ServerUnavailable:
+    """Return the error for a failed request: 69, or 78 when the cause is this machine's setup (untrusted CA)."""
+    exc = ServerUnavailable(message, hint="set server.ca_bundle to the CA that issued the server's certificate"
+                            if retry.config else hint)
+    if retry.config:
+        exc.exit_code = EXIT_CONFIG
+    return exc
 
 
 class CredentialCache:
@@ -135,11 +169,15 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
     """Return credentials: fetched under the instance lock, or from the running daemon; raises FluxError."""
     from fluxagent.statedir import identity
     from fluxagent.statedir.lock import instance_lock
+    from fluxagent.statedir.owner import foreign_owner
     from fluxagent.updates import client
 
     sd = cfg.instance.state_dir
-    ident = identity.load(sd)
     deadline = cfg.server.request_deadline + 5  # the daemon may first flush its spool
+    owner = foreign_owner(sd)
+    if owner is not None:  # the service's state (root in the package): ask its daemon, never load its keys
+        return _from_service(cfg, owner, deadline, mono)
+    ident = identity.load(sd)
     give_up = time.monotonic() + deadline
     while True:
         try:
@@ -157,6 +195,28 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
         if not cred.usable(mono(), cfg.updates.min_remaining):  # checked here too: never hand out an expired one
             raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
         return cred
+
+
+def _from_service(cfg: Config, owner: str, deadline: float, mono: Clock) -> Credential:
+    """Return credentials from the daemon of the user owning the state dir; raises FluxError (69 when none runs)."""
+    from fluxagent.updates import client
+
+    sd = cfg.instance.state_dir
+    try:
+        cred = credential_of(client.ask(sd, "credentials", deadline))
+    except client.NoDaemon:
+        raise ServerUnavailable(
+            f"the fluxagent service is not running: the state directory {sd} belongs to {owner}, so update"
+            " credentials come from its running daemon (this command never uses the service's keys)",
+            hint="start it: `systemctl start fluxagent` (see `systemctl status fluxagent`)") from None
+    except client.RemoteError:
+        raise
+    except LockHeld as exc:
+        raise ServerUnavailable(f"the fluxagent service does not answer: {exc.message}",
+                                hint="see `systemctl status fluxagent` and `journalctl -u fluxagent`") from None
+    if not cred.usable(mono(), cfg.updates.min_remaining):
+        raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
+    return cred
 
 
 def _fetch_once(cfg: Config, ident: Identity, log: Any, transport: Transport | None, mono: Clock) -> Credential:

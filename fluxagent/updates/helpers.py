@@ -9,6 +9,7 @@ secret in it), on the monotonic clock of the current boot.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,6 +42,11 @@ def matches(requested: str, registry: str) -> bool:
     if not want or not have:
         return False
     return want == have or (":" not in have and want.split(":")[0] == have)
+
+
+def foreign(requested: str, known: str | None) -> bool:
+    """Return whether requested is surely not the vendor's registry (False while the registry is unknown)."""
+    return known is not None and not matches(requested, known)
 
 
 # ---- docker credential helper: `get` reads the server URL on stdin ----
@@ -98,10 +104,19 @@ def apt_entry(cred: Credential) -> bytes:
 
 
 def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
-    """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError."""
+    """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError.
+
+    Root writing for the service user's state dir (the package) records it as that user's file, so the
+    daemon can read it and remove the entry when it expires where it may.
+    """
+    try:
+        st = state_dir.stat()
+        owner = (st.st_uid, st.st_gid) if st.st_uid != os.geteuid() else None
+    except OSError:
+        owner = None  # write_json says what is wrong with the state dir
     state.write_json(state_dir / APT_STATE_FILE, {
-        "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
-        "expires_at": utc_iso(cred.expires_utc)})
+        "v": 1, "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
+        "expires_at": utc_iso(cred.expires_utc)}, owner=owner)
     try:
         fsutil.atomic_write(path, apt_entry(cred), mode=0o600)
     except OSError as exc:
