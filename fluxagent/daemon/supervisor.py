@@ -153,7 +153,10 @@ class Supervisor:
         try:
             for fd in (w, ir, *((self.lock_fd,) if locked else ())):
                 os.set_inheritable(fd, True)
-            pid = os.posix_spawn(sys.executable, argv, self.env)
+            # /proc/self/exe: exactly the interpreter running, even where the service user cannot reach
+            # the path it was started by; argv[0] keeps that path, so the worker finds the same venv
+            exe = "/proc/self/exe" if os.path.exists("/proc/self/exe") else sys.executable
+            pid = os.posix_spawn(exe, argv, self.env)
         except OSError as exc:
             for fd in (r, iw):
                 os.close(fd)
