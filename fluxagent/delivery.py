@@ -8,7 +8,6 @@ arguments, so tests drive days of outage in milliseconds.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,10 +16,11 @@ from typing import Any
 from fluxagent import collect
 from fluxagent.config import Config
 from fluxagent.errors import AllowlistError, FluxError, StateError
+from fluxagent.identifiers import TokenSet, key_id
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
 from fluxagent.license.state import Contact, Receipt, Status
-from fluxagent.statedir import state
+from fluxagent.statedir import digestset, state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.statedir.spool import Entry, Spool, SpoolFull, TooBig
@@ -42,6 +42,9 @@ SKEW_LIMIT = licensing.SKEW_LIMIT
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
 SPOOL_ENTRY_OVERHEAD = 512  # the spool entry's own fields around the envelope
+# need_full or a refused delta make the next digest full, at most this often: a server answering
+# need_full to everything gets a full digest an hour, not one per answer
+FULL_DIGEST_PACE = 3600
 
 
 def interval_of(cfg: Config, kind: str) -> float:
@@ -61,9 +64,12 @@ def backoff(failures: int, rng: random.Random, base: float = BACKOFF_BASE, cap: 
 
 
 def sealed_of(entry: Entry) -> Sealed:
-    """Return the Sealed view of a spool entry (what `classify` checks the receipt against)."""
-    payload = entry.payload
-    return Sealed(entry.kind, entry.endpoint, payload, json.loads(payload), entry.envelope)
+    """Return what `classify` checks a receipt against: kind, payload hash, iid and nonce of the entry.
+
+    The payload itself is not read back: a spooled digest can be tens of MB.
+    """
+    obj = {"iid": entry.iid, "nonce": entry.nonce, "seq": entry.seq}
+    return Sealed(entry.kind, entry.endpoint, b"", obj, b"", summary=entry.summary, sha256=entry.payload_sha256)
 
 
 @dataclass
@@ -129,8 +135,10 @@ class Engine:
 
     def _ledger_entry(self, now: int, event: str, e: Entry, *, outcome: str, http_status: int | None = None,
                       receipt_sha256: str | None = None, detail: str | None = None) -> None:
+        # a digest is recorded by its payload hash and list sizes: its lists would make lines of tens of MB
         self.ledger.append(now=now, event=event, kind=e.kind, outcome=outcome, endpoint=e.endpoint, seq=e.seq,
-                           payload=e.payload, http_status=http_status, receipt_sha256=receipt_sha256,
+                           payload=None if e.summary is not None else e.payload, payload_sha256=e.payload_sha256,
+                           summary=e.summary, http_status=http_status, receipt_sha256=receipt_sha256,
                            detail=detail)
 
     def _source_status(self, kind: str, entry: dict[str, Any] | None) -> None:
@@ -169,10 +177,10 @@ class Engine:
             self._advance("license", now)
             self._log("license.registration_pending", spool=self.spool.depth())
         license_state = self.license_status(now).state if "license" in kinds else None
-        built = collect.gather(self.cfg, self.ident, kinds, now=now,
-                               last_acked_root=None if force_full else self.schedule.last_acked_root,
+        acked_root = None if force_full else self.schedule.last_acked_root
+        built = collect.gather(self.cfg, self.ident, kinds, now=now, last_acked_root=acked_root,
                                license_state=license_state if license_state in messages.LICENSE_STATES else None,
-                               world=self.deps.world)
+                               world=self.deps.world, base=self._digest_base(acked_root) if "digest" in kinds else None)
         out: list[Sealed] = []
         for b in built:
             if b.skipped:
@@ -195,6 +203,11 @@ class Engine:
             if b.kind in self.source_status:
                 self._source_status(b.kind, None)
             seq = sealed.obj["seq"]
+            if b.tokens is not None and sealed.summary is not None:
+                self._store_pending(b.tokens, sealed.summary)
+                if sealed.summary.get("full"):
+                    self.schedule = replace(self.schedule, last_full_at=int(now))
+            b.tokens = None  # a million tokens are 16 MB: let them go once stored
             put = self.spool.put(sealed, int(now))
             for e in put.superseded:
                 self._ledger_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
@@ -203,7 +216,7 @@ class Engine:
                 self._warn("spool.dropped_oldest_heartbeat", seq=e.seq)
             # only now: a seq or spool write that failed (disk full) leaves the kind due, retried soon
             self._advance(b.kind, now)
-            self._log(f"{b.kind}.spooled", seq=seq, bytes=len(sealed.envelope))
+            self._log(f"{b.kind}.spooled", seq=seq, bytes=sealed.envelope_size)
             out.append(sealed)
         self._save_schedule()
         return out
@@ -222,7 +235,7 @@ class Engine:
 
         try:
             sealed = seal(self.seq.peek(floor))
-            self.spool.check_room(kind, len(sealed.envelope) + SPOOL_ENTRY_OVERHEAD)
+            self.spool.check_room(kind, sealed.envelope_size + SPOOL_ENTRY_OVERHEAD)
         except (AllowlistError, SpoolFull) as exc:
             if (self.source_status.get(kind) or {}).get("code") != exc.code:  # once, not every interval
                 event = "digest.too_big_for_spool" if isinstance(exc, TooBig) else f"{kind}.not_sent"
@@ -235,6 +248,40 @@ class Engine:
             self._warn("seq.recovered", detail=self.seq.recovered)
             self.seq.recovered = None
         return sealed if seq == sealed.obj["seq"] else seal(seq)
+
+    def _digest_base(self, acked_root: str | None) -> TokenSet | None:
+        """Return the acknowledged token set when it is that of acked_root under this digest key, else None."""
+        if acked_root is None:
+            return None
+        found = digestset.acked(self.cfg.instance.state_dir)
+        if found is None or found.root != acked_root or found.key_id != key_id(self.ident.digest_key):
+            return None  # missing, corrupt, another root or another key: full, never a wrong delta
+        return found.tokens
+
+    def _store_pending(self, tokens: TokenSet, summary: dict[str, Any]) -> None:
+        """Keep the token set of the digest about to be spooled, to become the base once acknowledged."""
+        if summary.get("root") == self.schedule.last_acked_root:
+            return  # unchanged: the acknowledged set is this one already
+        try:
+            digestset.write_pending(self.cfg.instance.state_dir, str(summary["key_id"]), str(summary["root"]),
+                                    tokens)
+        except OSError as exc:
+            raise StateError(f"cannot store the digest token set in {self.cfg.instance.state_dir}:"
+                             f" {exc.strerror or exc}; the message was not queued",
+                             hint="check free space and permissions of the state directory") from exc
+
+    def _full_digest_next(self, now: float, why: str) -> None:
+        """Make the next digest full (no base), due at most once per FULL_DIGEST_PACE: never a loop."""
+        try:
+            digestset.forget(self.cfg.instance.state_dir)
+        except OSError as exc:
+            raise StateError(f"cannot remove the acknowledged digest set: {exc.strerror or exc}") from exc
+        last = self.schedule.last_full_at
+        due = int(now) if last is None else max(int(now), last + FULL_DIGEST_PACE)
+        ks = self.schedule.digest
+        self.schedule = replace(self.schedule.with_kind("digest", replace(ks, next_due=due)), last_acked_root=None)
+        self._log("digest.full_requested", reason=why, due_in=int(due - now))
+        self._save_schedule()
 
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""
@@ -261,7 +308,7 @@ class Engine:
                 return result
             sealed = sealed_of(entry)
             url = self.cfg.server.url + entry.endpoint
-            response = send(self.deps.transport, url, entry.envelope, deadline=deadline)
+            response = send(self.deps.transport, url, entry.body(), deadline=deadline)
             now = clock()
             outcome = classify(sealed, response, self.cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
             if isinstance(outcome, Retry):
@@ -280,6 +327,8 @@ class Engine:
                 if entry.kind == "license":
                     why = f"HTTP {outcome.status}: {outcome.reason}"[:200]
                     self.refresh_license(now, Contact("rejected", now, now, why))
+                if entry.kind == "digest" and (entry.summary or {}).get("base"):
+                    self._full_digest_next(now, f"the server refused a delta: {outcome.reason}"[:200])
                 result.rejected.append((entry, outcome))
                 continue
             self._ledger_entry(int(now), "sent", entry, outcome="delivered", http_status=outcome.status,
@@ -329,15 +378,26 @@ class Engine:
             ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None))
         if kind == "digest":
             if d.receipt_body.get("need_full"):
-                self.schedule = replace(self.schedule, last_acked_root=None)
-                self.schedule = self.schedule.with_kind("digest", replace(self.schedule.digest, next_due=int(now)))
+                self._full_digest_next(now, "the server asked for a full digest (need_full)")
             else:
-                self.schedule = replace(self.schedule, last_acked_root=sealed.obj["body"]["root"])
+                root = (sealed.summary or {}).get("root")
+                root = root if isinstance(root, str) else None
+                self._acknowledge_digest(root)
+                self.schedule = replace(self.schedule, last_acked_root=root)
         if kind == "license":
             self.write_license_status(d, now)
         else:
             self.refresh_license(now, Contact("delivered", now))
         self._save_schedule()
+
+    def _acknowledge_digest(self, root: str | None) -> None:
+        """Keep the token set of an acknowledged root as the next delta's base (else none: full next)."""
+        try:
+            if root is None or root == self.schedule.last_acked_root:
+                return  # an unchanged digest: the acknowledged set stays
+            digestset.acknowledge(self.cfg.instance.state_dir, root)
+        except OSError as exc:
+            raise StateError(f"cannot store the acknowledged digest set: {exc.strerror or exc}") from exc
 
     # ---- license status (the platform reads it) ----
 
@@ -392,8 +452,9 @@ class Engine:
         """Produce kinds and flush the spool: one full cycle. Raises FluxError on state trouble."""
         self.produce(kinds, now)
         result = self.flush()
-        if any(e.kind == "digest" and d.receipt_body.get("need_full") for e, d in result.delivered):
-            self.produce(["digest"], self.deps.clock(), force_full=True)  # the server asked for the lists
+        now = self.deps.clock()
+        if "digest" in self.due(now) and any(e.kind == "digest" for e, _ in result.delivered + result.rejected):
+            self.produce(["digest"], now, force_full=True)  # the server asked for the lists (paced)
             more = self.flush()
             result.delivered += more.delivered
             result.rejected += more.rejected

@@ -20,11 +20,11 @@ from typing import Any
 from fluxagent.delivery import SCHEDULED, Engine
 from fluxagent.errors import EnvelopeError, FluxError, StateError
 from fluxagent.license.file import check_license
-from fluxagent.statedir import fsutil, state
+from fluxagent.statedir import digestset, fsutil, state
 from fluxagent.statedir.spool import Entry
 from fluxagent.updates.credentials import utc_text
 from fluxagent.wire import envelope
-from fluxagent.wire.messages import Sealed
+from fluxagent.wire.messages import Sealed, digest_summary
 from fluxagent.wire.receipts import Delivered, ReceiptError, verify_receipt
 
 BUNDLE_TYPE = envelope.payload_type("bundle")
@@ -105,15 +105,24 @@ def prepare_export(engine: Engine, now: float) -> tuple[bytes, list[Entry]]:
     return bundle, entries
 
 
+def recorded(kind: str, payload: bytes) -> dict[str, Any]:
+    """Return how the ledger records a payload: whole, or for a digest its hash and list sizes."""
+    if kind != "digest":
+        return {"payload": payload}
+    body = json.loads(payload).get("body")
+    return {"payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "summary": digest_summary(body) if isinstance(body, dict) else None}
+
+
 def commit_export(engine: Engine, entries: Sequence[Entry], now: float, where: str) -> None:
     """After the bundle is written: move its entries from the spool to pending, ledgering each."""
     pending = load_pending(engine)
     known = {p.seq for p in pending}
-    pending += [Pending(e.kind, e.endpoint, e.seq, e.envelope, int(now)) for e in entries if e.seq not in known]
+    pending += [Pending(e.kind, e.endpoint, e.seq, e.read_envelope(), int(now)) for e in entries if e.seq not in known]
     save_pending(engine, pending)
     for e in entries:
         engine.ledger.append(now=int(now), event="exported", kind=e.kind, outcome="exported", endpoint=e.endpoint,
-                             seq=e.seq, payload=e.payload, detail=f"in offline bundle {where}"[:300])
+                             seq=e.seq, **recorded(e.kind, e.payload), detail=f"in offline bundle {where}"[:300])
         engine.spool.remove(e)
 
 
@@ -170,7 +179,7 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
             code = status if isinstance(status, int) and 400 <= status <= 599 else 400
             why = f"http {code}: {str(item.get('error', ''))[:60]} {str(item.get('detail', ''))[:120]}".strip()
             engine.ledger.append(now=int(now), event="rejected", kind=p.kind, outcome="rejected", endpoint=p.endpoint,
-                                 seq=p.seq, payload=p.sealed().payload, http_status=code, detail=why)
+                                 seq=p.seq, **recorded(p.kind, p.sealed().payload), http_status=code, detail=why)
             result.rejected.append((p, code, why))
             del pending[item["req"]]
             continue
@@ -181,7 +190,8 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
             continue
         d = Delivered(body, ts, digest, 200, 0.0)  # the answer's age says nothing about this clock
         engine.ledger.append(now=int(now), event="imported", kind=p.kind, outcome="delivered", endpoint=p.endpoint,
-                             seq=p.seq, payload=p.sealed().payload, http_status=200, receipt_sha256=digest)
+                             seq=p.seq, **recorded(p.kind, p.sealed().payload), http_status=200,
+                             receipt_sha256=digest)
         _apply(engine, p, d, now)
         result.delivered.append((p, d))
         del pending[item["req"]]
@@ -198,8 +208,16 @@ def _apply(engine: Engine, p: Pending, d: Delivered, now: float) -> None:
         engine.write_license_status(d, now, source="import")
     elif p.kind == "digest":
         root = None if d.receipt_body.get("need_full") else p.sealed().obj["body"]["root"]
+        sd = engine.cfg.instance.state_dir
+        try:  # the acknowledged token set follows the acknowledged root: the next delta's base, or none
+            if root is None:
+                digestset.forget(sd)
+            elif root != engine.schedule.last_acked_root:
+                digestset.acknowledge(sd, root)
+        except OSError as exc:
+            raise StateError(f"cannot store the acknowledged digest set: {exc.strerror or exc}") from exc
         engine.schedule = replace(engine.schedule, last_acked_root=root)
-        state.save_schedule(engine.cfg.instance.state_dir, engine.schedule)
+        state.save_schedule(sd, engine.schedule)
 
 
 def _license_of(obj: dict[str, Any], vendor_keys: Sequence[bytes], domain: str, now: float) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
@@ -19,8 +20,10 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:
-    """Write data to path atomically with exactly `mode` (umask ignored); raises OSError.
+def atomic_write(
+    path: Path, data: bytes | Iterable[bytes | memoryview], *, mode: int = 0o600, exclusive: bool = False
+) -> None:
+    """Write data (bytes, or its pieces) to path atomically with exactly `mode` (umask ignored); raises OSError.
 
     With exclusive=True the final rename refuses to replace an existing file (FileExistsError).
     """
@@ -29,10 +32,11 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool 
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+            view = memoryview(piece)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
