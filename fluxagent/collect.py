@@ -1,4 +1,4 @@
-"""From live sources to messages: the one path both `preview` and `run` take (DESIGN §1).
+"""From live sources to messages: the one path both `preview` and `run` take (docs/ARCHITECTURE.md, "The data flow").
 
 The I/O here is read-only (platform database, this host, the license file); building and
 sealing are the pure functions of identifiers, messages and envelope.

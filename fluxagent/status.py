@@ -8,11 +8,10 @@ from typing import Any
 
 from fluxagent.config import Config
 from fluxagent.errors import StateError
+from fluxagent.kinds import KINDS
 from fluxagent.license import record as license_store
 from fluxagent.statedir import state
 from fluxagent.statedir.ledger import Ledger, parse_line
-
-KINDS = ("license", "heartbeat", "digest", "credentials")
 
 
 def _spool_facts(spool_dir: Path) -> dict[str, Any]:

@@ -54,14 +54,11 @@ def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the
     with ReferenceServer(signing_keys=keys) as srv:
         ws = wire(tmp_path / "ws", srv, keys, server={"read_timeout": "60s"})
         srv.inject(Fault.delay(60, endpoint="license"))  # the server never answers in time
-        agent = make_agent(ws.cfg, stop_deadline=0.5)
-        try:
+        with make_agent(ws.cfg, stop_deadline=0.5) as agent:
             kill_self_later(0.5, signal.SIGTERM)
             t = time.monotonic()
             assert agent.loop(ws.root / "fluxagent.toml") == 0
             elapsed = time.monotonic() - t
-        finally:
-            agent.close()
     assert 0.9 <= elapsed < 5
     [stopping] = log.events("agent.stopping")
     assert stopping["level"] == "warning" and "stop deadline" in stopping["forced"] and stopping["spool"] == 3
@@ -133,8 +130,7 @@ def test_reload_keeps_the_transport_unless_the_server_section_or_its_ca_file_cha
         built.append(HttpxTransport(c.server, env={}))
         return built[-1]
 
-    agent = Agent(ws.cfg, transport_factory=factory)
-    try:
+    with Agent(ws.cfg, transport_factory=factory) as agent:
         rewrite(cfg_path, log={"level": "debug"})
         agent.reload(cfg_path)
         assert len(built) == 1 and agent.transport is built[0] and agent.cfg.log.level == "debug"
@@ -148,5 +144,3 @@ def test_reload_keeps_the_transport_unless_the_server_section_or_its_ca_file_cha
         trustme.CA().cert_pem.write_to_path(str(ca))
         agent.reload(cfg_path)
         assert len(built) == 3 and agent.transport is built[2]  # the operator replaced the CA file
-    finally:
-        agent.close()

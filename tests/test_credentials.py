@@ -48,12 +48,8 @@ def ws(tmp_path: Path, server: ReferenceServer) -> Workspace:
 
 def register(w: Workspace) -> None:
     """Register the workspace's instance with its server: one `run --once` cycle, in process."""
-    with instance_lock(w.cfg.instance.state_dir):
-        agent = Agent(w.cfg)
-        try:
-            assert agent.once() == 0
-        finally:
-            agent.close()
+    with instance_lock(w.cfg.instance.state_dir), Agent(w.cfg) as agent:
+        assert agent.once() == 0
 
 
 def helper(ws: Workspace, argv: list[str], stdin: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -132,10 +128,10 @@ def test_apt_entry_is_written_0600_and_removed_by_cleanup_after_expiry(tmp_path:
         machine, registry, login, user, password, secret = entry.read_text().split()
         assert (machine, registry, login, password) == ("machine", REGISTRY, "login", "password")
         assert srv.credentials_valid(user, secret)
-        early = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup")
+        early = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup", "--path", str(entry))
         assert "valid for another" in early.stdout and entry.exists()
         time.sleep(2.1)
-        late = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup")
+        late = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup", "--path", str(entry))
         assert late.returncode == 0 and "removed" in late.stdout
         assert not entry.exists()
         assert not (w.cfg.instance.state_dir / APT_STATE_FILE).exists()
@@ -180,11 +176,11 @@ def test_apt_cleanup_with_an_injected_clock_keeps_then_removes_and_forgets_other
     cred = fetch(_engine(ws), mono)
     sd, entry = ws.cfg.instance.state_dir, tmp_path / "apt.conf"
     write_apt(entry, cred, sd, "boot-a")
-    assert cleanup_apt(sd, mono.t + 599, "boot-a").due_in == pytest.approx(1)
+    assert cleanup_apt(sd, entry, mono.t + 599, "boot-a").due_in == pytest.approx(1)
     assert entry.exists()
-    assert cleanup_apt(sd, mono.t + 600, "boot-a").removed and not entry.exists()
+    assert cleanup_apt(sd, entry, mono.t + 600, "boot-a").removed and not entry.exists()
     write_apt(entry, cred, sd, "boot-a")
-    assert cleanup_apt(sd, mono.t, "boot-b").removed and not entry.exists()  # monotonic time restarted
+    assert cleanup_apt(sd, entry, mono.t, "boot-b").removed and not entry.exists()  # monotonic time restarted
 
 
 def test_secret_appears_in_no_log_ledger_or_state_file(ws: Workspace, tmp_path: Path) -> None:
@@ -236,7 +232,9 @@ def test_while_the_daemon_runs_helpers_get_credentials_from_it_and_it_removes_th
     with ReferenceServer(credentials_ttl=3) as srv:
         w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
         cfg_path = w.root / "fluxagent.toml"
-        cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"'))
+        entry = tmp_path / "apt.conf"  # the daemon removes the configured entry, never a path the state names
+        cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"')
+                            .replace('"/etc/apt/auth.conf.d/fluxagent.conf"', f'"{entry}"'))
         sock = w.cfg.instance.state_dir / "control.sock"
         env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
         daemon = subprocess.Popen([sys.executable, "-m", "fluxagent", "--config", str(cfg_path), "run"],
@@ -248,8 +246,7 @@ def test_while_the_daemon_runs_helpers_get_credentials_from_it_and_it_removes_th
             assert first.returncode == 0, first.stdout + first.stderr
             assert json.loads(first.stdout) == json.loads(second.stdout)  # from the daemon's memory
             assert len(srv.issued_credentials) == 1
-            entry = tmp_path / "apt.conf"
-            assert helper(w, ["fluxagent", "credentials", "apt", "--path", str(entry)], "").returncode == 0
+            assert helper(w, ["fluxagent", "credentials", "apt"], "").returncode == 0
             assert entry.exists()
             assert _wait_for(lambda: not entry.exists(), 10)  # the daemon removed it once expired
             assert daemon.poll() is None
@@ -314,14 +311,11 @@ def test_updates_section_defaults_match_the_example_and_mistakes_name_their_dott
 
 def test_daemon_keeps_running_without_a_control_socket_when_the_path_is_too_long(tmp_path: Path) -> None:
     w = make_workspace(tmp_path / ("d" * 110), server_url="http://127.0.0.1:9")
-    agent = Agent(w.cfg)
-    try:
+    with Agent(w.cfg) as agent:
         updates = DaemonUpdates(agent.engine, agent.engine_lock, lambda: agent.cfg, lambda: agent.log)
         assert updates.server is None and not (w.cfg.instance.state_dir / "control.sock").exists()
         assert updates.handle("credentials-please")["ok"] is False
         updates.close()
-    finally:
-        agent.close()
 
 
 def test_helpers_started_in_parallel_without_a_daemon_wait_for_the_lock_and_all_succeed(

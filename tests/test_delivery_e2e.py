@@ -58,11 +58,8 @@ def ca_bundle(ca: trustme.CA, tmp_path: Path) -> str:
 
 
 def once(cfg: Config) -> int:
-    agent = make_agent(cfg)
-    try:
+    with make_agent(cfg) as agent:
         return agent.once()
-    finally:
-        agent.close()
 
 
 def test_run_once_over_https_delivers_every_kind_with_verified_receipts_and_records_them(
@@ -142,8 +139,7 @@ def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = No
     if spool:
         sections["spool"] = spool
     ws = wire(root, server, keys, now=t0, **sections)
-    agent = make_agent(ws.cfg, clock)
-    try:
+    with make_agent(ws.cfg, clock) as agent:
         if deliver_first:
             clock.now += agent.step()  # everything delivered while the server is up
             assert agent.engine.spool.depth() == 0
@@ -155,8 +151,6 @@ def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = No
             clock.now += max(1.0, agent.step())
             if agent.engine.spool.depth() == 0:
                 break
-    finally:
-        agent.close()
         server.stop()
     spooled = [e["seq"] for e in log.events("heartbeat.spooled")]
     return Outage(ws.cfg, server, log, spooled, t0, hours)

@@ -1,5 +1,5 @@
 """Each scripted fault of the reference server, met by the delivery engine over real loopback HTTP:
-handled as DESIGN §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
+handled as docs/PROTOCOL.md §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
 
 from __future__ import annotations
 
@@ -34,12 +34,9 @@ def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         ws = wire(tmp_path_factory.mktemp("faults") / "ws", server, keys,
                   server={"connect_timeout": "2s", "read_timeout": "2s"})
         log = LogCapture()
-        agent = make_agent(ws.cfg)
-        try:
+        with make_agent(ws.cfg) as agent:
             assert agent.once() == 0  # registered, everything delivered
             yield Rig(server, agent, log)
-        finally:
-            agent.close()
 
 
 @pytest.fixture

@@ -31,11 +31,8 @@ def test_server_interval_lengthens_the_heartbeat_timer_but_never_shortens_it(
     t0 = float(int(time.time()))
     with ReferenceServer(signing_keys=k, heartbeat_next_in=next_in, clock=Clock(t0)) as srv:
         ws = wire(tmp_path / "ws", srv, k, now=t0)
-        agent = make_agent(ws.cfg, Clock(t0))
-        try:
+        with make_agent(ws.cfg, Clock(t0)) as agent:
             assert agent.once() == 0
-        finally:
-            agent.close()
     due = state.load_schedule(ws.cfg.instance.state_dir).heartbeat.next_due
     assert due is not None and due - t0 >= expected_min
     if next_in < HOUR:
@@ -47,11 +44,8 @@ def test_license_check_interval_follows_a_longer_next_check_in(tmp_path: Path) -
     t0 = float(int(time.time()))
     with ReferenceServer(signing_keys=k, license=LicensePolicy(next_check_in=24 * HOUR), clock=Clock(t0)) as srv:
         ws = wire(tmp_path / "ws", srv, k, now=t0)
-        agent = make_agent(ws.cfg, Clock(t0))
-        try:
+        with make_agent(ws.cfg, Clock(t0)) as agent:
             assert agent.once() == 0
-        finally:
-            agent.close()
     assert state.load_schedule(ws.cfg.instance.state_dir).license.next_due == t0 + 24 * HOUR
 
 
@@ -91,11 +85,8 @@ def test_server_clock_far_ahead_is_reported_as_clock_skew(tmp_path: Path) -> Non
     log = LogCapture()
     with ReferenceServer(signing_keys=k, clock=lambda: time.time() + 3600) as srv:
         ws = wire(tmp_path / "ws", srv, k)
-        agent = make_agent(ws.cfg)
-        try:
+        with make_agent(ws.cfg) as agent:
             assert agent.once() == 0
-        finally:
-            agent.close()
     lic = state.read_json(ws.cfg.instance.state_dir / "license-status.json")
     assert lic is not None and lic["clock_skew"] is True
     assert collect_status(ws.cfg)["clock_skew"] is True

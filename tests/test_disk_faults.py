@@ -24,7 +24,7 @@ from hostile import Clock, Events, engine_config, ledger_events, make_engine
 from fluxagent import config
 from fluxagent.daemon.agent import STATE_ERROR_PAUSE, Agent
 from fluxagent.daemon.notify import Notifier
-from fluxagent.errors import EXIT_CONFIG, StateError
+from fluxagent.errors import EXIT_CONFIG, EXIT_IOERR, StateError
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.transport import HttpxTransport
 
@@ -140,9 +140,8 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
     cfg = engine_config(small_fs / "state", sample_db, server)
     clock = Clock()
     make_engine(cfg, Events(), clock)  # creates the identity
-    agent = Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
-                  notifier=Notifier(env={}))
-    try:
+    with Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
+                 notifier=Notifier(env={})) as agent:
         filler = fill(small_fs)
         assert agent.step() == STATE_ERROR_PAUSE
         filler.unlink()
@@ -150,8 +149,6 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
         agent.step()
         assert agent.engine.spool.depth() == 0
         assert ledger_events(cfg.instance.state_dir) == ["sent"] * 3
-    finally:
-        agent.close()
 
 
 def _write_config(cfg: config.Config, where: Path) -> Path:
@@ -160,7 +157,7 @@ def _write_config(cfg: config.Config, where: Path) -> Path:
     return path
 
 
-def test_read_only_state_dir_gives_exit_78_with_the_reason_then_recovers_when_writable(
+def test_read_only_state_dir_gives_exit_74_with_the_reason_then_recovers_when_writable(
     small_fs: Path, tmp_path: Path, sample_db: Path, server: ReferenceServer
 ) -> None:
     cfg = engine_config(small_fs / "state", sample_db, server)
@@ -172,7 +169,7 @@ def test_read_only_state_dir_gives_exit_78_with_the_reason_then_recovers_when_wr
     assert remount.returncode == 0, remount.stderr
     env = {"NO_PROXY": "127.0.0.1", "FLUXAGENT_CONFIG": str(path)}
     done = run_cli("run", "--once", env=env)
-    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.returncode == EXIT_IOERR, done.stderr  # a disk error: systemd restarts, unlike 78
     assert "Read-only file system" in done.stderr and "Traceback" not in done.stderr
     assert str(cfg.instance.state_dir) in done.stderr
     assert snapshot(cfg.instance.state_dir) == before
@@ -276,7 +273,7 @@ def _small_files_only() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
 
-def test_write_failures_from_a_file_size_limit_keep_what_was_queued_and_recover_without_it(
+def test_write_failures_from_a_file_size_limit_exit_74_keep_what_was_queued_and_recover_without_it(
     tmp_path: Path, sample_db: Path, server: ReferenceServer
 ) -> None:
     cfg = engine_config(tmp_path / "state", sample_db, server)
@@ -286,7 +283,7 @@ def test_write_failures_from_a_file_size_limit_keep_what_was_queued_and_recover_
     argv = [sys.executable, "-m", "fluxagent", "--config", str(config_path), "run", "--once"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False,
                           preexec_fn=_small_files_only)
-    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.returncode == EXIT_IOERR, done.stderr
     assert "File too large" in done.stderr and "Traceback" not in done.stderr
     assert "the message was not queued" in done.stderr  # the digest entry is over the limit
     queued = sorted(p.name.split("-")[1] for p in (cfg.instance.state_dir / "spool" / "new").iterdir())
@@ -295,3 +292,30 @@ def test_write_failures_from_a_file_size_limit_keep_what_was_queued_and_recover_
     assert done.returncode == 0, done.stdout[-3000:]
     # the queued license (it registers the instance) and heartbeat, then a new heartbeat and the digest
     assert ledger_events(cfg.instance.state_dir) == ["sent"] * 4
+
+
+# ---- exit codes: a disk error is 74 (systemd restarts it), a permission problem 78 (a person fixes it) ----
+
+
+@pytest.mark.parametrize(("err", "code"), [
+    (errno.ENOSPC, EXIT_IOERR), (errno.EIO, EXIT_IOERR), (errno.EROFS, EXIT_IOERR), (errno.EFBIG, EXIT_IOERR),
+    (errno.EDQUOT, EXIT_IOERR), (errno.EACCES, EXIT_CONFIG), (errno.EPERM, EXIT_CONFIG),
+])
+def test_state_error_from_a_disk_error_exits_74_and_from_a_permission_error_78(err: int, code: int) -> None:
+    def write() -> None:
+        try:
+            raise OSError(err, os.strerror(err), "/var/lib/fluxagent/schedule.json")
+        except OSError as exc:
+            raise StateError(f"cannot write schedule.json: {exc.strerror}") from exc
+
+    with pytest.raises(StateError) as info:
+        write()
+    assert info.value.exit_code == code
+    assert StateError("schedule.json is not valid JSON").exit_code == EXIT_CONFIG  # corrupt: a person fixes it
+
+
+def test_a_unit_restart_policy_restarts_after_74_and_only_78_prevents_it() -> None:
+    unit = (Path(__file__).parent.parent / "packaging" / "systemd" / "fluxagent.service").read_text()
+    lines = [ln.strip() for ln in unit.splitlines()]
+    assert "RestartPreventExitStatus=78" in lines and "Restart=on-failure" in lines
+    assert not any(ln.startswith("RestartPreventExitStatus=") and "74" in ln for ln in lines)

@@ -43,7 +43,7 @@ from fluxagent.license import record as license_store
 from fluxagent.statedir import identity, state
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.testing.server import Fault, ReferenceServer
-from fluxagent.transport import HttpxTransport
+from fluxagent.transport import HttpxTransport, Plain
 from fluxagent.wire.http import HttpResponse, parse_retry_after
 
 CAP = 64 * 1024  # server.max_response_bytes in these tests
@@ -246,7 +246,7 @@ def test_genuine_receipt_replayed_from_an_earlier_request_is_not_trusted(
         captured.append(response.body)
         return response
 
-    rig.engine.deps.transport = recording
+    rig.engine.deps.transport = Plain(recording)
     assert rig.engine.flush().delivered  # seq 1 delivered; its genuine receipt captured
     rig.engine.produce(["license"], rig.clock())
     rig.server.inject(Fault.wrong_shape(captured[0]))  # the old, validly signed receipt again
@@ -456,7 +456,7 @@ def test_run_once_against_a_hostile_answer_exits_69_keeps_the_message_and_delive
 ) -> None:
     rig = make_rig()
     path = tmp_path / "fluxagent.toml"
-    path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.cfg)), encoding="utf-8")
+    path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.config)), encoding="utf-8")
     rig.server.inject(Fault.bomb(256 * 2**20))
     env = {"NO_PROXY": "127.0.0.1,localhost"}
     done = run_cli("--config", str(path), "run", "--once", env=env)
@@ -476,7 +476,7 @@ def test_validate_against_a_hostile_answer_fails_the_live_check_clearly_without_
 ) -> None:
     rig = make_rig()
     path = tmp_path / "fluxagent.toml"
-    path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.cfg)), encoding="utf-8")
+    path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.config)), encoding="utf-8")
     rig.server.inject(fault)
     done = run_cli("--config", str(path), "validate", "--json", env={"NO_PROXY": "127.0.0.1,localhost"})
     assert "Traceback" not in done.stderr

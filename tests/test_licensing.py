@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import nacl.signing
@@ -255,8 +255,7 @@ def test_missing_license_file_is_unlicensed(setup: Setup) -> None:
 
 
 def test_daemon_rewrites_status_when_the_license_file_changes_and_checks_at_once(setup: Setup) -> None:
-    agent = Agent(setup.cfg, clock=setup.clock)
-    try:
+    with Agent(setup.cfg, clock=setup.clock) as agent:
         setup.clock.now = T0
         assert agent.status_line().startswith("license valid (unconfirmed);")  # the file alone, at READY
         agent.step()
@@ -268,8 +267,6 @@ def test_daemon_rewrites_status_when_the_license_file_changes_and_checks_at_once
         assert setup.status_doc()["state"] == "invalid"
         assert "license invalid" in agent.status_line()
         assert agent.engine.schedule.kind("license").next_due == T0 + 60  # the new license goes out now
-    finally:
-        agent.close()
 
 
 def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tmp_path: Path) -> None:
@@ -277,14 +274,12 @@ def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tm
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd_sock:
         sd_sock.bind(str(sock_path))
         sd_sock.settimeout(5)
-        agent = Agent(setup.cfg, clock=setup.clock, notifier=Notifier({"NOTIFY_SOCKET": str(sock_path)}))
-        try:
+        with Agent(setup.cfg, clock=setup.clock, notifier=Notifier({"NOTIFY_SOCKET": str(sock_path)})) as agent:
             agent.step()
             assert "STATUS=license valid;" in sd_sock.recv(4096).decode()
             setup.server.stop()
             setup.clock.now = T0 + 7 * 3600
-            sched = agent.engine.schedule
-            agent.engine.schedule = sched.with_kind("license", replace(sched.kind("license"), next_due=int(T0)))
+            agent.engine.make_due("license", T0)
             agent.step()
             assert "STATUS=license offline;" in sd_sock.recv(4096).decode()
             assert setup.status_doc()["state"] == "offline"
@@ -296,8 +291,6 @@ def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tm
             agent.step()
             assert "STATUS=license grace;" in sd_sock.recv(4096).decode()
             assert setup.status_doc()["state"] == "grace"
-        finally:
-            agent.close()
             agent.notifier.close()
 
 

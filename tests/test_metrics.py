@@ -139,9 +139,8 @@ def test_daemon_step_writes_metrics_and_counts_failures_during_an_outage(tmp_pat
     with ReferenceServer() as srv:
         ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
         now = [time.time()]
-        agent = Agent(ws.cfg, notifier=Notifier(env={}), clock=lambda: now[0])
-        agent.engine.deps.world = fixed_world()
-        try:
+        with Agent(ws.cfg, notifier=Notifier(env={}), clock=lambda: now[0]) as agent:
+            agent.engine.deps.world = fixed_world()
             agent.step()
             path = ws.cfg.instance.state_dir / METRICS_FILE
             first = samples(path.read_text())
@@ -156,8 +155,6 @@ def test_daemon_step_writes_metrics_and_counts_failures_during_an_outage(tmp_pat
             second = samples(path.read_text())
             assert second["fluxagent_spool_messages"] == "1"
             assert second['fluxagent_consecutive_failures{kind="heartbeat"}'] == "1"
-        finally:
-            agent.close()
     events = [json.loads(line)["event"] for line in buf.getvalue().splitlines()]
     assert "metrics.write_failed" not in events
 

@@ -212,14 +212,13 @@ def test_a_database_restarted_under_a_running_agent_is_picked_up_again(tmp_path,
     with ReferenceServer(clock=lambda: clock[0]) as ref:
         ws = make_workspace(tmp_path / "ws", server_url=ref.url, vendor_keys=ref.signing_keys, now=clock[0],
                             database=server.create_database(f"fa_restart_{server.engine}"))
-        agent = Agent(ws.cfg, clock=lambda: clock[0])
-        log = agent.engine.deps.log = _Events()
-        cfg = ws.cfg
+        with Agent(ws.cfg, clock=lambda: clock[0]) as agent:
+            log = agent.engine.deps.log = _Events()
+            cfg = ws.cfg
 
-        def heartbeats() -> int:
-            return sum(1 for r in ref.received if r.endpoint == "/v1/heartbeat" and r.status == 200)
+            def heartbeats() -> int:
+                return sum(1 for r in ref.received if r.endpoint == "/v1/heartbeat" and r.status == 200)
 
-        try:
             agent.step()
             assert heartbeats() == 1
             stopped = False
@@ -247,8 +246,6 @@ def test_a_database_restarted_under_a_running_agent_is_picked_up_again(tmp_path,
             assert any(e[1] == "heartbeat.source_recovered" for e in log.seen)
             assert "not sent" not in agent.status_line()
             assert status.collect_status(cfg, now=clock[0])["kinds"]["heartbeat"]["not_sent"] is None
-        finally:
-            agent.close()
 
 
 @pytest.fixture(scope="module")

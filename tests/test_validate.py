@@ -259,9 +259,9 @@ def test_agent_holding_the_state_directory_turns_the_live_check_into_a_warning(s
 
 @pytest.mark.parametrize(
     ("codes", "expected"),
-    [((), 0), ((69,), 69), ((69, 1), 1), ((1, 78, 69), 78)],
+    [((), 0), ((69,), 69), ((69, 1), 1), ((1, 78, 69), 78), ((1, 74, 69), 74), ((74, 78), 78)],
 )
-def test_exit_code_prefers_configuration_then_check_failures_then_unreachable(
+def test_exit_code_prefers_configuration_then_disk_then_check_failures_then_unreachable(
     codes: tuple[int, ...], expected: int
 ) -> None:
     checks = [Check("x", "fail", "r", "f", c) for c in codes] + [Check("y", "warn", "r", "f", 1)]

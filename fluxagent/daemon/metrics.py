@@ -1,4 +1,6 @@
-"""`metrics.prom` in node_exporter's textfile-collector format, rendered from the status dict (DESIGN §6).
+"""`metrics.prom` in node_exporter's textfile-collector format, rendered from the status dict.
+
+The metrics are listed in docs/OPERATOR.md, "Monitoring".
 
 `render` is pure (status dict in, text out); `MetricsWriter` is the shell the daemon calls after
 each loop step: it writes the file atomically and logs a failure once per streak, never raising.
@@ -11,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from fluxagent.config import Config
 from fluxagent.errors import FluxError
+from fluxagent.kinds import LICENSE_STATES
 from fluxagent.statedir.fsutil import atomic_write
-from fluxagent.wire.messages import LICENSE_STATES
 
 if TYPE_CHECKING:
     from fluxagent.status import LastDelivered

@@ -79,7 +79,7 @@ def preview_text(sealed: list[Sealed], server_url: str) -> str:
 
 
 def preview_json(sealed: list[Sealed], server_url: str) -> Iterator[bytes]:
-    """Yield the `preview --json` document in pieces: one object per message (DESIGN §7).
+    """Yield the `preview --json` document in pieces: one object per message (docs/OPERATOR.md, "Commands").
 
     A streamed digest's payload is shown as its exact (compact) payload text, and every envelope
     is produced piece by piece, so the document is never whole in memory.

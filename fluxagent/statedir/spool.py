@@ -1,4 +1,6 @@
-"""The spool: a durable, bounded queue of sealed messages in `<state_dir>/spool/` (DESIGN §6, §8).
+"""The spool: a durable, bounded queue of sealed messages in `<state_dir>/spool/`.
+
+Why: docs/ARCHITECTURE.md, "Spool before send".
 
 An entry is written to `tmp/`, fsynced and renamed into `new/`, so after a kill -9 an entry in
 `new/` is always whole; anything left in `tmp/` is removed at open. Entries are removed only after
@@ -16,6 +18,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,9 +372,9 @@ class Spool:
 
     def _store(self, path: Path, chunks: Iterable[bytes]) -> None:
         """Write chunks to tmp/, fsync, rename to path, fsync new/; on error leave no trace."""
-        tmp, placed = self._tmp / path.name, False
+        tmp, placed = self._tmp / f"{path.name}.{secrets.token_hex(8)}", False
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = fsutil.create_new(tmp)  # an unpredictable name, never through a link
             try:
                 for data in chunks:
                     done = 0

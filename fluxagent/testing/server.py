@@ -1,4 +1,4 @@
-"""Reference license server: the protocol's reference verifier over real HTTP(S) (DESIGN §4).
+"""Reference license server: the protocol's reference verifier over real HTTP(S) (docs/PROTOCOL.md).
 
 Standard library only on the serving side (http.server in a background thread), so vendors can
 run it as is: `python -m fluxagent.testing.server --port 8443 --tls-cert C --tls-key K`.
@@ -23,6 +23,7 @@ from typing import Any
 
 import nacl.signing
 
+from fluxagent.kinds import KIND_BY_ENDPOINT
 from fluxagent.testing.server_faults import Fault, FaultQueue, gzip_of_zeros, zeros
 from fluxagent.testing.server_http import (
     Answer,
@@ -35,7 +36,6 @@ from fluxagent.testing.server_http import (
 from fluxagent.testing.server_offline import OFFLINE_ENDPOINT, BundleRefused
 from fluxagent.testing.server_offline import answer_bundle as _answer_bundle
 from fluxagent.testing.server_protocol import (
-    KIND_BY_ENDPOINT,
     IssuedCredential,
     LicensePolicy,
     Outcome,

@@ -19,9 +19,9 @@ from typing import Any
 import nacl.signing
 
 from fluxagent.errors import AllowlistError, EnvelopeError
+from fluxagent.kinds import KIND_BY_ENDPOINT
 from fluxagent.wire import envelope, messages
 
-KIND_BY_ENDPOINT = {path: kind for kind, path in messages.ENDPOINTS.items()}
 FULL_LISTS = ("servers", "networks")
 DELTA_LISTS = messages.DELTA_LISTS
 
@@ -90,7 +90,7 @@ class Rejected(Exception):
 
 
 class Verifier:
-    """Checks requests against DESIGN §4 and keeps the per-instance state under one lock."""
+    """Checks requests against docs/PROTOCOL.md §3 and keeps the per-instance state under one lock."""
 
     def __init__(
         self,

@@ -1,7 +1,8 @@
 """The four message builders, the allowlist registry, and `seal`, which refuses anything off the list.
 
-The registry is the single statement of what may leave the machine (DESIGN §2): every key path,
-its type, and the clause 08 item it belongs to. The README table is rendered from it.
+The registry is the single statement of what may leave the machine: every key path, its type,
+and the clause 08 item it belongs to (docs/ARCHITECTURE.md, "One allowlist registry"). The
+README table is rendered from it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import nacl.signing
 from fluxagent.errors import AllowlistError
 from fluxagent.facts import Counts
 from fluxagent.identifiers import TokenList, TokenSet, canonical_hostname, diff
+from fluxagent.kinds import ENDPOINTS, KINDS, LICENSE_STATES
 from fluxagent.wire import envelope
 from fluxagent.wire.stream import Streamed, list_json_size, seal_streamed
 
@@ -29,20 +31,19 @@ DIGEST = "Infrastructure digest"
 UPDATES = "Update delivery"
 EVERY = "All four (instance ID and signature)"
 
-KINDS = ("license", "heartbeat", "digest", "credentials")
-ENDPOINTS = {
-    "license": "/v1/license",
-    "heartbeat": "/v1/heartbeat",
-    "digest": "/v1/digest",
-    "credentials": "/v1/update-credentials",
-}
-LICENSE_STATES = ("valid", "offline", "grace", "expired", "revoked", "invalid", "unlicensed")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
+# the one shape of a vendor license id: `validate` (license/file.py) and the allowlist both use is_license_id
 _LICENSE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+LICENSE_ID_SHAPE = "1 to 64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+def is_license_id(v: Any) -> bool:
+    """Return whether v is a vendor license id the wire accepts (LICENSE_ID_SHAPE)."""
+    return isinstance(v, str) and bool(_LICENSE_ID.fullmatch(v))
 
 
 def _uint(v: Any) -> bool:
@@ -79,7 +80,7 @@ TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "version": ("version string", lambda v: isinstance(v, str) and bool(_VERSION.match(v))),
     "license_id": (
         "vendor license id or null",
-        lambda v: v is None or (isinstance(v, str) and bool(_LICENSE_ID.match(v))),
+        lambda v: v is None or is_license_id(v),
     ),
     "license_state": ("one of " + "/".join(LICENSE_STATES), lambda v: v in LICENSE_STATES),
     "public_key": ("Ed25519 public key, base64", _public_key),
@@ -200,6 +201,15 @@ class Sealed:
 def digest_summary(body: dict[str, Any]) -> dict[str, Any]:
     """Return a digest body with each token list replaced by its length: what the ledger keeps."""
     return {k: (len(v) if isinstance(v, list | TokenList) else v) for k, v in body.items()}
+
+
+def ledger_summary(payload: bytes) -> dict[str, Any] | None:
+    """Return the summary of a digest payload (its body's summary and the payload size), None if unreadable."""
+    try:
+        body = json.loads(payload).get("body")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return {**digest_summary(body), "payload_bytes": len(payload)} if isinstance(body, dict) else None
 
 
 def check_allowlist(kind: str, payload: dict[str, Any]) -> None:
