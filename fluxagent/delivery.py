@@ -81,10 +81,12 @@ def backoff(failures: int, rng: random.Random, base: float = BACKOFF_BASE, cap: 
 def sealed_of(entry: Entry) -> Sealed:
     """Return what `classify` checks a receipt against: kind, payload hash, iid and nonce of the entry.
 
-    The payload itself is not read back: a spooled digest can be tens of MB.
+    A digest's payload is not read back (it can be tens of MB; the ledger keeps its summary), the
+    payload of any other kind is (the ledger keeps it).
     """
     obj = {"iid": entry.iid, "nonce": entry.nonce, "seq": entry.seq}
-    return Sealed(entry.kind, entry.endpoint, b"", obj, b"", summary=entry.summary, sha256=entry.payload_sha256)
+    payload = b"" if entry.summary is not None else entry.payload
+    return Sealed(entry.kind, entry.endpoint, payload, obj, b"", summary=entry.summary, sha256=entry.payload_sha256)
 
 
 def digest_root_of(sealed: Sealed) -> str | None:

@@ -57,6 +57,10 @@ class Pending:
         payload = envelope.parse_envelope(self.envelope)[1]
         return Sealed(self.kind, self.endpoint, payload, json.loads(payload), self.envelope)
 
+    def read_envelope(self) -> bytes:
+        """Return the exact request envelope (as a spool entry does)."""
+        return self.envelope
+
     @property
     def req(self) -> str:
         """Return `sha256:<hex>` of the request payload, as receipts name it."""

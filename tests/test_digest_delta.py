@@ -91,9 +91,9 @@ class Setup:
     def server_matches_agent(self) -> None:
         root, servers, networks = self.server.digest_tokens(self.iid)
         want = TokenSet()
-        add_servers(want, [(h, None) for h in self.inv.servers], self.engine.ident.digest_key)
-        add_machine(want, HOST.machine_id, HOST.macs, self.engine.ident.digest_key)
-        add_networks(want, [*self.inv.networks, *HOST.networks], self.engine.ident.digest_key)
+        add_servers(want, [(h, None) for h in self.inv.servers], self.engine.identity.digest_key)
+        add_machine(want, HOST.machine_id, HOST.macs, self.engine.identity.digest_key)
+        add_networks(want, [*self.inv.networks, *HOST.networks], self.engine.identity.digest_key)
         want.finish()
         assert (root, servers, networks) == (want.root, want.servers.hex(), want.networks.hex())
 
@@ -149,7 +149,7 @@ def test_a_large_change_goes_as_a_full_digest(s: Setup) -> None:
 
 
 def test_a_new_digest_key_sends_a_full_digest_with_the_new_key_id(s: Setup) -> None:
-    old_id = key_id(s.engine.ident.digest_key)
+    old_id = key_id(s.engine.identity.digest_key)
     sd = s.ws.cfg.instance.state_dir
     (sd / identity.DIGEST_FILE).unlink()
     identity.ensure(sd, now=int(s.clock()))  # a fresh digest key, as after a rotation

@@ -62,8 +62,7 @@ def acknowledge(state_dir: Path, root: str) -> bool:
     Otherwise the acknowledged set is removed: a root the agent holds no set for is no base.
     Raises OSError.
     """
-    found = read(state_dir / PENDING)
-    if found is not None and found.root == root:
+    if root_of(state_dir / PENDING) == root:
         os.replace(state_dir / PENDING, state_dir / ACKED)
         fsutil.fsync_dir(state_dir)
         return True
@@ -76,6 +75,37 @@ def forget(state_dir: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_dir / ACKED)
         fsutil.fsync_dir(state_dir)
+
+
+def root_of(path: Path) -> str | None:
+    """Return the root of the whole, uncorrupted set file at path (checked in pieces, never loaded), or None."""
+    h = hashlib.blake2b(digest_size=_SUM)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_HEAD)
+            if size < _HEAD + _SUM or not head.startswith(MAGIC):
+                return None
+            h.update(head)
+            left = size - _HEAD - _SUM
+            while left > 0:
+                chunk = f.read(min(left, 2**20))
+                if not chunk:
+                    return None
+                h.update(chunk)
+                left -= len(chunk)
+            if h.digest() != f.read(_SUM):
+                return None
+    except OSError:
+        return None
+    p = len(MAGIC)
+    ns, nn = int.from_bytes(head[p + 80:p + 88], "big"), int.from_bytes(head[p + 88:p + 96], "big")
+    if _HEAD + (ns + nn) * TOKEN_BYTES + _SUM != size:
+        return None
+    try:
+        return head[p + 16:p + 80].decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def read(path: Path) -> DigestSet | None:
