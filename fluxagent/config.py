@@ -21,11 +21,11 @@ from fluxagent.configvalues import (
     DOMAIN,
     OPT_HOSTNAME,
     OPT_PATH,
+    OPT_VERSION,
     PATH,
     PROXY_URL,
     SERVER_URL,
     SQL,
-    STRING,
     STRING_LIST,
     USER_NAME,
     VENDOR_KEYS,
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path("/etc/fluxagent/fluxagent.toml")
-REQUEST_SLACK = 5.0  # request_deadline beyond connect + read: TLS handshake and a slow body
+REQUEST_SLACK = 5.0  # at most this beyond connect + read (no more than read_timeout): TLS and a slow body
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; --config /dev/zero must not read for ever
 _MAX_PROBLEM = 300  # a 5 MB bad value is quoted in its problem, but not in full
 
@@ -122,8 +122,8 @@ class ServerConfig:
 
     @property
     def request_deadline(self) -> float:
-        """Seconds one request may take in all: connect, then read, plus slack for TLS and the body."""
-        return self.connect_timeout + self.read_timeout + REQUEST_SLACK
+        """Seconds one request may take in all: connect, read, and slack for TLS and the body (≤ 5 s, ≤ read)."""
+        return self.connect_timeout + self.read_timeout + min(REQUEST_SLACK, self.read_timeout)
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,14 @@ class ScheduleConfig:
     offline_grace: float = field(default=14 * 86400.0, metadata=key(
         duration_range(3600, 365 * 86400), "How long the license stays \"offline\" (still good) when the server "
         "cannot be reached."))
+
+    def interval(self, kind: str) -> float:
+        """Return the interval of a scheduled kind ("license", "heartbeat", "digest"); raises KeyError."""
+        return {"license": self.license_check, "heartbeat": self.heartbeat, "digest": self.digest}[kind]
+
+    def spans(self) -> dict[str, float]:
+        """Return per scheduled kind its interval plus jitter: the furthest ahead a run sets its timer itself."""
+        return {k: self.interval(k) + self.jitter for k in ("license", "heartbeat", "digest")}
 
 
 @dataclass(frozen=True)
@@ -176,7 +184,9 @@ class PlatformConfig:
     statement_timeout: float = field(default=60.0, metadata=key(
         duration_range(1, 3600), "How long any one query may run."))
     version: str = field(default="", metadata=key(
-        STRING, "Platform version to report. Empty: read from the database (platform.queries.version)."))
+        OPT_VERSION, "Platform version to report: numbers like 4.12.3, optionally one short release tag (-rc2, "
+        "+build.17, ~deb12u1); never a name, mail address or host name. Empty: read from the database "
+        "(platform.queries.version)."))
     hostname: str = field(default="", metadata=key(
         OPT_HOSTNAME, "Host name to report in the heartbeat. Empty: this host's FQDN."))
     queries: Queries = field(default_factory=Queries, metadata=section(

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fluxagent.facts import VERSION_SHAPE, is_version
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _SIZE_UNITS = {
@@ -181,6 +183,13 @@ def _opt_hostname(v: Any) -> str:
     return _domain(s) if s else ""
 
 
+def _opt_version(v: Any) -> str:
+    s = _str(v).strip()
+    if s and not is_version(s):
+        raise ValueError(f"{s[:40]!r} is not a version number: expected {VERSION_SHAPE}")
+    return s
+
+
 def _server_url(v: Any) -> str:
     s = _nonempty_str(v)
     parts = urlsplit(s)
@@ -252,6 +261,7 @@ OPT_PATH = ValueType("path, or empty", lambda v: Path(s) if (s := _str(v).strip(
                      lambda p: str(p) if p else "")
 DOMAIN = ValueType("DNS name", _domain)
 OPT_HOSTNAME = ValueType("DNS name, or empty", _opt_hostname)
+OPT_VERSION = ValueType("version number, or empty", _opt_version)
 SERVER_URL = ValueType("https:// URL", _server_url)
 VENDOR_KEYS = ValueType("list of base64 Ed25519 public keys", _vendor_keys,
                         lambda keys: [base64.b64encode(k).decode() for k in keys])

@@ -278,13 +278,13 @@ def add_servers(tokens: TokenSet, rows: Iterable[tuple[object, ...]], key: bytes
     for hostname, ip in rows:
         if hostname.__class__ is str and hostname:
             canon: str | None
-            # fast path for the common case: plain lowercase ASCII without a trailing dot
-            if hostname.isascii() and len(hostname) <= 253 and "xn--" not in hostname:
-                canon = hostname.strip().rstrip(".").lower()
-                if not canon or not match(canon):
-                    canon = None
-            else:
+            # fast path for plain ASCII names; lowercased first, so an A-label in any case ("XN--")
+            # takes the IDNA check of canonical_hostname exactly like its lowercase form
+            canon = hostname.strip().rstrip(".").lower() if hostname.isascii() and len(hostname) <= 253 else None
+            if canon is None or "xn--" in canon:
                 canon = canonical_hostname(hostname)
+            elif not canon or not match(canon):
+                canon = None
             if canon is not None:
                 h = host_h.copy()
                 h.update(canon.encode("ascii"))

@@ -42,6 +42,8 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+)
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 _stream: list[TextIO] = []
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# set by the global -v/--verbose (debug) and -q/--quiet (warning) options; wins over log.level
+LEVEL_ENV = "FLUXAGENT_LOG_LEVEL"
 
 
 def redact_text(text: str) -> str:
@@ -71,10 +73,15 @@ def _plain_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
               env: MutableMapping[str, str] | None = None) -> None:
-    """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set."""
+    """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set.
+
+    FLUXAGENT_LOG_LEVEL (set by -v/-q) overrides level.
+    """
     out = stream or sys.stdout
     _stream[:] = [out]
     env = os.environ if env is None else env
+    override = env.get(LEVEL_ENV, "").strip().lower()
+    level = override if override in LEVELS else level
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     renderer: Any
@@ -101,6 +108,12 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 def get(name: str = "fluxagent") -> Any:
     """Return a bound structlog logger."""
     return structlog.get_logger(name)
+
+
+def debug(event: str, **kw: Any) -> None:
+    """Log a debug event, only once configure() ran (a library caller, or `preview`, gets no log lines)."""
+    if _stream:
+        get().debug(event, **kw)
 
 
 def current_stream() -> TextIO | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from agentkit import Clock, no_env_transport
+from agentkit import no_env_transport
+from support.clock import Clock
 
 from fluxagent import collect, logs
 from fluxagent.config import Config

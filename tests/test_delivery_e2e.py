@@ -16,18 +16,11 @@ from typing import Any
 import nacl.signing
 import pytest
 import trustme
-from agentkit import (
-    Clock,
-    LogCapture,
-    delivered,
-    ledger_entries,
-    make_agent,
-    payload_of,
-    sent_seqs,
-    tls_server_context,
-    wire,
-)
+from agentkit import delivered, ledger_entries, make_agent, payload_of, sent_seqs, tls_server_context, wire
 from proxy import ConnectProxy
+from support.capture import LogCapture
+from support.clock import Clock
+from support.keys import vendor_keys
 
 from fluxagent.collect import build_preview
 from fluxagent.config import Config
@@ -40,15 +33,12 @@ VOLATILE = ("seq", "ts", "nonce")
 HOUR = 3600
 
 
-@pytest.fixture
-def keys() -> list[nacl.signing.SigningKey]:
-    return [nacl.signing.SigningKey.generate() for _ in range(2)]
 
 
 @pytest.fixture
-def https_server(ca: trustme.CA, keys: list[nacl.signing.SigningKey]) -> Iterator[ReferenceServer]:
-    with ReferenceServer(ssl_context=tls_server_context(ca), signing_keys=keys) as srv:
-        yield srv
+def https_server(ca: trustme.CA, keys: list[nacl.signing.SigningKey], reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server(ssl_context=tls_server_context(ca), signing_keys=keys)
+    yield srv
 
 
 def ca_bundle(ca: trustme.CA, tmp_path: Path) -> str:
@@ -130,7 +120,7 @@ def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = No
                     deliver_first: bool = True) -> Outage:
     """Deliver once (unless not deliver_first), take the server down for `hours` of injected time,
     bring it back, drain the spool."""
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     t0 = float(int(time.time()))
     clock = Clock(t0)
     log = LogCapture()

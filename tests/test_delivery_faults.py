@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nacl.signing
 import pytest
-from agentkit import LogCapture, delivered, ledger_entries, make_agent, wire
+from agentkit import delivered, ledger_entries, make_agent, wire
+from support.capture import LogCapture
+from support.keys import vendor_keys
 
 from fluxagent.daemon.agent import Agent
 from fluxagent.statedir import state
@@ -29,7 +30,7 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     with ReferenceServer(signing_keys=keys) as server:
         ws = wire(tmp_path_factory.mktemp("faults") / "ws", server, keys,
                   server={"connect_timeout": "2s", "read_timeout": "2s"})

@@ -10,10 +10,11 @@ from typing import Any
 
 import nacl.signing
 import pytest
-from agentkit import Clock, delivered, ledger_entries, wire
+from agentkit import delivered, ledger_entries, wire
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inventorykit import HOST, engine_for
+from support.clock import Clock
 
 from fluxagent.delivery import SCHEDULED
 from fluxagent.facts import Counts

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import tomli_w
 from conftest import run_cli
-from hostile import Clock, Events, engine_config, ledger_events, make_engine
+from hostile import engine_config, ledger_events, make_engine
+from support.capture import Events
+from support.clock import Clock
 
 from fluxagent import config
 from fluxagent.daemon.agent import STATE_ERROR_PAUSE, Agent
@@ -77,9 +79,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def server() -> Iterator[ReferenceServer]:
-    with ReferenceServer() as srv:
-        yield srv
+def server(reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server()
+    yield srv
 
 
 def test_full_disk_refuses_to_seal_keeps_the_old_state_and_catches_up_when_space_returns(
@@ -299,7 +301,7 @@ def test_write_failures_from_a_file_size_limit_exit_74_keep_what_was_queued_and_
 
 @pytest.mark.parametrize(("err", "code"), [
     (errno.ENOSPC, EXIT_IOERR), (errno.EIO, EXIT_IOERR), (errno.EROFS, EXIT_IOERR), (errno.EFBIG, EXIT_IOERR),
-    (errno.EDQUOT, EXIT_IOERR), (errno.EACCES, EXIT_CONFIG), (errno.EPERM, EXIT_CONFIG),
+    (errno.EDQUOT, EXIT_IOERR), (errno.EACCES, EXIT_CONFIG), (errno.EPERM, EXIT_CONFIG), (errno.ELOOP, EXIT_CONFIG),
 ])
 def test_state_error_from_a_disk_error_exits_74_and_from_a_permission_error_78(err: int, code: int) -> None:
     def write() -> None:

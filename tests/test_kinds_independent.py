@@ -9,20 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import nacl.signing
-import pytest
-from agentkit import Clock, LogCapture, delivered, ledger_entries, wire
+from agentkit import delivered, ledger_entries, wire
 from inventorykit import BigPlatform, engine_for
+from support.capture import LogCapture
+from support.clock import Clock
 
 from fluxagent.config import Config
 from fluxagent.delivery import SCHEDULED
 from fluxagent.testing.server import ReferenceServer
 
 ENVELOPE_BYTES_PER_TOKEN = 46  # 32 hex + quotes and comma, base64 (4/3)
-
-
-@pytest.fixture
-def keys() -> list[nacl.signing.SigningKey]:
-    return [nacl.signing.SigningKey.generate() for _ in range(2)]
 
 
 def test_digest_too_big_for_the_default_spool_bound_is_reported_once_and_license_and_heartbeat_are_delivered(

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from agentkit import Clock, delivered, ledger_entries, wire
+from agentkit import delivered, ledger_entries, wire
 from inventorykit import BigPlatform, engine_for
+from support.clock import Clock
 
 from fluxagent.delivery import SCHEDULED
 from fluxagent.statedir.ledger import Ledger

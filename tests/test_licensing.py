@@ -14,6 +14,7 @@ import pytest
 import tomli_w
 from conftest import BOUND_DOMAIN, base_config, fixed_world
 from netutil import closed_port
+from support.keys import vendor_keys
 
 from fluxagent import config
 from fluxagent.config import Config
@@ -80,23 +81,23 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, sample_db: Path) -> Iterator[Setup]:
+def setup(tmp_path: Path, sample_db: Path, reference_server) -> Iterator[Setup]:
     clock = Clock()
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     policy = LicensePolicy(license_id=LID, expires_at=T0 + 365 * DAY, grace_until=T0 + 379 * DAY)
-    with ReferenceServer(signing_keys=keys, clock=clock.server, license=policy) as server:
-        doc = base_config(tmp_path / "state", sample_db)
-        doc["instance"]["license_file"] = str(tmp_path / "license.json")
-        doc["server"].update(url=server.url, vendor_keys=server.vendor_keys_b64, read_timeout="2s",
-                             connect_timeout="2s")
-        doc["schedule"]["offline_grace"] = "14d"
-        path = tmp_path / "fluxagent.toml"
-        path.write_text(tomli_w.dumps(doc))
-        cfg = config.load(path)
-        identity.ensure(cfg.instance.state_dir, now=T0)
-        s = Setup(cfg, server, clock, keys[0], tmp_path)
-        s.write_license(expires_at=T0 + 365 * DAY)
-        yield s
+    server = reference_server(signing_keys=keys, clock=clock.server, license=policy)
+    doc = base_config(tmp_path / "state", sample_db)
+    doc["instance"]["license_file"] = str(tmp_path / "license.json")
+    doc["server"].update(url=server.url, vendor_keys=server.vendor_keys_b64, read_timeout="2s",
+                         connect_timeout="2s")
+    doc["schedule"]["offline_grace"] = "14d"
+    path = tmp_path / "fluxagent.toml"
+    path.write_text(tomli_w.dumps(doc))
+    cfg = config.load(path)
+    identity.ensure(cfg.instance.state_dir, now=T0)
+    s = Setup(cfg, server, clock, keys[0], tmp_path)
+    s.write_license(expires_at=T0 + 365 * DAY)
+    yield s
 
 
 def closed_port_url() -> str:

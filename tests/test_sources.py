@@ -133,8 +133,9 @@ def test_a_directory_or_a_non_database_file_is_a_clear_error(tmp_path):
         SqliteSource(tmp_path, Queries())
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(SourceError, match="cannot open"):
+    with pytest.raises(SourceError, match="is not a SQLite database") as info:
         SqliteSource(junk, Queries())
+    assert info.value.exit_code == 78  # the setting names the wrong file: a configuration error
     assert junk.read_bytes() == b"this is not a database" * 100
 
 
@@ -153,8 +154,9 @@ def test_version_that_is_not_a_version_number_is_not_sent(tmp_path):
     cfg = config.Config(platform=PlatformConfig(database="sqlite:///unused"))
     src = SqliteSource(_small_db(tmp_path / "p.db", version="4.12.3 licensed to Alice Smith"), Queries())
     try:
-        with pytest.raises(SourceError, match="does not look like a version"):
+        with pytest.raises(SourceError, match="not a version number: 30 characters") as info:
             collect.platform_version(cfg, src)
+        assert "Alice" not in str(info.value) and "licensed" not in str(info.value)  # described, never quoted
         override = config.Config(platform=PlatformConfig(database="sqlite:///unused", version="5.0.1"))
         assert collect.platform_version(override, src) == "5.0.1"
     finally:

@@ -8,11 +8,14 @@ identifiers with the same checks and messages on SQLite, PostgreSQL and MySQL/Ma
 from __future__ import annotations
 
 import ipaddress
+import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+from fluxagent import logs
 from fluxagent.config import Queries
 from fluxagent.errors import SourceShapeError
 from fluxagent.facts import Counts
@@ -37,13 +40,37 @@ def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
     value = rows[0][0]
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         value = int(value)
+    # the value is described, never quoted: a column may hold a phone number or a mail address
+    if isinstance(value, str | bytes):
+        unit = "characters" if isinstance(value, str) else "bytes"
+        what = f"a {type(value).__name__} value of {len(value)} {unit}"
+        raise SourceShapeError(f"{where} returned {what}, not an integer")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SourceShapeError(f"{where} returned {type(value).__name__} {str(value)[:40]!r}, not an integer")
+        raise SourceShapeError(f"{where} returned a {type(value).__name__}, not an integer")
     if value < 0:
-        raise SourceShapeError(f"{where} returned {value}; a count must not be negative")
+        raise SourceShapeError(f"{where} returned a negative number; a count must not be negative")
     if value > MAX_COUNT:
-        raise SourceShapeError(f"{where} returned {value}; not a plausible count (over 2^53)")
+        raise SourceShapeError(f"{where} returned a number over 2^53; not a plausible count")
     return value
+
+
+_QUOTED = re.compile(r"""(["'`])(.*?)\1""")
+
+
+def hide_quoted_values(text: str, sql: str) -> str:
+    """Return a database error text with every quoted part the query does not itself contain described.
+
+    Servers quote the offending value in some errors (`invalid input syntax for type integer:
+    "jane@…"`); names the query holds (tables, columns, its own literals) stay, so the error still
+    says where it went wrong. Pure.
+    """
+    low = sql.lower()
+
+    def hide(m: re.Match[str]) -> str:
+        quote, inner = m.group(1), m.group(2)
+        return m.group(0) if inner.lower() in low else f"{quote}<{len(inner)} characters>{quote}"
+
+    return _QUOTED.sub(hide, text)
 
 
 def check_width(name: str, description: Any, width: int) -> None:
@@ -74,18 +101,33 @@ class ShapedSource(ABC):
     def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
         """Yield every row of sql (width columns, checked first); raises SourceError."""
 
+    def _rows(self, name: str, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """`_fetch`, with a debug event: the query's name, its row count and time (never a value)."""
+        start = time.perf_counter()
+        rows = self._fetch(name, sql, limit)
+        logs.debug("db.query", name=name, rows=len(rows), ms=round((time.perf_counter() - start) * 1000, 1))
+        return rows
+
+    def _rows_streamed(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
+        """`_stream`, with a debug event once the rows are through: name, row count and time."""
+        start, n = time.perf_counter(), 0
+        for row in self._stream(name, sql, width):
+            n += 1
+            yield row
+        logs.debug("db.query", name=name, rows=n, ms=round((time.perf_counter() - start) * 1000, 1))
+
     def counts(self) -> Counts:
         """Return the three aggregate counts; raises SourceError naming the failing query."""
         values = {}
         for name in COUNT_QUERIES:
             sql = getattr(self.queries, name)
-            values[name] = check_count(name, sql, self._fetch(name, sql, 2))
+            values[name] = check_count(name, sql, self._rows(name, sql, 2))
         return Counts(**values)
 
     def version(self) -> str:
         """Return the platform version from the settings table; raises SourceError."""
         sql = self.queries.version
-        rows = self._fetch("version", sql, 2)
+        rows = self._rows("version", sql, 2)
         if len(rows) != 1 or len(rows[0]) != 1 or not isinstance(rows[0][0], str):
             raise SourceShapeError(
                 f"platform.queries.version ({sql!r}) must return one text value, got {len(rows)} rows",
@@ -95,12 +137,12 @@ class ShapedSource(ABC):
 
     def iter_servers(self) -> Iterator[tuple[Any, ...]]:
         """Yield (hostname, ip_address) of every inventory server, streamed."""
-        for hostname, ip in self._stream("servers", self.queries.servers, 2):
+        for hostname, ip in self._rows_streamed("servers", self.queries.servers, 2):
             yield hostname, as_text(ip)
 
     def iter_networks(self) -> Iterator[object]:
         """Yield every inventory CIDR, streamed."""
-        for row in self._stream("networks", self.queries.networks, 1):
+        for row in self._rows_streamed("networks", self.queries.networks, 1):
             yield as_text(row[0])
 
     @abstractmethod

@@ -106,6 +106,8 @@ class ReferenceServer:
         self._received: list[Received] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._arrivals: set[str] = set()  # endpoints a request body was read for, before any answer
+        self._arrived = threading.Condition()
         self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -171,6 +173,11 @@ class ReferenceServer:
         with self._lock:
             return list(self._received)
 
+    def wait_arrival(self, endpoint: str, timeout: float = 10.0) -> bool:
+        """Block until a request to endpoint has been read (it may still await its answer); False on timeout."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: endpoint in self._arrivals, timeout)
+
     def clear_received(self) -> None:
         """Forget the requests recorded so far."""
         with self._lock:
@@ -223,6 +230,9 @@ class ReferenceServer:
         data = b""
         try:
             read = self._read_body(h)
+            with self._arrived:
+                self._arrivals.add(path)
+                self._arrived.notify_all()
             if isinstance(read, Answer):
                 answer = read
             else:

@@ -19,7 +19,7 @@ from typing import Any
 import nacl.signing
 
 from fluxagent.errors import AllowlistError
-from fluxagent.facts import Counts
+from fluxagent.facts import Counts, is_version
 from fluxagent.identifiers import TokenList, TokenSet, canonical_hostname, diff
 from fluxagent.kinds import ENDPOINTS, KINDS, LICENSE_STATES
 from fluxagent.wire import envelope
@@ -33,7 +33,6 @@ EVERY = "All four (instance ID and signature)"
 
 
 _HEX = re.compile(r"^[0-9a-f]+$")
-_VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
 # the one shape of a vendor license id: `validate` (license/file.py) and the allowlist both use is_license_id
 _LICENSE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 LICENSE_ID_SHAPE = "1 to 64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
@@ -77,7 +76,7 @@ TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "hostname": ("DNS name", lambda v: isinstance(v, str) and canonical_hostname(v) is not None),
     "uuid": ("random UUID", lambda v: isinstance(v, str) and bool(_UUID.match(v))),
     "nonce": ("16 random bytes, base64url", lambda v: isinstance(v, str) and bool(_NONCE.match(v))),
-    "version": ("version string", lambda v: isinstance(v, str) and bool(_VERSION.match(v))),
+    "version": ("version string", is_version),
     "license_id": (
         "vendor license id or null",
         lambda v: v is None or is_license_id(v),
