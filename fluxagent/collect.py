@@ -34,6 +34,7 @@ class Built:
     message: Message | None = None
     error: FluxError | None = None
     skipped: Counter[str] = field(default_factory=Counter)
+    tokens: TokenSet | None = None  # a digest's token set: stored when spooled, the next delta's base
 
 
 def _host_reader(cfg: HostConfig) -> HostFacts:
@@ -99,8 +100,12 @@ def gather(
     last_acked_root: str | None = None,
     license_state: str | None = None,
     world: World | None = None,
+    base: TokenSet | None = None,
 ) -> list[Built]:
-    """Build the messages of kinds from live sources; a failing kind carries its error, the rest go on."""
+    """Build the messages of kinds from live sources; a failing kind carries its error, the rest go on.
+
+    base: the token set of last_acked_root, for a digest delta (None: no delta, full or unchanged).
+    """
     world = world or World()
     results = {k: Built(k) for k in kinds}
     platform: PlatformSource | None = None
@@ -128,7 +133,8 @@ def gather(
                 def digest() -> Message:
                     toks = tokens_for(platform, host, ident.digest_key)
                     results["digest"].skipped.update(toks.skipped)
-                    return messages.build_digest(toks, key_id(ident.digest_key), last_acked_root)
+                    results["digest"].tokens = toks
+                    return messages.build_digest(toks, key_id(ident.digest_key), last_acked_root, base=base)
                 _guard(results["digest"], digest)
         if "credentials" in kinds:
             results["credentials"].message = messages.build_credentials()

@@ -103,7 +103,13 @@ def preview(
         sealed, failures = build_preview(cfg, kinds)
     except FluxError as exc:
         raise fail(exc) from None
-    typer.echo(preview_json(sealed, cfg.server.url) if as_json else preview_text(sealed, cfg.server.url))
+    if as_json:
+        out = sys.stdout.buffer
+        for chunk in preview_json(sealed, cfg.server.url):  # streamed: a large digest is never whole
+            out.write(chunk)
+        out.flush()
+    else:
+        typer.echo(preview_text(sealed, cfg.server.url))
     for k, err in failures:
         typer.echo(f"fluxagent: {k} would not be sent: {err.code} error: {err}", err=True)
     # the first failure's own exit code: 69 database unreachable, 78 credentials/settings, 1 query
