@@ -235,3 +235,19 @@ def test_supervisor_timestamps_are_what_structlog_writes() -> None:
     for t in (1_800_000_000.0, 1_800_000_000.5, 1_800_000_000.123456):
         expected = datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")
         assert logfmt.timestamp(t) == expected
+
+
+def test_a_config_check_worker_killed_at_start_is_tried_again_and_the_daemon_comes_up(
+    ws: Workspace, server: ReferenceServer, daemons: list[Daemon]
+) -> None:
+    d = Daemon(config_of(ws))
+    daemons.append(d)
+    assert wait_for(lambda: bool(d.children()), 10)
+    [checker] = d.children()
+    os.kill(checker, signal.SIGKILL)
+    failed = d.wait_event("worker.failed")
+    assert failed["mode"] == "check" and failed["outcome"] == "killed by SIGKILL"
+    d.wait_event("agent.started", timeout=30)
+    d.wait_event("digest.sent", timeout=30)
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0

@@ -28,7 +28,7 @@ from pathlib import Path
 from fluxagent.daemon import early
 from fluxagent.daemon.control import Conn, ControlServer, CredentialMemory, usage_error
 from fluxagent.daemon.notify import Notifier
-from fluxagent.errors import EXIT_OK, EXIT_USAGE, FluxError, StateError
+from fluxagent.errors import EXIT_IOERR, EXIT_OK, EXIT_USAGE, FluxError, StateError
 from fluxagent.logfmt import Logger
 from fluxagent.statedir.fsutil import atomic_write, remove_stray_temp
 from fluxagent.statedir.lock import instance_lock
@@ -42,6 +42,7 @@ STOP_DEADLINE = 20.0  # a worker still busy this long after SIGTERM is killed (T
 WORKER_DEADLINE = 240.0  # without a watchdog; with one, 0.8 of its interval (but never under the floor)
 WORKER_DEADLINE_FLOOR = 30.0
 KILL_GRACE = 5.0  # after TERM, a worker that overran its deadline gets this long before KILL
+START_ATTEMPTS = 4  # a config check worker killed at start is tried again (after 1, 2, 4 s), then exit 74
 STEP_BACKOFF_BASE = 30.0
 STEP_BACKOFF_CAP = 3600.0
 STATE_FILE = "supervisor.json"
@@ -373,27 +374,44 @@ class Supervisor:
 
     # ---- start and loop ----
 
-    def start_check(self) -> int:
-        """Have a worker check the config file before anything else; return its exit code when it refused."""
-        worker = self.spawn("check", {}, locked=False)
-        if worker is None:
-            return 74
-        while not worker.eof:
-            self.sel.select(None)
-            self.read_worker(worker)
-        _pid, wstatus = os.waitpid(worker.pid, 0)
-        code = os.waitstatus_to_exitcode(wstatus)
-        report = worker.reports.get("config")
-        if code != 0 or report is None or not report.get("ok"):
-            return code if code > 0 else 1  # the worker said why on stderr
-        self.adopt(report)
-        return EXIT_OK
+    def start_check(self) -> int | None:
+        """Have a worker check the config file before anything else; None when it accepted it, else the
+        exit code: the worker's own when it refused the config (it said why on stderr), 0 when a stop
+        came meanwhile. A check worker that died (a signal) is tried again a few times."""
+        for attempt in range(START_ATTEMPTS):
+            worker = self.spawn("check", {}, locked=False)
+            code = -1
+            if worker is not None:
+                while not worker.eof:
+                    self.sel.select(None)
+                    self.read_worker(worker)
+                _pid, wstatus = os.waitpid(worker.pid, 0)
+                code = os.waitstatus_to_exitcode(wstatus)
+                report = worker.reports.get("config")
+                if code == 0 and report is not None and report.get("ok"):
+                    self.adopt(report)
+                    return None
+                if code > 0:
+                    return code
+                self.log.warning("worker.failed", mode="check", outcome=describe_exit(code), attempt=attempt + 1)
+            if self._stopped_while_waiting(float(1 << attempt)):
+                return EXIT_OK
+        return EXIT_IOERR
+
+    def _stopped_while_waiting(self, seconds: float) -> bool:
+        """Wait seconds before trying again; return True at once when a stop arrived while starting."""
+        end = clock() + seconds
+        while clock() < end:
+            if early.pending() & {signal.SIGTERM, signal.SIGINT}:
+                return True
+            time.sleep(0.05)
+        return False
 
     def run(self) -> int:
         """Check the config, take the lock, serve until SIGTERM; return the exit code."""
         faulthandler.enable()
         code = self.start_check()
-        if code != EXIT_OK:
+        if code is not None:
             return code
         sd = Path(self.values["state_dir"])
         try:
