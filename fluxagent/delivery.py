@@ -20,6 +20,9 @@ from fluxagent.errors import FluxError, StateError
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
 from fluxagent.license.state import Contact, Receipt, Status
+from fluxagent.schema import approval as schema_approval
+from fluxagent.schema.policy import Policy
+from fluxagent.schema.record import note_policy
 from fluxagent.statedir import state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
@@ -75,6 +78,8 @@ class Deps:
     nonce: Callable[[int], bytes] = field(default_factory=lambda: random.SystemRandom().randbytes)
     world: collect.World = field(default_factory=collect.World)
     log: Any = None
+    # what the operator approved to be sent, read before each produce (tests pass their own versions)
+    approval: Callable[[Config], Policy] = schema_approval.load_policy
 
 
 @dataclass
@@ -103,6 +108,8 @@ class Engine:
         self.last_skew: float = 0.0
         self.source_errors: dict[str, str] = {}
         self.source_status = state.load_source_errors(sd)  # persisted for `status`
+        self.policy: Policy | None = None
+        self.policy_error: str | None = None
         now = int(deps.clock())
         for e in self.spool.opened.superseded:
             self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
@@ -167,11 +174,12 @@ class Engine:
             kinds = [k for k in kinds if k != "license"]
             self._advance("license", now)
             self._log("license.registration_pending", spool=self.spool.depth())
+        policy = self.current_policy(now)
         license_state = self.license_status(now).state if "license" in kinds else None
         built = collect.gather(self.cfg, self.ident, kinds, now=now,
                                last_acked_root=None if force_full else self.schedule.last_acked_root,
                                license_state=license_state if license_state in messages.LICENSE_STATES else None,
-                               world=self.deps.world)
+                               world=self.deps.world, policy=policy)
         out: list[Sealed] = []
         for b in built:
             if b.skipped:
@@ -195,7 +203,7 @@ class Engine:
                 self.seq.recovered = None
             sealed = messages.seal(b.message, signing_key=self.ident.signing_key, iid=self.ident.instance_id,
                                    aud=self.cfg.server.audience, seq=seq, now=int(now),
-                                   nonce=self.deps.nonce(16))
+                                   nonce=self.deps.nonce(16), fields=policy.allowed)
             put = self.spool.put(sealed, int(now))
             for e in put.superseded:
                 self._ledger_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
@@ -208,6 +216,27 @@ class Engine:
             out.append(sealed)
         self._save_schedule()
         return out
+
+    def current_policy(self, now: float) -> Policy:
+        """Return what may be sent, re-reading the approval (so an approval takes effect without a restart).
+
+        The first read raises ConfigError (78) when the approval is missing or bad; a later failure keeps
+        the last good approval and is logged once. A new approval is written to the ledger once.
+        """
+        try:
+            policy = self.deps.approval(self.cfg)
+        except FluxError as exc:
+            if self.policy is None:
+                raise
+            if self.policy_error != exc.message:
+                self._error("schema.approval_unreadable", error=exc.message, keeping=self.policy.approved.name)
+                self.policy_error = exc.message
+            return self.policy
+        self.policy_error = None
+        old, self.policy = self.policy, policy
+        if old is None or old.approved != policy.approved or old.running != policy.running:
+            note_policy(self.cfg.instance.state_dir, self.ledger, policy, int(now), self._log, self._warn)
+        return policy
 
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""

@@ -5,6 +5,7 @@ Modules a command needs are imported inside it, so `fluxagent --help` stays fast
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -59,6 +60,7 @@ def init(
             )
             typer.echo(f"config: wrote {path}")
         ident, created = identity.ensure(cfg.instance.state_dir, now=int(time.time()))
+        approved = approve_on_init(path, int(time.time()))
     except FluxError as exc:
         raise fail(exc) from None
     except OSError as exc:
@@ -66,6 +68,7 @@ def init(
         raise typer.Exit(78) from None
     state = ", ".join(created) if created else "nothing (identity already present)"
     typer.echo(f"identity: instance {ident.instance_id} in {cfg.instance.state_dir}; created {state}")
+    typer.echo(approved)
     if not cfg.server.vendor_keys:
         typer.echo("note: server.vendor_keys is empty; add the vendor's public keys before `fluxagent run`")
 
@@ -241,6 +244,24 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def approve_on_init(config_path: Path, now: int) -> str:
+    """Approve the running registry version beside a new install's config; keep an existing approval.
+
+    Returns the line init prints. An existing approval file is never replaced, even a bad one (the
+    commands that use it say what is wrong); `fluxagent schema --approve` is the way to change it.
+    """
+    from fluxagent.schema.approval import approval_path, who, write_approval
+    from fluxagent.schema.shipped import running
+
+    target = approval_path(config_path)
+    if os.path.lexists(target):
+        return f"schema: {target} exists, left untouched (see `fluxagent schema`)"
+    version = running()
+    write_approval(target, version, by=who(), via="fluxagent init", now=now)
+    return (f"schema: approved {version.name} ({version.fingerprint}) in {target}; "
+            "`fluxagent schema` shows what it sends")
 
 
 def write_initial_config(
