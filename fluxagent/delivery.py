@@ -16,7 +16,7 @@ from typing import Any
 
 from fluxagent import collect
 from fluxagent.config import Config
-from fluxagent.errors import FluxError, StateError
+from fluxagent.errors import FluxError, SchemaHeld, StateError
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
 from fluxagent.license.state import Contact, Receipt, Status
@@ -106,8 +106,11 @@ class Engine:
         self.outage_since: float | None = None
         self.outage_summary_at: float = 0.0
         self.last_skew: float = 0.0
-        self.source_errors: dict[str, str] = {}
         self.source_status = state.load_source_errors(sd)  # persisted for `status`
+        # a kind held back for a schema approval stays so until the operator acts: said once, not by
+        # every later run or restart (a failing source, which may recover by itself, is said again)
+        self.source_errors: dict[str, str] = {
+            k: str(v.get("error")) for k, v in self.source_status.items() if v.get("code") == SchemaHeld.code}
         self.policy: Policy | None = None
         self.policy_error: str | None = None
         now = int(deps.clock())

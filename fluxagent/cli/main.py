@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fluxagent.cli import updates  # registers `credentials`, `export`, `import` on app
+from fluxagent.cli import schema, updates  # register `schema`; `credentials`, `export`, `import` on app
 from fluxagent.cli.app import KIND_NAMES, app, fail, load_config
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError
 
 if TYPE_CHECKING:
     from fluxagent.config import Config
 
-__all__ = ["app", "main", "updates"]
+__all__ = ["app", "main", "schema", "updates"]
 
 
 @app.command()
@@ -82,16 +82,20 @@ def preview(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per message")] = False,
 ) -> None:
     """Show exactly what would be sent. Sends nothing, writes nothing, does not advance seq."""
-    from fluxagent.collect import build_preview
-    from fluxagent.report.preview import preview_json, preview_text
+    from fluxagent.collect import preview as build
+    from fluxagent.report.preview import pending_note, preview_json, preview_text
 
     kinds = _kinds(kind)
     try:
         cfg = load_config(ctx)
-        sealed, failures = build_preview(cfg, kinds)
+        p = build(cfg, kinds)
     except FluxError as exc:
         raise fail(exc) from None
-    typer.echo(preview_json(sealed, cfg.server.url) if as_json else preview_text(sealed, cfg.server.url))
+    render = preview_json if as_json else preview_text
+    typer.echo(render(p.sealed, cfg.server.url, withheld=p.withheld, policy=p.policy))
+    if as_json and p.policy.pending:
+        typer.echo(f"fluxagent: {pending_note(p.policy)}", err=True)
+    failures = p.failures
     for k, err in failures:
         typer.echo(f"fluxagent: {k} would not be sent: {err.code} error: {err}", err=True)
     # the first failure's own exit code: 69 database unreachable, 78 credentials/settings, 1 query

@@ -23,6 +23,8 @@ from fluxagent.daemon.metrics import MetricsWriter
 from fluxagent.daemon.notify import Notifier
 from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
+from fluxagent.schema.approval import load_policy
+from fluxagent.schema.policy import Policy
 from fluxagent.statedir import identity
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.transport import HttpxTransport, Transport
@@ -119,7 +121,7 @@ class Agent:
 
     def __init__(self, cfg: Config, *, transport_factory: Callable[[Config], Transport] | None = None,
                  clock: Callable[[], float] = time.time, notifier: Notifier | None = None,
-                 stop_deadline: float = STOP_DEADLINE) -> None:
+                 stop_deadline: float = STOP_DEADLINE, approval: Callable[[Config], Policy] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
         self.notifier = notifier or Notifier()
@@ -128,7 +130,10 @@ class Agent:
         self.ident = identity.load(cfg.instance.state_dir)
         self.transport = self.transport_factory(cfg)
         self.ca_stamp = ca_stamp(cfg)
-        self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
+        deps = Deps(self.transport, clock, log=self.log)
+        if approval is not None:  # the registry versions as values (tests); default: the approval file
+            deps.approval = approval
+        self.engine = Engine(cfg, self.ident, deps)
         self.signals = Signals(stop_deadline)
         self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
         self.updates: DaemonUpdates | None = None
@@ -261,6 +266,7 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
     cfg = config_mod.load(config_path)
     logs.configure(cfg.log.format, cfg.log.level, stream=log_stream)
     identity.load(cfg.instance.state_dir)  # fail with 78 before taking the lock
+    load_policy(cfg)  # and without an approved schema version: nothing could be sent
     with instance_lock(cfg.instance.state_dir):
         agent = Agent(cfg)
         try:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from fluxagent.wire.messages import REGISTRY, Sealed
+
+if TYPE_CHECKING:
+    from fluxagent.schema.policy import Policy
 
 _ITEMS = {(f.kind, f.path): f.item for f in REGISTRY}
 
@@ -52,9 +56,23 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def preview_text(sealed: list[Sealed], server_url: str) -> str:
-    """Return the human preview: per message its endpoint, every field with value and clause 08 item."""
-    blocks = []
+def pending_note(policy: Policy) -> str:
+    """Return the line saying a wider schema version awaits approval ("" when none does)."""
+    if not policy.pending:
+        return ""
+    return (f"schema: running {policy.running.name} is wider than the approved {policy.approved.name}: "
+            f"{len(policy.withheld)} field(s) are WITHHELD until approved (`fluxagent schema --diff`, "
+            "`sudo fluxagent schema --approve`)")
+
+
+def preview_text(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str, tuple[str, ...]] | None = None,
+                 policy: Policy | None = None) -> str:
+    """Return the human preview: per message its endpoint, every field with value and clause 08 item.
+
+    withheld: per kind, the body paths left out because the approved schema version does not allow
+    them; policy: the running and approved versions (a pending approval is said at the top).
+    """
+    blocks = [pending_note(policy)] if policy is not None and policy.pending else []
     for s in sealed:
         rows = [(p, _show(v), _item(s.kind, p)) for p, v in _leaves(s.obj)]
         w0 = max(len(r[0]) for r in rows)
@@ -68,12 +86,18 @@ def preview_text(sealed: list[Sealed], server_url: str) -> str:
             if len(shown) > 60:
                 shown = shown[:57] + "..."
             lines.append(f"  {path:<{w0}}  {shown:<{w1}}  {item}")
+        for path in (withheld or {}).get(s.kind, ()):
+            lines.append(f"  {path:<{w0}}  {'(WITHHELD: not in the approved schema)':<{w1}}  not sent")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-def preview_json(sealed: list[Sealed], server_url: str) -> str:
-    """Return the `preview --json` document: one object per message (DESIGN §7)."""
+def preview_json(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str, tuple[str, ...]] | None = None,
+                 policy: Policy | None = None) -> str:
+    """Return the `preview --json` document: one object per message (docs/PROTOCOL.md).
+
+    Each object also says which body paths were withheld and whether a wider schema awaits approval.
+    """
     return json.dumps(
         [
             {
@@ -83,6 +107,8 @@ def preview_json(sealed: list[Sealed], server_url: str) -> str:
                 "payload": s.obj,
                 "payload_sha256": s.payload_sha256,
                 "envelope": s.envelope.decode("ascii"),
+                "withheld": list((withheld or {}).get(s.kind, ())),
+                "schema_pending": bool(policy is not None and policy.pending),
             }
             for s in sealed
         ],

@@ -8,6 +8,7 @@ damaged or unknown approval never falls back to sending more.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from fluxagent.config import Config
-from fluxagent.errors import ConfigError
+from fluxagent.errors import ConfigError, UsageError
 from fluxagent.schema.policy import Approved, Policy
 from fluxagent.schema.shipped import running, shipped
 from fluxagent.schema.versions import Catalog, Version, is_fingerprint
@@ -57,8 +58,10 @@ def read_approval(path: Path, catalog: Catalog, *, euid: int | None = None) -> A
         raise _problem(path, "no approved schema version: nothing is sent until one is approved",
                        f"{REVIEW}, then run `sudo fluxagent schema --approve`") from None
     except OSError as exc:
-        raise _problem(path, f"cannot read the approved schema version: {exc.strerror or exc}",
-                       "it must be a regular file root owns and the service can read (mode 0644)") from None
+        why = "a symbolic link; it must be a regular file" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise _problem(path, f"cannot read the approved schema version: {why}",
+                       f"{REVIEW}, then rewrite it with `sudo fluxagent schema --approve` (a regular file root "
+                       "owns, mode 0644)") from None
     try:
         st = os.fstat(fd)
         data = os.read(fd, MAX_BYTES + 1) if stat.S_ISREG(st.st_mode) else b""
@@ -129,3 +132,18 @@ def load_policy(cfg: Config, catalog: Catalog | None = None, running_version: Ve
     run = running_version or (cat.newest if catalog is not None else running())
     approved = read_approval(path_of(cfg), cat)
     return Policy(run, approved.version, approved)
+
+
+def approve(path: Path, catalog: Catalog, ref: str | None, *, via: str, now: int, if_missing: bool = False,
+            by: str | None = None) -> Approved | None:
+    """Approve the version ref names (default: the newest) in path; return it (None: kept, with if_missing).
+
+    Raises UsageError for a ref no version has, OSError when the file cannot be written.
+    """
+    if if_missing and os.path.lexists(path):
+        return None
+    version = catalog.newest if not ref else catalog.find(ref)
+    if version is None:
+        known = ", ".join(f"{v.name} ({v.fingerprint})" for v in catalog.versions)
+        raise UsageError(f"{ref!r} names no schema version this fluxagent knows; it knows {known}")
+    return write_approval(path, version, by=by or who(), via=via, now=now)
