@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -242,3 +244,42 @@ def test_schema_approve_and_diff_from_the_command_line(tmp_path: Path) -> None:
 
 def test_v3_is_a_test_only_value_not_a_shipped_file() -> None:
     assert shipped().find(V3_OPTIONAL.fingerprint) is None
+
+
+# ---- the Debian maintainer script ----
+
+POSTINST = Path(__file__).resolve().parent.parent / "packaging" / "debian" / "postinst"
+
+
+def _postinst_schema_block(tmp_path: Path, config: Path) -> Path:
+    """Return a script holding the postinst's schema block, its fluxagent pointed at config."""
+    text = POSTINST.read_text()
+    start = text.index("    # What may be sent")
+    end = text.index("\n    fi\n", start) + len("\n    fi\n")
+    wrapper = tmp_path / "fluxagent"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fluxagent --config "{config}" "$@"\n')
+    wrapper.chmod(0o755)
+    script = tmp_path / "postinst-schema.sh"
+    script.write_text("set -e\n" + text[start:end].replace("/usr/bin/fluxagent", str(wrapper)))
+    return script
+
+
+@pytest.mark.parametrize(("old", "approved_via"), [("", "package install"), ("0.1.0", "package upgrade from 0.1.0")])
+def test_postinst_approves_once_v1_on_upgrade_the_installed_version_on_install_and_never_prompts(
+    tmp_path: Path, old: str, approved_via: str
+) -> None:
+    config = tmp_path / "etc" / "fluxagent.toml"
+    config.parent.mkdir()
+    script = _postinst_schema_block(tmp_path, config)
+    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
+    done = subprocess.run(["sh", str(script), "configure", old], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((config.parent / FILE).read_text())
+    expected = shipped().versions[0] if old else shipped().newest
+    assert doc["approved"] == expected.fingerprint and approved_via in doc["via"]
+    assert done.stdout == ""  # nothing wider awaits approval in this release
+    (config.parent / FILE).write_text(json.dumps({**doc, "by": "the operator"}))
+    again = subprocess.run(["sh", str(script), "configure", "0.2.0"], capture_output=True, text=True, env=env,
+                           stdin=subprocess.DEVNULL, timeout=60, check=False)
+    assert again.returncode == 0 and json.loads((config.parent / FILE).read_text())["by"] == "the operator"

@@ -255,6 +255,7 @@ def approve_on_init(config_path: Path, now: int) -> str:
 
     Returns the line init prints. An existing approval file is never replaced, even a bad one (the
     commands that use it say what is wrong); `fluxagent schema --approve` is the way to change it.
+    Not being allowed to write it (the service user beside root's config) is said, not fatal.
     """
     from fluxagent.schema.approval import approval_path, who, write_approval
     from fluxagent.schema.shipped import running
@@ -263,7 +264,11 @@ def approve_on_init(config_path: Path, now: int) -> str:
     if os.path.lexists(target):
         return f"schema: {target} exists, left untouched (see `fluxagent schema`)"
     version = running()
-    write_approval(target, version, by=who(), via="fluxagent init", now=now)
+    try:
+        write_approval(target, version, by=who(), via="fluxagent init", now=now)
+    except OSError as exc:  # e.g. the service user, who may not write beside root's config
+        return (f"schema: cannot write {target} ({exc.strerror or exc}); nothing is sent until root runs "
+                "`fluxagent schema --approve` (see `fluxagent schema`)")
     return (f"schema: approved {version.name} ({version.fingerprint}) in {target}; "
             "`fluxagent schema` shows what it sends")
 

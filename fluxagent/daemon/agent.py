@@ -164,7 +164,9 @@ class Agent:
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
         held = ", ".join(sorted(self.engine.source_errors))
         sources = f"; not sent: {held} (source failing, see status)" if held else ""
-        return f"license {shown}; spool {depth}{outage}{sources}"
+        policy = self.engine.policy
+        pending = f"; schema {policy.running.name} awaits approval" if policy is not None and policy.pending else ""
+        return f"license {shown}; spool {depth}{outage}{sources}{pending}"
 
     def _between_messages(self) -> bool:
         """Called before each message of a flush: it is progress, so feed the watchdog; return whether to stop."""

@@ -147,3 +147,8 @@ def approve(path: Path, catalog: Catalog, ref: str | None, *, via: str, now: int
         known = ", ".join(f"{v.name} ({v.fingerprint})" for v in catalog.versions)
         raise UsageError(f"{ref!r} names no schema version this fluxagent knows; it knows {known}")
     return write_approval(path, version, by=by or who(), via=via, now=now)
+
+
+def running_approved(_cfg: Config) -> Policy:
+    """Return the running registry as approved, ignoring any file: for a Config built in code (tests, tools)."""
+    return Policy.of(running())
