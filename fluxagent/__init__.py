@@ -1,3 +1,3 @@
 """fluxagent: the licensing and telemetry agent of the FluxBilling Self-Hosted Edition."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,5 +1,5 @@
 """`python -m fluxagent` runs the command-line interface."""
 
-from fluxagent.cli.main import main
+from fluxagent.cli.entry import main
 
 main()

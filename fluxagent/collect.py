@@ -1,4 +1,4 @@
-"""From live sources to messages: the one path both `preview` and `run` take (DESIGN §1).
+"""From live sources to messages: the one path both `preview` and `run` take (docs/ARCHITECTURE.md, "The data flow").
 
 The I/O here is read-only (platform database, this host, the license file); building and
 sealing are the pure functions of identifiers, messages and envelope.
@@ -7,7 +7,6 @@ sealing are the pure functions of identifiers, messages and envelope.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from fluxagent.config import Config, HostConfig, PlatformConfig
 from fluxagent.errors import FluxError, SchemaHeld, SourceError
-from fluxagent.facts import HostFacts
+from fluxagent.facts import VERSION_SHAPE, HostFacts, is_version
 from fluxagent.identifiers import TokenSet, add_machine, add_networks, add_servers, canonical_hostname, key_id
 from fluxagent.license.file import LicenseFile
 from fluxagent.license.record import read_license_file
@@ -26,8 +25,6 @@ from fluxagent.statedir import identity
 from fluxagent.statedir.identity import Identity
 from fluxagent.wire import messages
 from fluxagent.wire.messages import Message, Sealed
-
-_VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
 
 
 @dataclass
@@ -62,10 +59,11 @@ class World:
 def platform_version(cfg: Config, platform: PlatformSource) -> str:
     """Return the platform version (config first, then the database); raises SourceError if not a version."""
     raw = cfg.platform.version.strip() or platform.version()
-    if not _VERSION.match(raw):
-        shown = raw[:40].encode("unicode_escape").decode("ascii")
+    if not is_version(raw):
+        # a database value is described, never quoted: the column may hold anything (a phone number, a mail)
         raise SourceError(
-            f"platform version {shown!r} does not look like a version number; it is not sent",
+            f"platform version is not a version number: {len(raw)} characters; it is not sent"
+            f" (expected {VERSION_SHAPE})",
             hint="set platform.version in the config (e.g. \"4.12.3\")",
         )
     return raw

@@ -1,377 +1,280 @@
-"""TOML configuration → frozen dataclasses; every problem reported at once with its dotted path."""
+"""TOML configuration → frozen dataclasses; every problem reported at once with its dotted path.
+
+Each key is described once, in its dataclass field: its value type (parser, written form, type
+name), its default and what it means. The loader, `to_mapping`, fluxagent.example.toml,
+docs/CONFIG.md and the config `fluxagent init` writes are all derived from these fields
+(fluxagent/configdoc.py renders the last three; a test checks the files agree).
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import ipaddress
-import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fluxagent.configvalues import (
+    BOOL,
+    DATABASE_URL,
+    DOMAIN,
+    OPT_HOSTNAME,
+    OPT_PATH,
+    OPT_VERSION,
+    PATH,
+    PROXY_URL,
+    SERVER_URL,
+    SQL,
+    STRING_LIST,
+    USER_NAME,
+    VENDOR_KEYS,
+    ValueType,
+    decode_public_key,
+    duration_range,
+    format_duration,
+    int_range,
+    is_loopback_host,
+    one_of,
+    parse_duration,
+    parse_size,
+    size_range,
+)
 from fluxagent.errors import ConfigError
 
+__all__ = [
+    "Config", "ConfigError", "HostConfig", "InstanceConfig", "Key", "LogConfig", "PlatformConfig", "Queries",
+    "ScheduleConfig", "ServerConfig", "SpoolConfig", "UpdatesConfig", "decode_public_key", "format_duration",
+    "from_mapping", "is_loopback_host", "load", "parse_duration", "parse_size", "to_mapping",
+]
+
 DEFAULT_PATH = Path("/etc/fluxagent/fluxagent.toml")
+REQUEST_SLACK = 5.0  # at most this beyond connect + read (no more than read_timeout): TLS and a slow body
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; --config /dev/zero must not read for ever
 _MAX_PROBLEM = 300  # a 5 MB bad value is quoted in its problem, but not in full
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_SIZE_UNITS = {
-    "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(value: object) -> float:
-    """Return seconds for "90s", "1h30m", "14d", "250ms" or a bare number of seconds; raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like \"90s\", \"6h\" or \"14d\", got a boolean")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:  # TOML integers are unbounded in tomllib
-            raise ValueError(f"{value!r} is out of range (0 to 10 years)") from None
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if not text:
-            raise ValueError("expected a duration like \"90s\", \"6h\" or \"14d\", got an empty string")
-        pos, seconds = 0, 0.0
-        for m in _DURATION_RE.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-            pos = m.end()
-        if pos != len(text):
-            raise ValueError(
-                f"{value!r} is not a duration: use a number with a unit ms, s, m, h, d or w (\"90s\", \"1h30m\")"
-            )
-    else:
-        raise ValueError(f"expected a duration string like \"6h\", got {type(value).__name__}")
-    if seconds < 0 or seconds != seconds or seconds > 10 * 365 * 86400:
-        raise ValueError(f"{value!r} is out of range (0 to 10 years)")
-    return seconds
-
-
-def parse_size(value: object) -> int:
-    """Return bytes for "20MB", "512KiB", "1GB" or a bare integer; raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like \"20MB\", got a boolean")
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if not m:
-            raise ValueError(f"{value!r} is not a size: use a number with B, KB, MB, GB, KiB, MiB or GiB")
-        amount = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").upper()]
-        if amount > 2**63:  # also catches the inf a 400-digit number becomes
-            raise ValueError(f"{value[:40]!r} is too large")
-        n = int(amount)
-    else:
-        raise ValueError(f"expected a size like \"20MB\", got {type(value).__name__}")
-    if n < 0:
-        raise ValueError(f"{value!r} must not be negative")
-    return n
-
-
-def decode_public_key(text: str) -> bytes:
-    """Return the 32 raw bytes of a base64 Ed25519 public key; raises ValueError."""
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("is not valid base64") from exc
-    if len(raw) != 32:
-        raise ValueError(f"decodes to {len(raw)} bytes; an Ed25519 public key has 32")
-    return raw
-
-
-def is_loopback_host(host: str) -> bool:
-    """True when host is a loopback IP literal or the name localhost."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
 
 @dataclass(frozen=True)
-class Queries:
-    active_clients: str = "SELECT COUNT(*) FROM clients WHERE status = 'active'"
-    total_users: str = "SELECT COUNT(*) FROM users"
-    servers_total: str = "SELECT COUNT(*) FROM servers"
-    version: str = "SELECT value FROM settings WHERE name = 'version'"
-    servers: str = "SELECT hostname, ip_address FROM servers"
-    networks: str = "SELECT cidr FROM network_ranges"
+class Key:
+    """The one description of a config key: value type, meaning, and how the written files show it."""
+
+    type: ValueType
+    doc: str  # what the key means, for the comment above it and the docs/CONFIG.md table
+    example: Any = None  # TOML value the example file shows instead of a default that is no use as it is
+    required: bool = False
+    optional: bool = False  # an override: written commented out while it holds its default
+
+
+def key(
+    vtype: ValueType, doc: str, *, example: Any = None, required: bool = False, optional: bool = False
+) -> dict[str, Key]:
+    """Return the field metadata describing one config key."""
+    return {"key": Key(vtype, doc, example, required, optional)}
+
+
+def section(doc: str) -> dict[str, str]:
+    """Return the field metadata of a field holding a config section (a TOML table)."""
+    return {"section": doc}
 
 
 @dataclass(frozen=True)
 class InstanceConfig:
-    bound_domain: str = ""
-    state_dir: Path = Path("/var/lib/fluxagent")
-    license_file: Path = Path("/etc/fluxagent/license.json")
+    bound_domain: str = field(default="", metadata=key(
+        DOMAIN, "The domain the FluxBilling license is bound to. Sent in the clear (clause 08, License validation).",
+        example="billing.example.com", required=True))
+    state_dir: Path = field(default=Path("/var/lib/fluxagent"), metadata=key(
+        PATH, "Where the identity, spool, ledger and status files live (created 0700)."))
+    license_file: Path = field(default=Path("/etc/fluxagent/license.json"), metadata=key(
+        PATH, "The vendor-signed license file (a DSSE envelope)."))
+    service_user: str = field(default="", metadata=key(
+        USER_NAME, "The user the service runs as (the package's is fluxagent). `fluxagent init` run as root "
+        "creates the state directory and identity owned by this user. Empty: the owner of an existing state "
+        "directory, else the user running init.", example="fluxagent"))
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    url: str = "https://licensing.fluxbilling.example"
-    vendor_keys: tuple[bytes, ...] = ()
-    ca_bundle: Path | None = None
-    proxy: str | None = None
-    connect_timeout: float = 5.0
-    read_timeout: float = 20.0
-    max_response_bytes: int = 1048576
+    url: str = field(default="https://licensing.fluxbilling.example", metadata=key(
+        SERVER_URL, "The vendor's licensing server. https:// only; http:// is accepted for loopback addresses "
+        "(tests)."))
+    vendor_keys: tuple[bytes, ...] = field(default=(), metadata=key(
+        VENDOR_KEYS, "Pinned vendor Ed25519 public keys (base64). Receipts and license files must verify against "
+        "one of them. List at least two (current and next) so the vendor can rotate without an outage. Use the "
+        "keys from your license delivery (the example's two are placeholders).",
+        example=["k1Jmbhyr7mwdEZnCYsQvMkgSp1gYQb6RmsZQrm2M1sU=", "WZ1Z8+dnbdK1v2fOZJvFyLA4rpB4JHhHoGJSrrQmfRU="]))
+    ca_bundle: Path | None = field(default=None, metadata=key(
+        OPT_PATH, "PEM bundle of CA certificates to trust for the server instead of the system trust store."))
+    proxy: str | None = field(default=None, metadata=key(
+        PROXY_URL, "Proxy URL (http://user:pass@proxy.example:3128). Empty: HTTPS_PROXY / NO_PROXY from the "
+        "environment."))
+    connect_timeout: float = field(default=5.0, metadata=key(
+        duration_range(0.1, 300), "Time allowed to open a connection to the server."))
+    read_timeout: float = field(default=20.0, metadata=key(
+        duration_range(0.1, 600), "Time allowed to wait for each read from the server."))
+    max_response_bytes: int = field(default=1048576, metadata=key(
+        size_range(1024, 64 * 2**20), "Largest response accepted (counted after decompression); larger ones are "
+        "cut off and retried later."))
 
     @property
     def audience(self) -> str:
         """The server host the payload `aud` names (lowercase, no port)."""
         return (urlsplit(self.url).hostname or "").lower()
 
+    @property
+    def request_deadline(self) -> float:
+        """Seconds one request may take in all: connect, read, and slack for TLS and the body (≤ 5 s, ≤ read)."""
+        return self.connect_timeout + self.read_timeout + min(REQUEST_SLACK, self.read_timeout)
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    heartbeat: float = 3600.0
-    license_check: float = 6 * 3600.0
-    digest: float = 24 * 3600.0
-    jitter: float = 600.0
-    offline_grace: float = 14 * 86400.0
+    heartbeat: float = field(default=3600.0, metadata=key(
+        duration_range(60, 7 * 86400), "How often the heartbeat (aggregate counts) is sent."))
+    license_check: float = field(default=6 * 3600.0, metadata=key(
+        duration_range(60, 30 * 86400), "How often the license is checked with the server."))
+    digest: float = field(default=24 * 3600.0, metadata=key(
+        duration_range(60, 30 * 86400), "How often the infrastructure digest is sent."))
+    jitter: float = field(default=600.0, metadata=key(
+        duration_range(0, 86400), "Random spread added to every timer so a fleet does not call in at the same "
+        "second."))
+    offline_grace: float = field(default=14 * 86400.0, metadata=key(
+        duration_range(3600, 365 * 86400), "How long the license stays \"offline\" (still good) when the server "
+        "cannot be reached."))
+
+
+@dataclass(frozen=True)
+class Queries:
+    active_clients: str = field(default="SELECT COUNT(*) FROM clients WHERE status = 'active'", metadata=key(
+        SQL, "Counts the active clients: one non-negative integer.", optional=True))
+    total_users: str = field(default="SELECT COUNT(*) FROM users", metadata=key(
+        SQL, "Counts the users: one non-negative integer.", optional=True))
+    servers_total: str = field(default="SELECT COUNT(*) FROM servers", metadata=key(
+        SQL, "Counts the inventory servers: one non-negative integer.", optional=True))
+    version: str = field(default="SELECT value FROM settings WHERE name = 'version'", metadata=key(
+        SQL, "Reads the platform version (used when platform.version is empty).", optional=True))
+    servers: str = field(default="SELECT hostname, ip_address FROM servers", metadata=key(
+        SQL, "Lists the inventory servers: (hostname, ip_address) rows.", optional=True))
+    networks: str = field(default="SELECT cidr FROM network_ranges", metadata=key(
+        SQL, "Lists the network ranges: one CIDR per row.", optional=True))
 
 
 @dataclass(frozen=True)
 class PlatformConfig:
     # repr=False: a server URL may carry a password, and a dataclass repr ends up in logs and tracebacks
-    database: str = field(default="sqlite:////var/lib/fluxbilling/fluxbilling.db", repr=False)
-    version: str = ""
-    hostname: str = ""
-    queries: Queries = field(default_factory=Queries)
-    password_file: Path | None = None  # first line is the database password; must be mode 0600
-    connect_timeout: float = 10.0
-    statement_timeout: float = 60.0
+    database: str = field(default="sqlite:////var/lib/fluxbilling/fluxbilling.db", repr=False, metadata=key(
+        DATABASE_URL, "The FluxBilling database, opened read-only: sqlite:////absolute/path.db, "
+        "postgresql://user@host:5432/db (extra fluxagent[postgres]) or mysql://user@host:3306/db, also "
+        "mariadb://… (extra fluxagent[mysql]); a unix socket: postgresql://user@/db?host=/run/postgresql or "
+        "mysql://user@localhost/db?unix_socket=/run/mysqld/mysqld.sock. Use an account that may only SELECT. "
+        "Keep the password out of this file: use password_file, or the driver's own PGPASSFILE / ~/.pgpass "
+        "(PostgreSQL) or ~/.my.cnf [client] (MySQL/MariaDB) of the user fluxagent runs as."))
+    password_file: Path | None = field(default=None, metadata=key(
+        OPT_PATH, "File whose first line is the database password; refused unless only its owner can read it "
+        "(0600)."))
+    connect_timeout: float = field(default=10.0, metadata=key(
+        duration_range(1, 300), "How long to wait for the database server to answer."))
+    statement_timeout: float = field(default=60.0, metadata=key(
+        duration_range(1, 3600), "How long any one query may run."))
+    version: str = field(default="", metadata=key(
+        OPT_VERSION, "Platform version to report: numbers like 4.12.3, optionally one short release tag (-rc2, "
+        "+build.17, ~deb12u1); never a name, mail address or host name. Empty: read from the database "
+        "(platform.queries.version)."))
+    hostname: str = field(default="", metadata=key(
+        OPT_HOSTNAME, "Host name to report in the heartbeat. Empty: this host's FQDN."))
+    queries: Queries = field(default_factory=Queries, metadata=section(
+        "Optional overrides of the reference-schema queries. Count queries must return exactly one non-negative "
+        "integer; `servers` returns (hostname, ip_address) rows; `networks` returns CIDRs. The queries run "
+        "read-only: a query that tries to write fails."))
 
 
 @dataclass(frozen=True)
 class HostConfig:
-    include_interfaces: bool = True
-    exclude_interfaces: tuple[str, ...] = ("lo", "docker*", "veth*", "br-*")
+    include_interfaces: bool = field(default=True, metadata=key(
+        BOOL, "Add the networks of this host's interfaces to the digest (as keyed tokens)."))
+    exclude_interfaces: tuple[str, ...] = field(default=("lo", "docker*", "veth*", "br-*"), metadata=key(
+        STRING_LIST, "Interfaces left out (shell-style patterns)."))
 
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    max_messages: int = 2000
-    max_bytes: int = 20_000_000
+    max_messages: int = field(default=2000, metadata=key(
+        int_range(10, 1_000_000), "Most unsent messages kept; when full, the oldest heartbeat is dropped "
+        "(and counted)."))
+    max_bytes: int = field(default=20_000_000, metadata=key(
+        size_range(64 * 1024, 10 * 2**30), "Most bytes of unsent messages kept, with the same rule."))
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    format: str = "auto"
-    level: str = "info"
+    format: str = field(default="auto", metadata=key(
+        one_of("auto", "json", "console"), "auto: console on a terminal, JSON lines otherwise (with `<N>` priority "
+        "prefixes under journald)."))
+    level: str = field(default="info", metadata=key(
+        one_of("debug", "info", "warning", "error"), "The least severe events logged."))
 
 
 @dataclass(frozen=True)
 class UpdatesConfig:
-    apt_auth_file: Path = Path("/etc/apt/auth.conf.d/fluxagent.conf")
-    min_remaining: float = 10.0
+    apt_auth_file: Path = field(default=Path("/etc/apt/auth.conf.d/fluxagent.conf"), metadata=key(
+        PATH, "Where `fluxagent credentials apt` writes the registry's credentials (mode 0600); removed once "
+        "they expire. The only place update credentials are ever stored."))
+    min_remaining: float = field(default=10.0, metadata=key(
+        duration_range(0, 3600), "Credentials with less lifetime left than this are not handed out; fresh ones "
+        "are requested."))
 
 
 @dataclass(frozen=True)
 class Config:
-    instance: InstanceConfig = field(default_factory=InstanceConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    platform: PlatformConfig = field(default_factory=PlatformConfig)
-    host: HostConfig = field(default_factory=HostConfig)
-    spool: SpoolConfig = field(default_factory=SpoolConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    instance: InstanceConfig = field(default_factory=InstanceConfig, metadata=section(
+        "This instance: the domain its license is bound to, its state directory and its license file."))
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=section(
+        "The vendor's licensing server and how to reach it."))
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata=section(
+        "How often each message is sent. A server may ask for longer intervals, never shorter ones."))
+    platform: PlatformConfig = field(default_factory=PlatformConfig, metadata=section(
+        "The FluxBilling platform database the counts and identifiers are read from."))
+    host: HostConfig = field(default_factory=HostConfig, metadata=section(
+        "This host's own network interfaces."))
+    spool: SpoolConfig = field(default_factory=SpoolConfig, metadata=section(
+        "Bounds of the queue of messages waiting to be sent."))
+    log: LogConfig = field(default_factory=LogConfig, metadata=section(
+        "The agent's log (events on stdout)."))
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig, metadata=section(
+        "Short-lived update credentials (`fluxagent credentials`). They are never stored anywhere except, for "
+        "apt, the auth.conf.d entry below."))
     source: Path | None = None
 
 
-# ---- value parsers: each returns the parsed value or raises ValueError with a message ----
+# ---- the sections and keys, read off the dataclasses ----
+
+
+def section_class(f: Field[Any]) -> type[Any]:
+    """Return the dataclass a section field holds."""
+    factory = f.default_factory
+    if not isinstance(factory, type):  # a section's default_factory is its dataclass
+        raise TypeError(f"section {f.name} has no dataclass default_factory")
+    return factory
+
+
+def sections(cls: type[Any] = Config, at: str = "") -> Iterator[tuple[str, str, type[Any]]]:
+    """Yield (dotted name, description, dataclass) of every section under cls, in file order."""
+    for f in fields(cls):
+        if "section" in f.metadata:
+            name = f"{at}.{f.name}" if at else f.name
+            yield name, f.metadata["section"], section_class(f)
+            yield from sections(section_class(f), name)
+
+
+def keys(cls: type[Any]) -> list[tuple[Field[Any], Key]]:
+    """Return (field, description) of each key of one section dataclass, in file order."""
+    return [(f, f.metadata["key"]) for f in fields(cls) if "key" in f.metadata]
+
 
 Parser = Callable[[Any], Any]
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"expected a string, got {type(v).__name__}")
-    if "\x00" in v:
-        raise ValueError("must not contain NUL characters")
-    return v
-
-
-def _nonempty_str(v: Any) -> str:
-    s = _str(v).strip()
-    if not s:
-        raise ValueError("must not be empty")
-    return s
-
-
-def _path(v: Any) -> Path:
-    return Path(_nonempty_str(v))
-
-
-def _opt_path(v: Any) -> Path | None:
-    s = _str(v).strip()
-    return Path(s) if s else None
-
-
-def _opt_str(v: Any) -> str | None:
-    s = _str(v).strip()
-    return s or None
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {type(v).__name__}")
-    return v
-
-
-def _int_range(lo: int, hi: int) -> Parser:
-    def parse(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"expected an integer, got {type(v).__name__}")
-        if not lo <= v <= hi:
-            raise ValueError(f"{v} is out of range ({lo} to {hi})")
-        return v
-    return parse
-
-
-def _size_range(lo: int, hi: int) -> Parser:
-    def parse(v: Any) -> int:
-        n = parse_size(v)
-        if not lo <= n <= hi:
-            raise ValueError(f"{v!r} is out of range ({lo} to {hi} bytes)")
-        return n
-    return parse
-
-
-def _duration_range(lo: float, hi: float) -> Parser:
-    def parse(v: Any) -> float:
-        s = parse_duration(v)
-        if not lo <= s <= hi:
-            raise ValueError(f"{v!r} is out of range ({lo:g}s to {hi:g}s)")
-        return s
-    return parse
-
-
-def _one_of(*choices: str) -> Parser:
-    def parse(v: Any) -> str:
-        s = _str(v).strip().lower()
-        if s not in choices:
-            raise ValueError(f"{v!r} is not one of {', '.join(choices)}")
-        return s
-    return parse
-
-
-def _domain(v: Any) -> str:
-    from fluxagent.identifiers import canonical_hostname
-
-    s = _nonempty_str(v)
-    if canonical_hostname(s) is None:
-        raise ValueError(f"{s!r} is not a valid DNS name")
-    return s
-
-
-def _opt_hostname(v: Any) -> str:
-    s = _str(v).strip()
-    return _domain(s) if s else ""
-
-
-def _server_url(v: Any) -> str:
-    s = _nonempty_str(v)
-    parts = urlsplit(s)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"{s!r} must be an https:// URL with a host")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ValueError(f"{s!r}: http:// is only allowed for loopback addresses; use https://")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{s!r} must not carry a query, fragment or credentials")
-    _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
-    return s.rstrip("/")
-
-
-def _vendor_keys(v: Any) -> tuple[bytes, ...]:
-    if not isinstance(v, list):
-        raise ValueError(f"expected a list of base64 Ed25519 public keys, got {type(v).__name__}")
-    keys: list[bytes] = []
-    for i, item in enumerate(v):
-        if not isinstance(item, str):
-            raise ValueError(f"[{i}] expected a string, got {type(item).__name__}")
-        try:
-            keys.append(decode_public_key(item))
-        except ValueError as exc:
-            raise ValueError(f"[{i}] {exc}") from None
-    if len(set(keys)) != len(keys):
-        raise ValueError("lists the same key twice")
-    return tuple(keys)
-
-
-def _proxy(v: Any) -> str | None:
-    s = _opt_str(v)
-    if s is None:
-        return None
-    parts = urlsplit(s)
-    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
-        raise ValueError("must be a proxy URL like http://proxy.example:3128")
-    return s
-
-
-def _database(v: Any) -> str:
-    s = _nonempty_str(v)
-    scheme = s.split(":", 1)[0].lower() if ":" in s else ""
-    if scheme not in ("sqlite", "postgresql", "postgres", "mysql", "mariadb"):
-        raise ValueError("must start with sqlite:///, postgresql:// or mysql://")
-    if scheme == "sqlite" and not s.startswith("sqlite:///"):
-        raise ValueError("sqlite URLs look like sqlite:////absolute/path.db or sqlite:///relative.db")
-    return s
-
-
-def _str_list(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ValueError("expected a list of strings")
-    return tuple(v)
-
-
-_SQL = _nonempty_str
-
 SCHEMA: dict[str, dict[str, Parser]] = {
-    "instance": {"bound_domain": _domain, "state_dir": _path, "license_file": _path},
-    "server": {
-        "url": _server_url,
-        "vendor_keys": _vendor_keys,
-        "ca_bundle": _opt_path,
-        "proxy": _proxy,
-        "connect_timeout": _duration_range(0.1, 300),
-        "read_timeout": _duration_range(0.1, 600),
-        "max_response_bytes": _size_range(1024, 64 * 2**20),
-    },
-    "schedule": {
-        "heartbeat": _duration_range(60, 7 * 86400),
-        "license_check": _duration_range(60, 30 * 86400),
-        "digest": _duration_range(60, 30 * 86400),
-        "jitter": _duration_range(0, 86400),
-        "offline_grace": _duration_range(3600, 365 * 86400),
-    },
-    "platform": {
-        "database": _database,
-        "version": _str,
-        "hostname": _opt_hostname,
-        "password_file": _opt_path,
-        "connect_timeout": _duration_range(1, 300),
-        "statement_timeout": _duration_range(1, 3600),
-    },
-    "platform.queries": {f.name: _SQL for f in fields(Queries)},
-    "host": {"include_interfaces": _bool, "exclude_interfaces": _str_list},
-    "spool": {"max_messages": _int_range(10, 1_000_000), "max_bytes": _size_range(64 * 1024, 10 * 2**30)},
-    "log": {"format": _one_of("auto", "json", "console"), "level": _one_of("debug", "info", "warning", "error")},
-    "updates": {"apt_auth_file": _path, "min_remaining": _duration_range(0, 3600)},
+    name: {f.name: k.type.parse for f, k in keys(cls)} for name, _, cls in sections()
 }
-_REQUIRED = {("instance", "bound_domain")}
+_REQUIRED = [(name, f.name) for name, _, cls in sections() for f, k in keys(cls) if k.required]
 
 
 def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -379,41 +282,38 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
     where = f"{source}: " if source else ""
     problems: list[str] = []
     values: dict[str, dict[str, Any]] = {name: {} for name in SCHEMA}
-
-    for top, sub in doc.items():
-        if top not in ("instance", "server", "schedule", "platform", "host", "spool", "log", "updates"):
-            problems.append(f"{where}{top}: unknown section")
-            continue
-        if not isinstance(sub, Mapping):
-            problems.append(f"{where}{top}: expected a table [{top}], got {type(sub).__name__}")
-            continue
-        for key, value in sub.items():
-            section = top
-            if top == "platform" and key == "queries":
-                if not isinstance(value, Mapping):
-                    problems.append(f"{where}platform.queries: expected a table, got {type(value).__name__}")
-                    continue
-                for qkey, qval in value.items():
-                    _take(values, problems, where, "platform.queries", qkey, qval)
-                continue
-            _take(values, problems, where, section, key, value)
-    for section, key in _REQUIRED:
-        if key not in values[section] and not any(p.startswith(f"{where}{section}.{key}:") for p in problems):
-            problems.append(f"{where}{section}.{key}: is required")
+    _read_table(doc, "", values, problems, where)
+    for name, key_name in _REQUIRED:
+        if key_name not in values[name] and not any(p.startswith(f"{where}{name}.{key_name}:") for p in problems):
+            problems.append(f"{where}{name}.{key_name}: is required")
     if problems:
         raise ConfigError(problems)
-    queries = Queries(**values.pop("platform.queries"))
-    return Config(
-        instance=InstanceConfig(**values["instance"]),
-        server=ServerConfig(**values["server"]),
-        schedule=ScheduleConfig(**values["schedule"]),
-        platform=PlatformConfig(queries=queries, **values["platform"]),
-        host=HostConfig(**values["host"]),
-        spool=SpoolConfig(**values["spool"]),
-        log=LogConfig(**values["log"]),
-        updates=UpdatesConfig(**values["updates"]),
-        source=source,
-    )
+    cfg: Config = _build(Config, "", values, source=source)
+    return cfg
+
+
+def _read_table(
+    table: Mapping[str, Any], at: str, values: dict[str, dict[str, Any]], problems: list[str], where: str
+) -> None:
+    for name, value in table.items():
+        dotted = f"{at}.{name}" if at else name
+        if dotted in values and "." not in name:
+            if isinstance(value, Mapping):
+                _read_table(value, dotted, values, problems, where)
+            else:
+                problems.append(f"{where}{dotted}: expected a table [{dotted}], got {type(value).__name__}")
+        elif not at:
+            problems.append(f"{where}{name}: unknown section")
+        else:
+            _take(values, problems, where, at, name, value)
+
+
+def _build(cls: type[Any], at: str, values: dict[str, dict[str, Any]], **extra: Any) -> Any:
+    kwargs = dict(values.get(at, {}), **extra)
+    for f in fields(cls):
+        if "section" in f.metadata:
+            kwargs[f.name] = _build(section_class(f), f"{at}.{f.name}" if at else f.name, values)
+    return cls(**kwargs)
 
 
 def _take(
@@ -460,51 +360,15 @@ def load(path: Path) -> Config:
 
 
 def to_mapping(cfg: Config) -> dict[str, Any]:
-    """Return the TOML-ready mapping of cfg (the inverse of from_mapping, for `init`)."""
-    s, sch, p = cfg.server, cfg.schedule, cfg.platform
-    return {
-        "instance": {
-            "bound_domain": cfg.instance.bound_domain,
-            "state_dir": str(cfg.instance.state_dir),
-            "license_file": str(cfg.instance.license_file),
-        },
-        "server": {
-            "url": s.url,
-            "vendor_keys": [base64.b64encode(k).decode() for k in s.vendor_keys],
-            "ca_bundle": str(s.ca_bundle) if s.ca_bundle else "",
-            "proxy": s.proxy or "",
-            "connect_timeout": format_duration(s.connect_timeout),
-            "read_timeout": format_duration(s.read_timeout),
-            "max_response_bytes": s.max_response_bytes,
-        },
-        "schedule": {k.name: format_duration(getattr(sch, k.name)) for k in fields(ScheduleConfig)},
-        "platform": {
-            "database": p.database,
-            "version": p.version,
-            "hostname": p.hostname,
-            "password_file": str(p.password_file) if p.password_file else "",
-            "connect_timeout": format_duration(p.connect_timeout),
-            "statement_timeout": format_duration(p.statement_timeout),
-        },
-        "host": {
-            "include_interfaces": cfg.host.include_interfaces,
-            "exclude_interfaces": list(cfg.host.exclude_interfaces),
-        },
-        "spool": {"max_messages": cfg.spool.max_messages, "max_bytes": cfg.spool.max_bytes},
-        "log": {"format": cfg.log.format, "level": cfg.log.level},
-        "updates": {
-            "apt_auth_file": str(cfg.updates.apt_auth_file),
-            "min_remaining": format_duration(cfg.updates.min_remaining),
-        },
-    }
+    """Return the TOML-ready mapping of cfg (the inverse of from_mapping, for `init` and reloads)."""
+    return _render(cfg)
 
 
-def format_duration(seconds: float) -> str:
-    """Return the shortest exact duration string for seconds ("6h", "90s", "250ms")."""
-    if seconds != int(seconds):
-        return f"{round(seconds * 1000)}ms"
-    n = int(seconds)
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if n and n % size == 0:
-            return f"{n // size}{unit}"
-    return f"{n}s"
+def _render(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        if "key" in f.metadata:
+            out[f.name] = f.metadata["key"].type.render(getattr(obj, f.name))
+        elif "section" in f.metadata:
+            out[f.name] = _render(getattr(obj, f.name))
+    return out

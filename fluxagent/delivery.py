@@ -16,7 +16,8 @@ from typing import Any
 
 from fluxagent import collect
 from fluxagent.config import Config
-from fluxagent.errors import FluxError, SchemaHeld, StateError
+from fluxagent.errors import AllowlistError, FluxError, SchemaHeld, StateError
+from fluxagent.kinds import LICENSE_STATES, SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
 from fluxagent.license.state import Contact, Receipt, Status
@@ -26,13 +27,13 @@ from fluxagent.schema.record import note_policy
 from fluxagent.statedir import state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
-from fluxagent.statedir.spool import Entry, Spool
+from fluxagent.statedir.spool import Entry, Spool, SpoolFull, TooBig
+from fluxagent.timefmt import utc_stamp
 from fluxagent.transport import Transport, send
 from fluxagent.wire import messages
-from fluxagent.wire.messages import Sealed
+from fluxagent.wire.messages import Message, Sealed
 from fluxagent.wire.receipts import Delivered, Rejected, Retry, classify
 
-SCHEDULED = ("license", "heartbeat", "digest")
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
@@ -44,7 +45,21 @@ SERVER_INTERVAL_CAP = 30 * 86400
 SKEW_LIMIT = licensing.SKEW_LIMIT
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
+SPOOL_ENTRY_OVERHEAD = 512  # the spool entry's own fields around the envelope
 
+# Event names per kind, written out so that grep finds each one.
+SENT_EVENT = {"license": "license.sent", "heartbeat": "heartbeat.sent", "digest": "digest.sent",
+              "credentials": "credentials.sent"}
+SPOOLED_EVENT = {"license": "license.spooled", "heartbeat": "heartbeat.spooled", "digest": "digest.spooled",
+                 "credentials": "credentials.spooled"}
+SKIPPED_EVENT = {"license": "license.identifiers_skipped", "heartbeat": "heartbeat.identifiers_skipped",
+                 "digest": "digest.identifiers_skipped", "credentials": "credentials.identifiers_skipped"}
+NOT_SENT_EVENT = {"license": "license.not_sent", "heartbeat": "heartbeat.not_sent", "digest": "digest.not_sent",
+                  "credentials": "credentials.not_sent"}
+REJECTED_EVENT = {"license": "license.rejected", "heartbeat": "heartbeat.rejected", "digest": "digest.rejected",
+                  "credentials": "credentials.rejected"}
+RECOVERED_EVENT = {"license": "license.source_recovered", "heartbeat": "heartbeat.source_recovered",
+                   "digest": "digest.source_recovered", "credentials": "credentials.source_recovered"}
 
 def interval_of(cfg: Config, kind: str) -> float:
     """Return the configured interval of a scheduled kind, in seconds."""
@@ -95,37 +110,101 @@ class Engine:
     """Owns the spool, ledger, seq and schedule of one state directory (under the daemon's lock)."""
 
     def __init__(self, cfg: Config, ident: Identity, deps: Deps) -> None:
-        self.cfg, self.ident, self.deps = cfg, ident, deps
+        self._cfg, self._ident, self._deps = cfg, ident, deps
         sd = cfg.instance.state_dir
-        self.spool = Spool(sd / "spool", cfg.spool.max_messages, cfg.spool.max_bytes)
-        self.ledger = Ledger(sd / "ledger")
-        self.seq = state.Seq(sd)
-        self.schedule = state.load_schedule(sd)
-        self.failures = 0
-        self.retry_at: float = 0.0
-        self.outage_since: float | None = None
-        self.outage_summary_at: float = 0.0
-        self.last_skew: float = 0.0
-        self.source_status = state.load_source_errors(sd)  # persisted for `status`
+        self._spool = Spool(sd / "spool", cfg.spool.max_messages, cfg.spool.max_bytes)
+        self._ledger = Ledger(sd / "ledger")
+        self._seq = state.Seq(sd)
+        self._schedule = state.load_schedule(sd)
+        self._clamp_schedule(deps.clock())
+        self._failures = 0
+        # the server's Retry-After outlives the process that heard it (a restart, the next run --once);
+        # one further ahead than any Retry-After we accept was heard with the clock ahead: ignored
+        self._server_wait = state.load_retry_after(sd)
+        if self._server_wait > deps.clock() + RETRY_AFTER_CAP:
+            self._server_wait = 0.0
+        self._retry_at: float = self._server_wait
+        self._outage_since: float | None = None
+        self._outage_summary_at: float = 0.0
+        self._last_skew: float = 0.0
+        self._source_state = state.load_source_errors(sd)  # persisted for `status`
         # a kind held back for a schema approval stays so until the operator acts: said once, not by
         # every later run or restart (a failing source, which may recover by itself, is said again)
-        self.source_errors: dict[str, str] = {
-            k: str(v.get("error")) for k, v in self.source_status.items() if v.get("code") == SchemaHeld.code}
-        self.policy: Policy | None = None
-        self.policy_error: str | None = None
+        self._source_errors: dict[str, str] = {
+            k: str(v.get("error")) for k, v in self._source_state.items() if v.get("code") == SchemaHeld.code}
+        self._policy: Policy | None = None
+        self._policy_error: str | None = None
         now = int(deps.clock())
-        for e in self.spool.opened.superseded:
+        for e in self._spool.opened.superseded:
             self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
-        for e in self.spool.opened.dropped:
+        for e in self._spool.opened.dropped:
             self._ledger_entry(now, "dropped", e, outcome="dropped", detail="spool bound")
-        self._log("agent.state_opened", spool=self.spool.depth(), torn_ledger_bytes=self.ledger.torn_bytes,
-                  quarantined=len(self.spool.opened.quarantined), schedule_reset=self.schedule.reset_reason)
+        self._log("agent.state_opened", spool=self._spool.depth(), torn_ledger_bytes=self._ledger.torn_bytes,
+                  quarantined=len(self._spool.opened.quarantined), schedule_reset=self._schedule.reset_reason)
+
+    # ---- what the shell may read ----
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force (replaced by reconfigure)."""
+        return self._cfg
+
+    @property
+    def identity(self) -> Identity:
+        """The instance identity whose keys seal every message."""
+        return self._ident
+
+    @property
+    def deps(self) -> Deps:
+        """The outside world the engine was given (transport, clock, randomness, sources, log)."""
+        return self._deps
+
+    @property
+    def spool(self) -> Spool:
+        """The durable queue of sealed, unsent messages."""
+        return self._spool
+
+    @property
+    def ledger(self) -> Ledger:
+        """The hash-chained record of what left the machine (read it; write through record*)."""
+        return self._ledger
+
+    @property
+    def schedule(self) -> state.Schedule:
+        """The persisted timers of the scheduled kinds."""
+        return self._schedule
+
+    @property
+    def retry_at(self) -> float:
+        """When the spool may next be flushed after a retryable failure (0: now)."""
+        return self._retry_at
+
+    @property
+    def outage_since(self) -> float | None:
+        """When the current outage began, or None while the server answers."""
+        return self._outage_since
+
+    @property
+    def source_errors(self) -> dict[str, str]:
+        """The kinds not sent because their source fails, with why (a copy)."""
+        return dict(self._source_errors)
+
+    @property
+    def source_status(self) -> dict[str, dict[str, Any]]:
+        """Why each kind is not being sent, as persisted for `status` (a copy)."""
+        return dict(self._source_state)
+
+    def make_due(self, kind: str, now: float) -> None:
+        """Make a scheduled kind due at now (a license file replaced by hand, an operator's request)."""
+        ks = self._schedule.kind(kind)
+        self._schedule = self._schedule.with_kind(kind, replace(ks, next_due=int(now)))
+        self._save_schedule()
 
     # ---- small helpers ----
 
     def _emit(self, level: str, event: str, kw: dict[str, Any]) -> None:
-        if self.deps.log is not None:
-            getattr(self.deps.log, level)(event, **{k: v for k, v in kw.items() if v not in (None, 0, ())})
+        if self._deps.log is not None:
+            getattr(self._deps.log, level)(event, **{k: v for k, v in kw.items() if v is not None})
 
     def _log(self, event: str, **kw: Any) -> None:
         self._emit("info", event, kw)
@@ -136,89 +215,139 @@ class Engine:
     def _error(self, event: str, **kw: Any) -> None:
         self._emit("error", event, kw)
 
+    def record(self, now: float, event: str, kind: str, *, endpoint: str, seq: int, payload: bytes, outcome: str,
+               http_status: int | None = None, receipt_sha256: str | None = None, detail: str | None = None) -> None:
+        """Append one entry to the ledger; raises StateError."""
+        self._ledger.append(now=int(now), event=event, kind=kind, outcome=outcome, endpoint=endpoint, seq=seq,
+                            payload=payload, http_status=http_status, receipt_sha256=receipt_sha256, detail=detail)
+
     def _ledger_entry(self, now: int, event: str, e: Entry, *, outcome: str, http_status: int | None = None,
                       receipt_sha256: str | None = None, detail: str | None = None) -> None:
-        self.ledger.append(now=now, event=event, kind=e.kind, outcome=outcome, endpoint=e.endpoint, seq=e.seq,
-                           payload=e.payload, http_status=http_status, receipt_sha256=receipt_sha256,
-                           detail=detail)
+        self.record(now, event, e.kind, endpoint=e.endpoint, seq=e.seq, payload=e.payload, outcome=outcome,
+                    http_status=http_status, receipt_sha256=receipt_sha256, detail=detail)
 
-    def _source_status(self, kind: str, entry: dict[str, Any] | None) -> None:
+    def _note_source(self, kind: str, entry: dict[str, Any] | None) -> None:
         """Record (or clear) why kind is not being sent, where `status` reads it."""
-        old = self.source_status.get(kind)
+        old = self._source_state.get(kind)
         if entry is None:
-            self.source_status.pop(kind, None)
+            self._source_state.pop(kind, None)
         else:
             if old and old.get("code") == entry["code"]:
                 entry = {**entry, "since": old.get("since", entry["since"])}  # the same outage goes on
-            self.source_status[kind] = entry
-        state.save_source_errors(self.cfg.instance.state_dir, self.source_status)
+            self._source_state[kind] = entry
+        state.save_source_errors(self._cfg.instance.state_dir, self._source_state)
 
     def _save_schedule(self) -> None:
-        state.save_schedule(self.cfg.instance.state_dir, self.schedule)
+        state.save_schedule(self._cfg.instance.state_dir, self._schedule)
+
+    def _clamp_schedule(self, now: float) -> None:
+        """Make timers that lie impossibly far ahead (set while the clock ran ahead) due now; save if any."""
+        spans = {k: interval_of(self._cfg, k) + self._cfg.schedule.jitter for k in SCHEDULED}
+        self._schedule, clamped = state.clamp_schedule(self._schedule, now, spans)
+        if clamped:
+            self._warn("schedule.clamped", kinds=clamped,
+                       reason="a timer lay further ahead than any run sets one: the clock ran ahead")
+            self._save_schedule()
 
     def due(self, now: float) -> list[str]:
         """Return the scheduled kinds whose timer has expired (never scheduled counts as due)."""
-        return [k for k in SCHEDULED if (self.schedule.kind(k).next_due or 0) <= now]
+        self._clamp_schedule(now)  # the clock can jump back under a running daemon too
+        return [k for k in SCHEDULED if (self._schedule.kind(k).next_due or 0) <= now]
 
     def next_wake(self, now: float) -> float:
         """Return when the loop must wake next: the earliest timer, or the retry time of a non-empty spool."""
-        t = min(float(self.schedule.kind(k).next_due or now) for k in SCHEDULED)
-        if self.spool.depth():
-            t = min(t, max(self.retry_at, now))
+        self._clamp_schedule(now)
+        t = min(float(self._schedule.kind(k).next_due or now) for k in SCHEDULED)
+        if self._spool.depth():
+            t = min(t, max(self._retry_at, now))
         return t
 
     # ---- produce ----
 
     def produce(self, kinds: Sequence[str], now: float, *, force_full: bool = False) -> list[Sealed]:
         """Build, seal (seq persisted first) and spool kinds; a failing source skips its kind. Returns sealed."""
-        if "license" in kinds and self.schedule.license.last_sent is None and self.spool.holds("license"):
+        if "license" in kinds and self._schedule.license.last_sent is None and self._spool.holds("license"):
             # The first license registers the instance, and a superseding one would queue behind the
             # heartbeats already waiting (seq order), which an unregistered instance cannot deliver.
             kinds = [k for k in kinds if k != "license"]
             self._advance("license", now)
-            self._log("license.registration_pending", spool=self.spool.depth())
+            self._log("license.registration_pending", spool=self._spool.depth())
         policy = self.current_policy(now)
         license_state = self.license_status(now).state if "license" in kinds else None
-        built = collect.gather(self.cfg, self.ident, kinds, now=now,
-                               last_acked_root=None if force_full else self.schedule.last_acked_root,
-                               license_state=license_state if license_state in messages.LICENSE_STATES else None,
-                               world=self.deps.world, policy=policy)
+        built = collect.gather(self._cfg, self._ident, kinds, now=now,
+                               last_acked_root=None if force_full else self._schedule.last_acked_root,
+                               license_state=license_state if license_state in LICENSE_STATES else None,
+                               world=self._deps.world, policy=policy)
         out: list[Sealed] = []
         for b in built:
             if b.skipped:
-                self._log(f"{b.kind}.identifiers_skipped", **dict(b.skipped))
+                self._log(SKIPPED_EVENT[b.kind], **dict(b.skipped))
             if b.message is None:
                 err = b.error.message if b.error else "not built"
                 code = b.error.code if b.error else "error"
-                if self.source_errors.get(b.kind) != err:  # log a failing source once, not every hour
-                    self._warn(f"{b.kind}.not_sent", reason=err, code=code)
-                    self._source_status(b.kind, {"error": err, "code": code, "since": int(now)})
-                self.source_errors[b.kind] = err
+                if self._source_errors.get(b.kind) != err:  # log a failing source once, not every hour
+                    self._warn(NOT_SENT_EVENT[b.kind], reason=err, code=code)
+                    self._note_source(b.kind, {"error": err, "code": code, "since": int(now)})
+                self._source_errors[b.kind] = err
                 self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
-            if self.source_errors.pop(b.kind, None):
-                self._log(f"{b.kind}.source_recovered")
-            if b.kind in self.source_status:
-                self._source_status(b.kind, None)
-            seq = self.seq.reserve(floor=max(self.spool.max_seq(), self.ledger.max_seq()))
-            if self.seq.recovered:
-                self._warn("seq.recovered", detail=self.seq.recovered)
-                self.seq.recovered = None
-            sealed = messages.seal(b.message, signing_key=self.ident.signing_key, iid=self.ident.instance_id,
-                                   aud=self.cfg.server.audience, seq=seq, now=int(now),
-                                   nonce=self.deps.nonce(16), fields=policy.allowed)
-            put = self.spool.put(sealed, int(now))
+            sealed = self._seal_into_spool(b.kind, b.message, now)
+            if sealed is None:
+                self._advance(b.kind, now)  # not rebuilt before its next interval: no rescan loop
+                continue
+            if self._source_errors.pop(b.kind, None):
+                self._log(RECOVERED_EVENT[b.kind])
+            if b.kind in self._source_state:
+                self._note_source(b.kind, None)
+            seq = sealed.obj["seq"]
+            put = self._spool.put(sealed, int(now))
             for e in put.superseded:
                 self._ledger_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
             for e in put.dropped:
                 self._ledger_entry(int(now), "dropped", e, outcome="dropped", detail="spool bound")
                 self._warn("spool.dropped_oldest_heartbeat", seq=e.seq)
+            if put.counters_error:  # the message is queued; only the drop/supersede counts were not saved
+                self._warn("spool.counters_unsaved", error=put.counters_error)
             # only now: a seq or spool write that failed (disk full) leaves the kind due, retried soon
             self._advance(b.kind, now)
-            self._log(f"{b.kind}.spooled", seq=seq, bytes=len(sealed.envelope))
+            self._log(SPOOLED_EVENT[b.kind], seq=seq, bytes=len(sealed.envelope))
             out.append(sealed)
         self._save_schedule()
         return out
+
+    def _seal_into_spool(self, kind: str, message: messages.Message, now: float) -> Sealed | None:
+        """Seal message with the next seq once it is sure to fit the spool; else report why, return None.
+
+        The seq is reserved only after the check, so a message that cannot be queued burns none.
+        """
+        floor = max(self._spool.max_seq(), self._ledger.max_seq())
+        nonce = self._deps.nonce(16)
+
+        def seal(seq: int) -> Sealed:
+            return messages.seal(message, signing_key=self._ident.signing_key, iid=self._ident.instance_id,
+                                 aud=self._cfg.server.audience, seq=seq, now=int(now), nonce=nonce,
+                                 fields=self._policy.allowed if self._policy is not None else None)
+
+        try:
+            sealed = seal(self._seq.peek(floor))
+            self._spool.check_room(kind, len(sealed.envelope) + SPOOL_ENTRY_OVERHEAD)
+        except (AllowlistError, SpoolFull) as exc:
+            if (self._source_state.get(kind) or {}).get("code") != exc.code:  # once, not every interval
+                event = "digest.too_big_for_spool" if isinstance(exc, TooBig) else NOT_SENT_EVENT[kind]
+                self._warn(event, reason=exc.message, code=exc.code, hint=exc.hint)
+                self._note_source(kind, {"error": exc.message, "code": exc.code, "since": int(now)})
+            self._source_errors[kind] = exc.message
+            return None
+        seq = self._seq.reserve(floor=floor)
+        if self._seq.recovered:
+            self._warn("seq.recovered", detail=self._seq.recovered)
+            self._seq.recovered = None
+        return sealed if seq == sealed.obj["seq"] else seal(seq)
+
+    @property
+    def policy(self) -> Policy | None:
+        """What may be sent, as last read (None before the first produce)."""
+        return self._policy
 
     def current_policy(self, now: float) -> Policy:
         """Return what may be sent, re-reading the approval (so an approval takes effect without a restart).
@@ -227,48 +356,47 @@ class Engine:
         the last good approval and is logged once. A new approval is written to the ledger once.
         """
         try:
-            policy = self.deps.approval(self.cfg)
+            policy = self._deps.approval(self._cfg)
         except FluxError as exc:
-            if self.policy is None:
+            if self._policy is None:
                 raise
-            if self.policy_error != exc.message:
-                self._error("schema.approval_unreadable", error=exc.message, keeping=self.policy.approved.name)
-                self.policy_error = exc.message
-            return self.policy
-        self.policy_error = None
-        old, self.policy = self.policy, policy
+            if self._policy_error != exc.message:
+                self._error("schema.approval_unreadable", error=exc.message, keeping=self._policy.approved.name)
+                self._policy_error = exc.message
+            return self._policy
+        self._policy_error = None
+        old, self._policy = self._policy, policy
         if old is None or old.approved != policy.approved or old.running != policy.running:
-            note_policy(self.cfg.instance.state_dir, self.ledger, policy, int(now), self._log, self._warn)
+            note_policy(self._cfg.instance.state_dir, self._ledger, policy, int(now), self._log, self._warn)
         return policy
 
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""
         if kind in SCHEDULED:
-            due = next_due(now, interval_of(self.cfg, kind), self.cfg.schedule.jitter, self.deps.rng)
-            self.schedule = self.schedule.with_kind(kind, replace(self.schedule.kind(kind), next_due=due))
+            due = next_due(now, interval_of(self._cfg, kind), self._cfg.schedule.jitter, self._deps.rng)
+            self._schedule = self._schedule.with_kind(kind, replace(self._schedule.kind(kind), next_due=due))
 
     # ---- send ----
 
     def reconfigure(self, cfg: Config, transport: Transport) -> None:
         """Take a reloaded config (same state dir) and its transport."""
-        self.cfg = cfg
-        self.deps.transport = transport
-        self.spool.max_messages, self.spool.max_bytes = cfg.spool.max_messages, cfg.spool.max_bytes
+        self._cfg = cfg
+        self._deps.transport = transport
+        self._spool.max_messages, self._spool.max_bytes = cfg.spool.max_messages, cfg.spool.max_bytes
 
     def flush(self, now_fn: Callable[[], float] | None = None, *,
               should_stop: Callable[[], bool] = lambda: False) -> FlushResult:
         """Send spooled messages oldest first until one must be retried or should_stop(); ledger every outcome."""
-        clock = now_fn or self.deps.clock
+        clock = now_fn or self._deps.clock
         result = FlushResult()
-        deadline = self.cfg.server.connect_timeout + self.cfg.server.read_timeout + 5
-        for entry in self.spool.entries():
+        for entry in self._spool.entries():
             if should_stop():
                 return result
             sealed = sealed_of(entry)
-            url = self.cfg.server.url + entry.endpoint
-            response = send(self.deps.transport, url, entry.envelope, deadline=deadline)
+            url = self._cfg.server.url + entry.endpoint
+            response = send(self._deps.transport, url, entry.envelope, deadline=self._cfg.server.request_deadline)
             now = clock()
-            outcome = classify(sealed, response, self.cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
+            outcome = classify(sealed, response, self._cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
             if isinstance(outcome, Retry):
                 if outcome.sent:  # the request may have left the machine: the ledger says so
                     self._ledger_entry(int(now), "attempt", entry, outcome="retry", http_status=outcome.status,
@@ -279,69 +407,125 @@ class Engine:
             if isinstance(outcome, Rejected):
                 self._ledger_entry(int(now), "rejected", entry, outcome="rejected", http_status=outcome.status,
                                    detail=outcome.reason)
-                self.spool.remove(entry)
-                self._error(f"{entry.kind}.rejected", seq=entry.seq, status=outcome.status,
-                          reason=outcome.reason)
+                self._spool.remove(entry)
+                self._error(REJECTED_EVENT[entry.kind], seq=entry.seq, status=outcome.status, reason=outcome.reason)
                 if entry.kind == "license":
                     why = f"HTTP {outcome.status}: {outcome.reason}"[:200]
                     self.refresh_license(now, Contact("rejected", now, now, why))
                 result.rejected.append((entry, outcome))
                 continue
-            self._ledger_entry(int(now), "sent", entry, outcome="delivered", http_status=outcome.status,
-                               receipt_sha256=outcome.receipt_sha256)
-            self.spool.remove(entry)
-            self._on_delivered(entry, sealed, outcome, now)
+            self._ledger_delivered(sealed, outcome, now, event="sent")
+            self._spool.remove(entry)
+            self._apply_receipt(sealed, outcome, now, source="online")
             result.delivered.append((entry, outcome))
-        if self.outage_since is not None:
-            self._log("delivery.recovered", outage_seconds=int(clock() - self.outage_since), attempts=self.failures)
-        self.failures, self.retry_at, self.outage_since = 0, 0.0, None
+        if self._outage_since is not None:
+            self._log("delivery.recovered", outage_seconds=int(clock() - self._outage_since), attempts=self._failures)
+        self._failures, self._retry_at, self._outage_since = 0, 0.0, None
+        if self._server_wait:
+            self._server_wait = 0.0
+            state.save_retry_after(self._cfg.instance.state_dir, 0.0)
         return result
 
     def _on_retry(self, entry: Entry, outcome: Retry, now: float) -> None:
-        self.failures += 1
+        self._failures += 1
         after = outcome.after
-        delay = after if after is not None and after >= RETRY_AFTER_FLOOR else backoff(self.failures, self.deps.rng)
-        self.retry_at = now + delay
-        ks = self.schedule.kind(entry.kind) if entry.kind in SCHEDULED else None
+        asked = after is not None and after >= RETRY_AFTER_FLOOR
+        delay = after if after is not None and asked else backoff(self._failures, self._deps.rng)
+        self._retry_at = now + delay
+        if asked or self._server_wait:
+            self._server_wait = self._retry_at if asked else 0.0
+            state.save_retry_after(self._cfg.instance.state_dir, self._server_wait)
+        ks = self._schedule.kind(entry.kind) if entry.kind in SCHEDULED else None
         if ks is not None:
-            self.schedule = self.schedule.with_kind(entry.kind, replace(
+            self._schedule = self._schedule.with_kind(entry.kind, replace(
                 ks, consecutive_failures=ks.consecutive_failures + 1, last_error=outcome.reason[:200]))
             self._save_schedule()
-        if self.outage_since is None:
-            self.outage_since = self.outage_summary_at = now
+        if self._outage_since is None:
+            self._outage_since = self._outage_summary_at = now
             self._warn("delivery.outage_started", reason=outcome.reason, retry_in=int(delay),
-                       spool=self.spool.depth())
-        elif now - self.outage_summary_at >= OUTAGE_SUMMARY_EVERY:  # quiet: a summary, not every attempt
-            self.outage_summary_at = now
-            self._warn("delivery.outage_continues", attempts=self.failures, seconds=int(now - self.outage_since),
-                       spool=self.spool.depth(), reason=outcome.reason)
-        self.refresh_license(now, Contact("unreachable", now, self.outage_since, outcome.reason[:200]))
+                       spool=self._spool.depth())
+        elif now - self._outage_summary_at >= OUTAGE_SUMMARY_EVERY:  # quiet: a summary, not every attempt
+            self._outage_summary_at = now
+            self._warn("delivery.outage_continues", attempts=self._failures, seconds=int(now - self._outage_since),
+                       spool=self._spool.depth(), reason=outcome.reason)
+        self.refresh_license(now, Contact("unreachable", now, self._outage_since, outcome.reason[:200]))
 
-    def _on_delivered(self, entry: Entry, sealed: Sealed, d: Delivered, now: float) -> None:
-        self.last_skew = d.skew
-        if abs(d.skew) > SKEW_LIMIT:
-            self._warn("clock.skew", seconds=int(d.skew))
-        kind = entry.kind
-        self._log(f"{kind}.sent", seq=entry.seq, status=d.status)
+    def record_delivery(self, sealed: Sealed, d: Delivered, now: float, *, source: str = "online",
+                        event: str = "sent", detail: str | None = None) -> None:
+        """Ledger a verified receipt for sealed and apply what it says (schedule, digest root, license state).
+
+        The one path by which a delivery is recorded: spooled messages, on-demand requests and receipts
+        imported from an air-gapped answer (source "import") all go through it. Raises StateError.
+        """
+        self._ledger_delivered(sealed, d, now, event=event, detail=detail)
+        self._apply_receipt(sealed, d, now, source=source)
+
+    def request(self, message: Message, *, describe: Callable[[Delivered], str] | None = None
+                ) -> tuple[Sealed, Delivered | Rejected | Retry]:
+        """Seal an on-demand message after the spool (seq order), send it once and ledger the outcome.
+
+        describe(d) gives the ledger detail of a delivery; a FluxError it raises (an unusable receipt) is
+        ledgered and re-raised. Returns the sealed message and the classified answer; raises StateError.
+        """
+        seq = self._seq.reserve(floor=max(self._spool.max_seq(), self._ledger.max_seq()))
+        sealed = messages.seal(message, signing_key=self._ident.signing_key, iid=self._ident.instance_id,
+                               aud=self._cfg.server.audience, seq=seq, now=int(self._deps.clock()),
+                               nonce=self._deps.nonce(16))
+        response = send(self._deps.transport, self._cfg.server.url + sealed.endpoint, sealed.envelope,
+                        deadline=self._cfg.server.request_deadline)
+        now = self._deps.clock()
+        outcome = classify(sealed, response, self._cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
+        if isinstance(outcome, Delivered):
+            try:
+                detail = describe(outcome) if describe else None
+            except FluxError as exc:
+                self.record(now, "rejected", sealed.kind, endpoint=sealed.endpoint, seq=seq, payload=sealed.payload,
+                            outcome="rejected", http_status=outcome.status, receipt_sha256=outcome.receipt_sha256,
+                            detail=f"unusable receipt: {exc.message}"[:300])
+                raise
+            self.record_delivery(sealed, outcome, now, detail=detail)
+        elif isinstance(outcome, Rejected):
+            self.record(now, "rejected", sealed.kind, endpoint=sealed.endpoint, seq=seq, payload=sealed.payload,
+                        outcome="rejected", http_status=outcome.status, detail=outcome.reason)
+        else:
+            self.record(now, "failed", sealed.kind, endpoint=sealed.endpoint, seq=seq, payload=sealed.payload,
+                        outcome="failed", http_status=outcome.status, detail=outcome.reason)
+        return sealed, outcome
+
+    def _ledger_delivered(self, sealed: Sealed, d: Delivered, now: float, *, event: str,
+                          detail: str | None = None) -> None:
+        self.record(now, event, sealed.kind, endpoint=sealed.endpoint, seq=int(sealed.obj["seq"]),
+                    payload=sealed.payload, outcome="delivered", http_status=d.status,
+                    receipt_sha256=d.receipt_sha256, detail=detail)
+
+    def _apply_receipt(self, sealed: Sealed, d: Delivered, now: float, *, source: str) -> None:
+        kind = sealed.kind
+        if source == "online":
+            self._last_skew = d.skew
+            if abs(d.skew) > SKEW_LIMIT:
+                self._warn("clock.skew", seconds=int(d.skew))
+        shown = None if source == "online" else source  # online deliveries log as they always did
+        self._log(SENT_EVENT[kind], seq=sealed.obj["seq"], status=d.status, source=shown)
         if kind not in SCHEDULED:
             return
-        ks = self.schedule.kind(kind)
+        ks = self._schedule.kind(kind)
         due = ks.next_due
         hint = d.receipt_body.get("next_check_in" if kind == "license" else "next_in")
-        if isinstance(hint, int) and hint > 0 and due is not None:
-            due = max(due, int(now + min(hint, SERVER_INTERVAL_CAP)))  # a server can only lengthen it
-        self.schedule = self.schedule.with_kind(kind, replace(
-            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None))
+        asked = min(hint, SERVER_INTERVAL_CAP) if isinstance(hint, int) and hint > 0 else None
+        if asked is not None and due is not None:
+            due = max(due, int(now + asked))  # a server can only lengthen it
+        self._schedule = self._schedule.with_kind(kind, replace(
+            ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None, server_interval=asked))
         if kind == "digest":
             if d.receipt_body.get("need_full"):
-                self.schedule = replace(self.schedule, last_acked_root=None)
-                self.schedule = self.schedule.with_kind("digest", replace(self.schedule.digest, next_due=int(now)))
+                self._schedule = replace(self._schedule, last_acked_root=None)
+                self._schedule = self._schedule.with_kind("digest", replace(self._schedule.digest, next_due=int(now)))
             else:
-                self.schedule = replace(self.schedule, last_acked_root=sealed.obj["body"]["root"])
+                self._schedule = replace(self._schedule, last_acked_root=sealed.obj["body"]["root"])
         if kind == "license":
-            self.write_license_status(d, now)
+            self.write_license_status(d, now, source=source)
         else:
-            self.refresh_license(now, Contact("delivered", now))
+            self.refresh_license(now, Contact("delivered", now) if source == "online" else None)
         self._save_schedule()
 
     # ---- license status (the platform reads it) ----
@@ -349,7 +533,7 @@ class Engine:
     def read_license_status(self) -> dict[str, Any]:
         """Return license-status.json, or {} when absent or unreadable."""
         try:
-            return state.read_json(self.cfg.instance.state_dir / LICENSE_STATUS_FILE) or {}
+            return state.read_json(self._cfg.instance.state_dir / LICENSE_STATUS_FILE) or {}
         except StateError:
             return {}
 
@@ -368,8 +552,8 @@ class Engine:
                           opt_int(b.get("grace_until")), opt_int(b.get("next_check_in")), d.server_ts, now,
                           d.skew if source == "online" else 0.0, source)
         contact = Contact("delivered", now) if source == "online" else None
-        st, _file, _ = license_store.refresh(self.cfg, now, receipt=receipt, contact=contact,
-                                             read=self.deps.world.read_license)
+        st, _file, _ = license_store.refresh(self._cfg, now, receipt=receipt, contact=contact,
+                                             read=self._deps.world.read_license)
         self._log("license.state", state=st.state, clock_skew=st.clock_skew or None)
         return st
 
@@ -379,26 +563,33 @@ class Engine:
         When the license file changed its verdict, the license check is made due at once.
         """
         before = (self.read_license_status().get("file") or {})
-        st, file, written = license_store.refresh(self.cfg, now, contact=contact, read=self.deps.world.read_license)
+        st, file, written = license_store.refresh(self._cfg, now, contact=contact, read=self._deps.world.read_license)
         if written:
             self._log("license.state", state=st.state, clock_skew=st.clock_skew or None)
             if before and (before.get("license_id"), before.get("state")) != (file.license_id, file.state):
                 self._log("license.file_changed", state=file.state)
-                ks = self.schedule.kind("license")
-                self.schedule = self.schedule.with_kind("license", replace(ks, next_due=int(now)))
-                self._save_schedule()
+                self.make_due("license", now)
         return st
 
     def license_status(self, now: float) -> Status:
         """Return the license state derived now, without writing anything."""
-        return license_store.current(self.cfg, now, read=self.deps.world.read_license)[0]
+        return license_store.current(self._cfg, now, read=self._deps.world.read_license)[0]
 
     def cycle(self, now: float, kinds: Sequence[str]) -> FlushResult:
-        """Produce kinds and flush the spool: one full cycle. Raises FluxError on state trouble."""
+        """Produce kinds and flush the spool: one full cycle. Raises FluxError on state trouble.
+
+        While the server's Retry-After lasts, nothing is sent: the result says to retry then.
+        """
         self.produce(kinds, now)
+        if self._server_wait > now:
+            until = utc_stamp(self._server_wait)
+            self._log("delivery.waiting", until=until, retry_in=int(self._server_wait - now),
+                      spool=self._spool.depth())
+            return FlushResult(retry=Retry(self._server_wait - now, f"retry_after: the server asked to wait until"
+                                           f" {until}", None, sent=False))
         result = self.flush()
         if any(e.kind == "digest" and d.receipt_body.get("need_full") for e, d in result.delivered):
-            self.produce(["digest"], self.deps.clock(), force_full=True)  # the server asked for the lists
+            self.produce(["digest"], self._deps.clock(), force_full=True)  # the server asked for the lists
             more = self.flush()
             result.delivered += more.delivered
             result.rejected += more.rejected

@@ -12,6 +12,7 @@ from pathlib import Path
 import nacl.signing
 
 from fluxagent.collect import build_preview
+from fluxagent.kinds import KINDS
 from fluxagent.report.preview import preview_text
 from fluxagent.testing import sample
 from fluxagent.testing.workspace import make_workspace
@@ -54,7 +55,7 @@ def run_demo(where: Path | None, echo: Echo, database: str | None = None) -> int
                 f"{len(d.servers)} servers, {len(d.network_ranges)} network ranges, {len(d.invoices)} invoices"
             )
             echo(f"   workspace {root}{'' if where else ' (removed at the end)'}\n")
-            sealed, failures = build_preview(ws.cfg, ["license", "heartbeat", "digest", "credentials"])
+            sealed, failures = build_preview(ws.cfg, list(KINDS))
             echo("== 1. fluxagent preview: exactly what would be sent\n")
             echo(preview_text(sealed, ws.cfg.server.url))
             for kind, err in failures:

@@ -1,4 +1,7 @@
-"""One error tree: each error has a stable code, a message for people and an exit code (DESIGN §7)."""
+"""One error tree: each error has a stable code, a message for people and an exit code.
+
+The exit codes are listed in docs/OPERATOR.md, "Commands".
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,14 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
+EXIT_IOERR = 74
 EXIT_LOCKED = 75
 EXIT_CONFIG = 78
+
+
+def oserror_exit_code(exc: OSError) -> int:
+    """Return the exit code of an OSError on a file fluxagent owns: 78 permission (a person fixes it), else 74."""
+    return EXIT_CONFIG if isinstance(exc, PermissionError) else EXIT_IOERR
 
 
 class FluxError(Exception):
@@ -23,11 +32,6 @@ class FluxError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
-
-
-class UsageError(FluxError):
-    code = "usage"
-    exit_code = EXIT_USAGE
 
 
 class ConfigError(FluxError):
@@ -49,9 +53,32 @@ class IdentityError(FluxError):
 
 
 class StateError(FluxError):
-    """A state file is unreadable or corrupt and cannot be recovered automatically."""
+    """A state file cannot be read or written, or is corrupt, and cannot be recovered automatically.
+
+    Raised `from` the OSError when there is one: a disk or state I/O error (full, read-only, EIO) is
+    74, which systemd restarts once the disk is fixed; a permission error (EACCES/EPERM) or corrupt
+    content is a problem a person must fix: 78, like configuration errors.
+    """
 
     code = "state"
+    _exit_override: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self._exit_override is not None:
+            return self._exit_override
+        cause = self.__cause__
+        return oserror_exit_code(cause) if isinstance(cause, OSError) else EXIT_CONFIG
+
+    @exit_code.setter
+    def exit_code(self, value: int) -> None:
+        self._exit_override = value
+
+
+class StateDirUnsafe(FluxError):
+    """The state directory belongs to another user or others may write to it: refused, never repaired."""
+
+    code = "state_dir"
     exit_code = EXIT_CONFIG
 
 
@@ -73,11 +100,6 @@ class EnvelopeError(FluxError):
     """A DSSE envelope is malformed or its signature does not verify."""
 
     code = "envelope"
-    exit_code = EXIT_CHECK_FAILED
-
-
-class LicenseError(FluxError):
-    code = "license"
     exit_code = EXIT_CHECK_FAILED
 
 

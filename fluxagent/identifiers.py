@@ -1,4 +1,4 @@
-"""Canonical forms and keyed BLAKE2b tokens of server and network identifiers (DESIGN §3).
+"""Canonical forms and keyed BLAKE2b tokens of server and network identifiers (docs/PROTOCOL.md §2, digest).
 
 Fast paths (socket.inet_pton, precompiled regexes) keep tokenizing near 1 µs per identifier;
 tests check them against the `ipaddress` reference behaviour.
@@ -23,10 +23,6 @@ TOKEN_BYTES = 16
 
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_MASK4 = [((1 << p) - 1) << (32 - p) for p in range(33)]
-_MASK6 = [((1 << p) - 1) << (128 - p) for p in range(129)]
-_PREFIX_BYTE = [bytes((p,)) for p in range(129)]
-_PREFIXES = {str(p): p for p in range(129)}
 _MAC_STRIP = re.compile(r"[\s:.\-]")
 _HEX12 = re.compile(r"^[0-9a-f]{12}$")
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
@@ -242,13 +238,13 @@ def add_servers(tokens: TokenSet, rows: Iterable[tuple[object, ...]], key: bytes
     for hostname, ip in rows:
         if hostname.__class__ is str and hostname:
             canon: str | None
-            # fast path for the common case: plain lowercase ASCII without a trailing dot
-            if hostname.isascii() and len(hostname) <= 253 and "xn--" not in hostname:
-                canon = hostname.strip().rstrip(".").lower()
-                if not canon or not match(canon):
-                    canon = None
-            else:
+            # fast path for plain ASCII names; lowercased first, so an A-label in any case ("XN--")
+            # takes the IDNA check of canonical_hostname exactly like its lowercase form
+            canon = hostname.strip().rstrip(".").lower() if hostname.isascii() and len(hostname) <= 253 else None
+            if canon is None or "xn--" in canon:
                 canon = canonical_hostname(hostname)
+            elif not canon or not match(canon):
+                canon = None
             if canon is not None:
                 h = host_h.copy()
                 h.update(canon.encode("ascii"))

@@ -1,5 +1,5 @@
 """Structured logging: events, not sentences; JSON (with <N> priority prefixes under journald)
-or console; secrets redacted before anything is rendered (DESIGN §10)."""
+or console; secrets redacted before anything is rendered (docs/ARCHITECTURE.md, "Logs are events")."""
 
 from __future__ import annotations
 
@@ -9,13 +9,31 @@ import os
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-# structlog.dev imports rich, when installed, only to draw tracebacks on a console. The agent never
-# asks for that, and rich holds ~5 MB of resident memory in a process that runs for months.
-sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
-import structlog  # noqa: E402
+def _import_structlog_without_rich() -> Any:
+    """Import structlog as if rich were not installed, and leave rich importable for everyone else.
+
+    structlog.dev imports rich, when installed, only to draw tracebacks on a console; the agent never
+    asks for that, and rich holds ~5 MB of resident memory in a process that runs for months.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog as already
+
+        return already
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog as fresh
+    finally:
+        del sys.modules["rich"]
+    return fresh
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog_without_rich()
 
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|token|private|signing_key|digest_key|authorization|cookie|credential)", re.I

@@ -14,15 +14,17 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from fluxagent.delivery import SCHEDULED, Engine
+from fluxagent.delivery import Engine
 from fluxagent.errors import EnvelopeError, FluxError, StateError
+from fluxagent.kinds import SCHEDULED
 from fluxagent.license.file import check_license
+from fluxagent.license.record import read_license_file
 from fluxagent.statedir import fsutil, state
 from fluxagent.statedir.spool import Entry
-from fluxagent.updates.credentials import utc_text
+from fluxagent.timefmt import utc_iso
 from fluxagent.wire import envelope
 from fluxagent.wire.messages import Sealed
 from fluxagent.wire.receipts import Delivered, ReceiptError, verify_receipt
@@ -74,13 +76,13 @@ def build_bundle(entries: Sequence[Entry | Pending], *, signing_key: Any, iid: s
 
 def load_pending(engine: Engine) -> list[Pending]:
     """Return the exported requests still waiting for an answer; raises StateError."""
-    doc = state.read_json(engine.cfg.instance.state_dir / PENDING_FILE) or {}
+    doc = state.read_json(engine.config.instance.state_dir / PENDING_FILE) or {}
     out = []
     try:
         for r in doc.get("requests", []):
             out.append(Pending(r["kind"], r["endpoint"], int(r["seq"]), r["envelope"].encode(), int(r["exported_at"])))
     except (KeyError, TypeError, ValueError, AttributeError):
-        path = engine.cfg.instance.state_dir / PENDING_FILE
+        path = engine.config.instance.state_dir / PENDING_FILE
         raise StateError(f"{path} is corrupt", hint=f"move {path} aside; export again") from None
     return out
 
@@ -88,7 +90,7 @@ def load_pending(engine: Engine) -> list[Pending]:
 def save_pending(engine: Engine, pending: Sequence[Pending]) -> None:
     """Write the pending requests atomically (0600), keeping the newest MAX_PENDING; raises StateError."""
     keep = list(pending)[-MAX_PENDING:]
-    state.write_json(engine.cfg.instance.state_dir / PENDING_FILE, {"v": 1, "requests": [
+    state.write_json(engine.config.instance.state_dir / PENDING_FILE, {"v": 1, "requests": [
         {"kind": p.kind, "endpoint": p.endpoint, "seq": p.seq, "envelope": p.envelope.decode(),
          "exported_at": p.exported_at} for p in keep]})
 
@@ -100,8 +102,8 @@ def prepare_export(engine: Engine, now: float) -> tuple[bytes, list[Entry]]:
     """Produce every scheduled kind (seq persisted, spooled) and return the bundle of the spool."""
     engine.produce(SCHEDULED, now)
     entries = engine.spool.entries()
-    bundle = build_bundle(entries, signing_key=engine.ident.signing_key, iid=engine.ident.instance_id,
-                          aud=engine.cfg.server.audience, now=int(now))
+    bundle = build_bundle(entries, signing_key=engine.identity.signing_key, iid=engine.identity.instance_id,
+                          aud=engine.config.server.audience, now=int(now))
     return bundle, entries
 
 
@@ -112,8 +114,8 @@ def commit_export(engine: Engine, entries: Sequence[Entry], now: float, where: s
     pending += [Pending(e.kind, e.endpoint, e.seq, e.envelope, int(now)) for e in entries if e.seq not in known]
     save_pending(engine, pending)
     for e in entries:
-        engine.ledger.append(now=int(now), event="exported", kind=e.kind, outcome="exported", endpoint=e.endpoint,
-                             seq=e.seq, payload=e.payload, detail=f"in offline bundle {where}"[:300])
+        engine.record(now, "exported", e.kind, outcome="exported", endpoint=e.endpoint, seq=e.seq,
+                      payload=e.payload, detail=f"in offline bundle {where}"[:300])
         engine.spool.remove(e)
 
 
@@ -155,11 +157,20 @@ def open_answer(data: bytes, vendor_keys: Sequence[bytes], iid: str) -> dict[str
 
 def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
     """Verify the answer and apply each receipt as `run` would; raises ImportRefused / StateError."""
-    cfg = engine.cfg
-    obj = open_answer(data, cfg.server.vendor_keys, engine.ident.instance_id)
+    cfg = engine.config
+    obj = open_answer(data, cfg.server.vendor_keys, engine.identity.instance_id)
     license_bytes = _license_of(obj, cfg.server.vendor_keys, cfg.instance.bound_domain, now)
-    pending = {p.req: p for p in load_pending(engine)}
     result = ImportResult()
+    if license_bytes is not None:
+        try:
+            installed = read_license_file(cfg.instance.license_file)
+        except OSError as exc:
+            raise StateError(f"cannot read the installed license file {cfg.instance.license_file}:"
+                             f" {exc.strerror or exc}") from None
+        if not newer_license(license_bytes, installed, cfg.server.vendor_keys, cfg.instance.bound_domain, now):
+            license_bytes = None  # the very file installed already: an answer imported twice changes nothing
+            result.license_installed = "the answer's license file is already installed"
+    pending = {p.req: p for p in load_pending(engine)}
     for item in obj["receipts"]:
         p = pending.get(item["req"])
         if p is None:
@@ -169,8 +180,8 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
         if status != 200:
             code = status if isinstance(status, int) and 400 <= status <= 599 else 400
             why = f"http {code}: {str(item.get('error', ''))[:60]} {str(item.get('detail', ''))[:120]}".strip()
-            engine.ledger.append(now=int(now), event="rejected", kind=p.kind, outcome="rejected", endpoint=p.endpoint,
-                                 seq=p.seq, payload=p.sealed().payload, http_status=code, detail=why)
+            engine.record(now, "rejected", p.kind, outcome="rejected", endpoint=p.endpoint, seq=p.seq,
+                          payload=p.sealed().payload, http_status=code, detail=why)
             result.rejected.append((p, code, why))
             del pending[item["req"]]
             continue
@@ -180,9 +191,7 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
             result.bad.append(f"seq {p.seq}: {exc.message}")
             continue
         d = Delivered(body, ts, digest, 200, 0.0)  # the answer's age says nothing about this clock
-        engine.ledger.append(now=int(now), event="imported", kind=p.kind, outcome="delivered", endpoint=p.endpoint,
-                             seq=p.seq, payload=p.sealed().payload, http_status=200, receipt_sha256=digest)
-        _apply(engine, p, d, now)
+        engine.record_delivery(p.sealed(), d, now, source="import", event="imported")
         result.delivered.append((p, d))
         del pending[item["req"]]
     if license_bytes is not None:
@@ -190,16 +199,6 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
         engine.refresh_license(now)  # the state derives from the license file too
     save_pending(engine, list(pending.values()))
     return result
-
-
-def _apply(engine: Engine, p: Pending, d: Delivered, now: float) -> None:
-    """Record a verified receipt's verdict as a delivery would: license status, digest root."""
-    if p.kind == "license":
-        engine.write_license_status(d, now, source="import")
-    elif p.kind == "digest":
-        root = None if d.receipt_body.get("need_full") else p.sealed().obj["body"]["root"]
-        engine.schedule = replace(engine.schedule, last_acked_root=root)
-        state.save_schedule(engine.cfg.instance.state_dir, engine.schedule)
 
 
 def _license_of(obj: dict[str, Any], vendor_keys: Sequence[bytes], domain: str, now: float) -> bytes | None:
@@ -217,16 +216,35 @@ def _license_of(obj: dict[str, Any], vendor_keys: Sequence[bytes], domain: str, 
     return data
 
 
+def newer_license(offered: bytes, installed: bytes | None, vendor_keys: Sequence[bytes], domain: str,
+                  now: float) -> bool:
+    """Return True to install offered, False if it is the installed file; raises ImportRefused if it is older.
+
+    Newer means issued later than the installed license (which counts only if it verifies): an old
+    answer replayed must not roll the license back (docs/PROTOCOL.md §8). Pure.
+    """
+    if installed is not None and offered == installed:
+        return False
+    new = check_license(offered, tuple(vendor_keys), domain, now)
+    old = check_license(installed, tuple(vendor_keys), domain, now)
+    if old.issued_at is None or new.issued_at is None or new.issued_at > old.issued_at:
+        return True
+    raise ImportRefused(
+        f"the answer's license file ({new.license_id}, issued {utc_iso(new.issued_at)}) is not newer than the"
+        f" installed license ({old.license_id}, issued {utc_iso(old.issued_at)}): an old answer replayed?",
+        hint="import the vendor's latest answer; the installed license file is kept")
+
+
 def _install_license(engine: Engine, data: bytes, now: float) -> str:
     """Install the license file atomically and ledger it; return what was installed."""
-    cfg = engine.cfg
+    cfg = engine.config
     verdict = check_license(data, cfg.server.vendor_keys, cfg.instance.bound_domain, now)
     path = cfg.instance.license_file
     try:
         fsutil.atomic_write(path, data, mode=0o644)
     except OSError as exc:
-        raise StateError(f"cannot install the renewed license file {path}: {exc.strerror or exc}") from None
-    what = f"license {verdict.license_id} installed at {path}, valid until {utc_text(verdict.expires_at or 0)}"
+        raise StateError(f"cannot install the renewed license file {path}: {exc.strerror or exc}") from exc
+    what = f"license {verdict.license_id} installed at {path}, valid until {utc_iso(verdict.expires_at or 0)}"
     engine.ledger.append(now=int(now), event="installed", kind="license", outcome="installed",
                          payload_sha256=hashlib.sha256(data).hexdigest(), detail=what)
     return what

@@ -9,13 +9,12 @@ from typing import Any
 
 from fluxagent.config import Config
 from fluxagent.errors import FluxError, StateError
+from fluxagent.kinds import KINDS
 from fluxagent.license import record as license_store
 from fluxagent.schema.approval import load_policy
 from fluxagent.schema.policy import Policy
 from fluxagent.statedir import state
 from fluxagent.statedir.ledger import Ledger, parse_line
-
-KINDS = ("license", "heartbeat", "digest", "credentials")
 
 
 def _spool_facts(spool_dir: Path) -> dict[str, Any]:

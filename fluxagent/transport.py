@@ -39,6 +39,22 @@ class Transport(Protocol):
 
     def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse: ...
 
+    def close(self) -> None:
+        """Release pooled connections; the transport is not used afterwards."""
+
+
+class Plain:
+    """A Transport made of a plain function (tests, the offline exchange); closing it does nothing."""
+
+    def __init__(self, fn: Callable[..., HttpResponse]) -> None:
+        self._fn = fn
+
+    def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse:
+        return self._fn(url, body, deadline=deadline)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 def send(
     transport: Transport, url: str, body: bytes, *, deadline: float
@@ -157,7 +173,9 @@ def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportEr
     if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
         return TransportError("connect", url, f"cannot connect{via}: {_strerror(chain)}")
     if isinstance(exc, httpx.NetworkError | OSError):
-        return TransportError("connect", url, f"connection broken{via}: {_strerror(chain)}")
+        # connected, then broken (a reset while writing or awaiting the answer): the request may
+        # have reached the server, so it is not a "connect" failure and the ledger records it
+        return TransportError("broken", url, f"connection broken{via}: {_strerror(chain)}")
     return TransportError("protocol", url, f"bad HTTP from the server{via}: {exc}")
 
 
@@ -291,6 +309,8 @@ class HttpxTransport:
                 late = f"no complete response within {deadline:g}s"
                 raise TransportError("deadline", url, late) from exc
             raise translate(exc, url, self._proxy) from exc
+        except Exception as exc:
+            raise TransportError("protocol", url, f"unusable answer ({type(exc).__name__})") from exc
 
 
 def _read_capped(
@@ -377,7 +397,15 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
+_SHOWN_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]{0,15}://[a-z0-9.:\[\]_-]{1,255}$")
+
+
 def _origin_text(url: str) -> str:
+    """Return the scheme://host of a Location for messages, or "elsewhere" if it does not parse."""
     # the origin only: a Location's path or query may carry tokens we should not log
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" if parts.scheme and parts.hostname else "elsewhere"
+    try:
+        parts = urlsplit(url)
+        shown = f"{parts.scheme}://{parts.hostname}" if parts.scheme and parts.hostname else ""
+    except ValueError:  # "http://[x": the server's Location is no URL at all
+        return "an unparsable location"
+    return shown if _SHOWN_ORIGIN.match(shown) else "elsewhere"

@@ -21,13 +21,55 @@ getent passwd fluxagent | grep -q ':/usr/sbin/nologin$' || fail "no fluxagent sy
 [ "$(mode_of /etc/fluxagent)" = "root:fluxagent 750" ] || fail "/etc/fluxagent is $(mode_of /etc/fluxagent)"
 [ "$(mode_of /var/lib/fluxagent)" = "fluxagent:fluxagent 700" ] || fail "/var/lib/fluxagent is $(mode_of /var/lib/fluxagent)"
 [ -e /etc/fluxagent/fluxagent.toml ] && fail "the package must not ship a live config"
-grep -qx /etc/fluxagent/fluxagent.toml.example /var/lib/dpkg/info/fluxagent.conffiles || fail "example is no conffile"
+[ -s /var/lib/dpkg/info/fluxagent.conffiles ] && fail "no conffile expected: $(cat /var/lib/dpkg/info/fluxagent.conffiles)"
+EXAMPLE=/usr/share/doc/fluxagent/examples/fluxagent.toml
+[ -f "$EXAMPLE" ] || fail "no example config at $EXAMPLE"
 if [ -d /run/systemd/system ] && systemctl is-active --quiet fluxagent; then fail "started without a config"; fi
 
 step "installed files (dpkg -L fluxagent)"
-dpkg -L fluxagent | grep -v '^/opt/fluxagent/' 
-echo "/opt/fluxagent/...: $(dpkg -L fluxagent | grep -c '^/opt/fluxagent/') entries" \
-    "($(dpkg -L fluxagent | grep -c '\.pyc$') precompiled .pyc)"
+dpkg -L fluxagent | grep -v '^/opt/fluxagent/'
+echo "/opt/fluxagent/...: $(dpkg -L fluxagent | grep -c '^/opt/fluxagent/') entries;" \
+    "$(find /opt/fluxagent -name '*.pyc' | wc -l) .pyc compiled by postinst;" \
+    "Installed-Size $(dpkg-query -W -f='${Installed-Size}' fluxagent) KiB"
+
+step "venv: own entry points only, stripped non-executable shared objects, Debian's libpq"
+bins=$(cd /opt/fluxagent/bin && ls | tr '\n' ' ')
+[ "$bins" = "docker-credential-fluxagent fluxagent python python3 python3.11 " ] || fail "stray entries in bin/: $bins"
+sos=$(find /opt/fluxagent -type f -name '*.so*')
+[ -n "$sos" ] || fail "no shared objects found"
+for so in $sos; do
+    [ -x "$so" ] && fail "$so is executable"
+    readelf -S "$so" | grep -qE '\.(symtab|debug_)' && fail "$so is not stripped"
+done
+echo "$(echo "$sos" | wc -l) shared objects: stripped, mode 0644"
+/opt/fluxagent/bin/python -c 'import psycopg; assert psycopg.pq.__impl__ == "python", psycopg.pq.__impl__; print("psycopg", psycopg.__version__, "on libpq", psycopg.pq.version())'
+for unused in rich pygments markdown_it mdurl anyio pycparser psycopg_binary; do
+    /opt/fluxagent/bin/python -c "import $unused" 2>/dev/null && fail "$unused ships but nothing uses it"
+done
+
+step "copyright: DEP-5, every bundled distribution with its licence"
+COPYRIGHT=/usr/share/doc/fluxagent/copyright
+head -n 1 "$COPYRIGHT" | grep -q '^Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/' \
+    || fail "copyright is not DEP-5"
+for info in /opt/fluxagent/lib/python3.11/site-packages/*.dist-info; do
+    grep -qF "${info#/}/*" "$COPYRIGHT" || fail "copyright does not cover $(basename "$info")"
+done
+echo "$(ls -d /opt/fluxagent/lib/python3.11/site-packages/*.dist-info | wc -l) distributions covered"
+
+step "man pages and shell completions"
+man -w fluxagent >/dev/null || fail "no man page fluxagent(1)"
+for page in run status credentials-docker; do man -w "fluxagent-$page" >/dev/null || fail "no fluxagent-$page(1)"; done
+man -w docker-credential-fluxagent >/dev/null || fail "no docker-credential-fluxagent(1)"
+MANWIDTH=80 man fluxagent 2>/dev/null | head -n 8
+got=$(bash -c 'source /usr/share/bash-completion/completions/fluxagent && complete -p fluxagent')
+echo "$got"
+[ "$got" = "complete -o default -F _fluxagent_completion fluxagent" ] || fail "bash completion: $got"
+words=$(cd / && COMP_WORDS="fluxagent cre" COMP_CWORD=1 _FLUXAGENT_COMPLETE=complete_bash fluxagent)
+[ "$words" = "credentials" ] || fail "bash completion of 'fluxagent cre' gave: $words"
+[ -s /usr/share/zsh/vendor-completions/_fluxagent ] || fail "no zsh completion"
+[ -s /usr/share/fish/vendor_completions.d/fluxagent.fish ] || fail "no fish completion"
+zcat /usr/share/doc/fluxagent/changelog.Debian.gz | head -n 1 | grep -qF "($(dpkg-query -W -f='${Version}' fluxagent))" \
+    || fail "changelog.Debian.gz does not name this version"
 
 step "unit: systemd-analyze"
 out=$(systemd-analyze verify --man=no "$UNIT" /lib/systemd/system/fluxagent-metrics.service \
@@ -55,7 +97,7 @@ keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
 now = int(time.time())
 (work / "license.json").write_bytes(make_license(keys[0], license_id="FB-SMOKE-0001",
     bound_domain="billing.example.com", issued_at=now - 86400, expires_at=now + 365 * 86400))
-doc = tomllib.loads(Path("/etc/fluxagent/fluxagent.toml.example").read_text())
+doc = tomllib.loads(Path("/usr/share/doc/fluxagent/examples/fluxagent.toml").read_text())
 doc["server"]["vendor_keys"] = [base64.b64encode(bytes(k.verify_key)).decode() for k in keys]
 doc["platform"]["database"] = f"sqlite:///{db}"
 (work / "fluxagent.toml").write_text(tomli_w.dumps(doc))
@@ -69,11 +111,18 @@ as_agent fluxagent status
 as_agent fluxagent validate --offline
 command -v docker-credential-fluxagent > /dev/null || fail "docker-credential-fluxagent is not on PATH"
 
-step "purge"
+step "purge: what the package and the agent made goes, the operator's files stay"
 LIST=$(dpkg -L fluxagent)
-dpkg --purge fluxagent
+out=$(dpkg --purge fluxagent)
+echo "$out"
 rm -rf "$WORK"
 dpkg-query -W fluxagent >/dev/null 2>&1 && fail "still registered with dpkg"
+echo "$out" | grep -q "/etc/fluxagent/license.json" || fail "purge did not say it kept the license file"
+for kept in /etc/fluxagent/fluxagent.toml /etc/fluxagent/license.json; do
+    [ -f "$kept" ] || fail "purge deleted the operator's $kept"
+    [ "$(stat -c %G "$kept")" = root ] || fail "$kept kept with group $(stat -c %G "$kept")"
+done
+rm -rf /etc/fluxagent   # the operator's turn
 left=""
 for p in $LIST /etc/fluxagent /var/lib/fluxagent /var/cache/fluxagent \
         /etc/systemd/system/multi-user.target.wants/fluxagent.service \
@@ -85,7 +134,7 @@ done
 [ -z "$left" ] || fail "left behind after purge:$left"
 getent passwd fluxagent >/dev/null && fail "user fluxagent left behind"
 getent group fluxagent >/dev/null && fail "group fluxagent left behind"
-stray=$(find /etc /opt /var/lib /var/cache /usr/bin /usr/lib /lib/systemd -name '*fluxagent*' \
-    -not -path '/var/lib/dpkg/*' 2>/dev/null || true)
+stray=$(find /etc /opt /var/lib /var/cache /usr/bin /usr/lib /lib/systemd /usr/share -name '*fluxagent*' \
+    -not -path '/var/lib/dpkg/*' -not -path '/var/cache/man/*' 2>/dev/null || true)
 [ -z "$stray" ] || fail "left behind after purge: $stray"
 echo "smoke-deb: OK"

@@ -4,7 +4,6 @@ an injected clock, captured JSON logs, and readers of what the server and the le
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
@@ -24,23 +23,13 @@ import nacl.signing
 import tomli_w
 import trustme
 
-from fluxagent import config, logs
+from fluxagent import config
 from fluxagent.config import Config
 from fluxagent.daemon.agent import Agent
 from fluxagent.statedir.ledger import Ledger, LedgerEntry
 from fluxagent.testing.server import Received, ReferenceServer
 from fluxagent.testing.workspace import Workspace, make_workspace
 from fluxagent.transport import HttpxTransport, Transport
-
-
-class Clock:
-    """An injected clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def tls_server_context(ca: trustme.CA) -> ssl.SSLContext:
@@ -78,18 +67,6 @@ def make_agent(cfg: Config, clock: Callable[[], float] | None = None, **kw: Any)
     if clock is not None:
         kw["clock"] = clock
     return Agent(cfg, transport_factory=no_env_transport, **kw)
-
-
-class LogCapture:
-    """structlog configured to JSON into a buffer; `events()` parses what was logged."""
-
-    def __init__(self, level: str = "info") -> None:
-        self.buf = io.StringIO()
-        logs.configure("json", level, stream=self.buf, env={})
-
-    def events(self, name: str | None = None, level: str | None = None) -> list[dict[str, Any]]:
-        out = [json.loads(line) for line in self.buf.getvalue().splitlines() if line.strip()]
-        return [e for e in out if (name is None or e["event"] == name) and (level is None or e["level"] == level)]
 
 
 def payload_of(r: Received) -> dict[str, Any]:

@@ -10,14 +10,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nacl.signing
 import pytest
 import tomli_w
 import trustme
+from support.keys import vendor_keys
 
 from fluxagent import config
 from fluxagent.collect import World
 from fluxagent.facts import HostFacts
 from fluxagent.testing import sample
+from fluxagent.testing.server import ReferenceServer
 from fluxagent.testing.workspace import Workspace, make_workspace
 
 BOUND_DOMAIN = "billing.example.com"
@@ -37,6 +40,28 @@ def fixed_world(**overrides: Any) -> World:
     for name, fn in overrides.items():
         setattr(w, name, fn)
     return w
+
+
+@pytest.fixture
+def keys() -> list[nacl.signing.SigningKey]:
+    """Two fresh vendor keys: the reference server signs with them, configs pin them."""
+    return vendor_keys()
+
+
+@pytest.fixture
+def reference_server() -> Iterator[Callable[..., ReferenceServer]]:
+    """Start reference license servers on loopback (any ReferenceServer options); each stops when the test ends."""
+    started: list[ReferenceServer] = []
+
+    def start(**options: Any) -> ReferenceServer:
+        server = ReferenceServer(**options)
+        server.__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -131,7 +156,7 @@ ENGINES = ("sqlite", "postgresql", "mariadb")
 
 def _server(engine: str) -> Iterator[Any]:
     """Start a throw-away server for the session; skip without its binaries, but fail under CI."""
-    from tests.support import dbservers
+    from support import dbservers
 
     try:
         srv = dbservers.start(engine)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from conftest import base_config, fixed_world
+from support.capture import Events
+from support.clock import Clock
 
 from fluxagent import config
 from fluxagent.config import Config
@@ -18,35 +18,6 @@ from fluxagent.statedir import identity
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.testing.server import ReferenceServer
 from fluxagent.transport import HttpxTransport, Transport
-
-
-@dataclass
-class Events:
-    """A plain log recorder with the structlog methods the engine calls."""
-
-    seen: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.seen.append(("info", event, kw))
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.seen.append(("warning", event, kw))
-
-    def error(self, event: str, **kw: Any) -> None:
-        self.seen.append(("error", event, kw))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [kw for _, e, kw in self.seen if e == event]
-
-
-class Clock:
-    """A settable clock for the engine (the reference server keeps real time)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def engine_config(state_dir: Path, db: Path, server: ReferenceServer, **server_cfg: Any) -> Config:

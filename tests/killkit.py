@@ -15,11 +15,13 @@ from typing import Any
 from agentkit import Daemon
 
 from fluxagent.config import Config
-from fluxagent.delivery import SCHEDULED, Deps, Engine
+from fluxagent.delivery import Deps, Engine
+from fluxagent.kinds import SCHEDULED
 from fluxagent.statedir import identity, state
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.statedir.spool import Spool
 from fluxagent.testing.server import ReferenceServer
+from fluxagent.transport import Plain
 from fluxagent.wire.http import HttpResponse, TransportError
 
 MAX_LINE_CUE = 10  # log lines of a busy start: opened, started, 3 spooled, then one per message sent
@@ -34,7 +36,7 @@ def backlog(cfg: Config, rng: random.Random, heartbeats: int) -> None:
     more ago so that every kind is due again when `run` starts; this also reopens the state after a kill."""
     ident = identity.load(cfg.instance.state_dir)
     t = time.time() - cfg.schedule.digest - cfg.schedule.jitter - 3600
-    engine = Engine(cfg, ident, Deps(_offline, lambda: t, rng=rng))
+    engine = Engine(cfg, ident, Deps(Plain(_offline), lambda: t, rng=rng))
     engine.produce(list(SCHEDULED), t)
     for i in range(heartbeats):
         engine.produce(["heartbeat"], t + i)

@@ -8,12 +8,13 @@ import threading
 import time
 from pathlib import Path
 
-import nacl.signing
 import pytest
-from agentkit import Daemon, LogCapture, NotifySocket, clean_env, ledger_entries, make_agent, rewrite, wire
+from agentkit import Daemon, NotifySocket, clean_env, ledger_entries, make_agent, rewrite, wire
+from support.capture import LogCapture
+from support.keys import vendor_keys
 
 from fluxagent.daemon.agent import Signals
-from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.server import Fault
 
 
 def kill_self_later(delay: float, sig: int) -> threading.Timer:
@@ -48,20 +49,19 @@ def test_wait_after_a_signal_that_came_before_it_does_not_block() -> None:
         sig.uninstall()
 
 
-def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the_message(tmp_path: Path) -> None:
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the_message(
+    tmp_path: Path, reference_server
+) -> None:
+    keys = vendor_keys()
     log = LogCapture()
-    with ReferenceServer(signing_keys=keys) as srv:
-        ws = wire(tmp_path / "ws", srv, keys, server={"read_timeout": "60s"})
-        srv.inject(Fault.delay(60, endpoint="license"))  # the server never answers in time
-        agent = make_agent(ws.cfg, stop_deadline=0.5)
-        try:
-            kill_self_later(0.5, signal.SIGTERM)
-            t = time.monotonic()
-            assert agent.loop(ws.root / "fluxagent.toml") == 0
-            elapsed = time.monotonic() - t
-        finally:
-            agent.close()
+    srv = reference_server(signing_keys=keys)
+    ws = wire(tmp_path / "ws", srv, keys, server={"read_timeout": "60s"})
+    srv.inject(Fault.delay(60, endpoint="license"))  # the server never answers in time
+    with make_agent(ws.cfg, stop_deadline=0.5) as agent:
+        kill_self_later(0.5, signal.SIGTERM)
+        t = time.monotonic()
+        assert agent.loop(ws.root / "fluxagent.toml") == 0
+        elapsed = time.monotonic() - t
     assert 0.9 <= elapsed < 5
     [stopping] = log.events("agent.stopping")
     assert stopping["level"] == "warning" and "stop deadline" in stopping["forced"] and stopping["spool"] == 3
@@ -69,26 +69,26 @@ def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the
 
 
 @pytest.mark.slow
-def test_idle_daemon_does_not_wake_between_events(tmp_path: Path) -> None:
+def test_idle_daemon_does_not_wake_between_events(tmp_path: Path, reference_server) -> None:
     # Wake-ups, not CPU seconds: a process blocked in one wait is not scheduled at all, while any
     # polling loop shows up as context switches however fast the machine is. (CPU figures are
     # the benchmark's business: bench/bench_delivery.py.)
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     notify = NotifySocket()
-    with ReferenceServer(signing_keys=keys) as srv:
-        ws = wire(tmp_path / "ws", srv, keys)
-        d = Daemon(ws.root / "fluxagent.toml", env=clean_env(NOTIFY_SOCKET=str(notify.path)))
-        try:
-            notify.wait_for("STATUS", "license valid; spool 0")
-            settle(d.proc.pid)  # the first cycle's tail (fsyncs, metrics) may still run on a busy machine
-            before = context_switches(d.proc.pid)
-            time.sleep(2.0)
-            woke = context_switches(d.proc.pid) - before
-            d.signal(signal.SIGTERM)
-            assert d.wait() == 0
-        finally:
-            d.stop()
-            notify.close()
+    srv = reference_server(signing_keys=keys)
+    ws = wire(tmp_path / "ws", srv, keys)
+    d = Daemon(ws.root / "fluxagent.toml", env=clean_env(NOTIFY_SOCKET=str(notify.path)))
+    try:
+        notify.wait_for("STATUS", "license valid; spool 0")
+        settle(d.proc.pid)  # the first cycle's tail (fsyncs, metrics) may still run on a busy machine
+        before = context_switches(d.proc.pid)
+        time.sleep(2.0)
+        woke = context_switches(d.proc.pid) - before
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+    finally:
+        d.stop()
+        notify.close()
     assert woke <= 2, f"idle daemon was scheduled {woke} times in 2 s"
 
 
@@ -133,8 +133,7 @@ def test_reload_keeps_the_transport_unless_the_server_section_or_its_ca_file_cha
         built.append(HttpxTransport(c.server, env={}))
         return built[-1]
 
-    agent = Agent(ws.cfg, transport_factory=factory)
-    try:
+    with Agent(ws.cfg, transport_factory=factory) as agent:
         rewrite(cfg_path, log={"level": "debug"})
         agent.reload(cfg_path)
         assert len(built) == 1 and agent.transport is built[0] and agent.cfg.log.level == "debug"
@@ -148,5 +147,3 @@ def test_reload_keeps_the_transport_unless_the_server_section_or_its_ca_file_cha
         trustme.CA().cert_pem.write_to_path(str(ca))
         agent.reload(cfg_path)
         assert len(built) == 3 and agent.transport is built[2]  # the operator replaced the CA file
-    finally:
-        agent.close()

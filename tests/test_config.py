@@ -353,3 +353,19 @@ def test_a_database_password_stays_out_of_the_config_repr(write_config):
 def test_the_example_config_documents_every_platform_key():
     doc = tomllib.loads((Path(__file__).parent.parent / "fluxagent.example.toml").read_text())
     assert set(doc["platform"]) - {"queries"} == set(config.SCHEMA["platform"])
+
+
+# ---- relative SQLite paths: they work only from the service's working directory ----
+
+
+def test_relative_sqlite_path_is_refused_at_load_with_the_four_slash_form_suggested(write_config):
+    doc = base_config(Path("/var/lib/fluxagent"), "sqlite:///var/lib/fluxbilling/fluxbilling.db")
+    problems = _problems(write_config(doc))
+    assert len(problems) == 1 and "platform.database" in problems[0]
+    assert "relative" in problems[0]
+    assert "sqlite:////var/lib/fluxbilling/fluxbilling.db" in problems[0]
+
+
+def test_absolute_sqlite_path_with_four_slashes_is_accepted(write_config):
+    doc = base_config(Path("/var/lib/fluxagent"), "sqlite:////var/lib/fluxbilling/fluxbilling.db")
+    assert config.load(write_config(doc)).platform.database == "sqlite:////var/lib/fluxbilling/fluxbilling.db"

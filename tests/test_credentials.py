@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.clock import Clock
 
 from fluxagent import config
 from fluxagent.daemon.agent import Agent
@@ -33,9 +34,9 @@ REGISTRY = "registry.fluxbilling.example"
 
 
 @pytest.fixture
-def server() -> Iterator[ReferenceServer]:
-    with ReferenceServer(credentials_ttl=600) as srv:
-        yield srv
+def server(reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server(credentials_ttl=600)
+    yield srv
 
 
 @pytest.fixture
@@ -48,12 +49,8 @@ def ws(tmp_path: Path, server: ReferenceServer) -> Workspace:
 
 def register(w: Workspace) -> None:
     """Register the workspace's instance with its server: one `run --once` cycle, in process."""
-    with instance_lock(w.cfg.instance.state_dir):
-        agent = Agent(w.cfg)
-        try:
-            assert agent.once() == 0
-        finally:
-            agent.close()
+    with instance_lock(w.cfg.instance.state_dir), Agent(w.cfg) as agent:
+        assert agent.once() == 0
 
 
 def helper(ws: Workspace, argv: list[str], stdin: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -62,16 +59,6 @@ def helper(ws: Workspace, argv: list[str], stdin: str, **env: str) -> subprocess
     full.update(FLUXAGENT_CONFIG=str(ws.root / "fluxagent.toml"), **env)
     return subprocess.run([str(BIN / argv[0]), *argv[1:]], input=stdin, capture_output=True, text=True,
                           env=full, timeout=60, check=False)
-
-
-class MonoClock:
-    """An injected monotonic clock that tests move by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_docker_helper_get_prints_fresh_credentials_for_the_registry(ws: Workspace, server: ReferenceServer) -> None:
@@ -118,27 +105,30 @@ def test_git_helper_is_silent_for_another_host_and_store_erase_are_no_ops(ws: Wo
         assert (done.returncode, done.stdout) == (0, "")
 
 
-def test_apt_entry_is_written_0600_and_removed_by_cleanup_after_expiry(tmp_path: Path) -> None:
-    with ReferenceServer(credentials_ttl=2) as srv:
-        w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
-        cfg_path = w.root / "fluxagent.toml"
-        register(w)
-        cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"'))
-        entry = tmp_path / "auth.conf.d" / "fluxagent.conf"
-        entry.parent.mkdir()
-        done = run_cli("--config", str(cfg_path), "credentials", "apt", "--path", str(entry))
-        assert done.returncode == 0, done.stderr
-        assert entry.stat().st_mode & 0o777 == 0o600
-        machine, registry, login, user, password, secret = entry.read_text().split()
-        assert (machine, registry, login, password) == ("machine", REGISTRY, "login", "password")
-        assert srv.credentials_valid(user, secret)
-        early = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup")
-        assert "valid for another" in early.stdout and entry.exists()
-        time.sleep(2.1)
-        late = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup")
-        assert late.returncode == 0 and "removed" in late.stdout
-        assert not entry.exists()
-        assert not (w.cfg.instance.state_dir / APT_STATE_FILE).exists()
+def test_apt_entry_is_written_0600_and_removed_by_cleanup_after_expiry(tmp_path: Path, reference_server) -> None:
+    srv = reference_server(credentials_ttl=2)
+    w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
+    cfg_path = w.root / "fluxagent.toml"
+    register(w)
+    cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"'))
+    entry = tmp_path / "auth.conf.d" / "fluxagent.conf"
+    entry.parent.mkdir()
+    done = run_cli("--config", str(cfg_path), "credentials", "apt", "--path", str(entry))
+    assert done.returncode == 0, done.stderr
+    assert entry.stat().st_mode & 0o777 == 0o600
+    machine, registry, login, user, password, secret = entry.read_text().split()
+    assert (machine, registry, login, password) == ("machine", REGISTRY, "login", "password")
+    assert srv.credentials_valid(user, secret)
+    early = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup", "--path", str(entry))
+    assert "valid for another" in early.stdout and entry.exists()
+    give_up = time.monotonic() + 10
+    while True:  # until the credential expires: its removal is the event waited for
+        late = run_cli("--config", str(cfg_path), "credentials", "apt", "--cleanup", "--path", str(entry))
+        if "removed" in late.stdout or time.monotonic() > give_up:
+            break
+    assert late.returncode == 0 and "removed" in late.stdout
+    assert not entry.exists()
+    assert not (w.cfg.instance.state_dir / APT_STATE_FILE).exists()
 
 
 def _engine(w: Workspace, log: object = None) -> Engine:
@@ -148,43 +138,43 @@ def _engine(w: Workspace, log: object = None) -> Engine:
 
 
 def test_expired_credential_is_never_handed_out(ws: Workspace, server: ReferenceServer) -> None:
-    mono = MonoClock()
+    mono = Clock(1000.0)
     engine = _engine(ws)
     cache = CredentialCache(lambda: fetch(engine, mono), mono, margin=10)
     first = cache.get()
-    mono.t += 589  # 11 s left: still handed out, from memory
+    mono.now += 589  # 11 s left: still handed out, from memory
     assert cache.get() is first and len(server.issued_credentials) == 1
-    mono.t += 2  # 9 s left, within the margin
+    mono.now += 2  # 9 s left, within the margin
     second = cache.get()
     assert second.secret != first.secret and len(server.issued_credentials) == 2
-    mono.t += 10_000
+    mono.now += 10_000
     third = cache.get()
     assert third.secret not in (first.secret, second.secret)
     assert third.usable(mono(), 10)
 
 
-def test_credentials_shorter_lived_than_the_margin_are_refused(tmp_path: Path) -> None:
-    with ReferenceServer(credentials_ttl=5) as srv:
-        w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
-        register(w)
-        mono = MonoClock()
-        engine = _engine(w)
-        cache = CredentialCache(lambda: fetch(engine, mono), mono, margin=10)
-        with pytest.raises(CredentialsError, match="expire in 5s"):
-            cache.get()
+def test_credentials_shorter_lived_than_the_margin_are_refused(tmp_path: Path, reference_server) -> None:
+    srv = reference_server(credentials_ttl=5)
+    w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
+    register(w)
+    mono = Clock(1000.0)
+    engine = _engine(w)
+    cache = CredentialCache(lambda: fetch(engine, mono), mono, margin=10)
+    with pytest.raises(CredentialsError, match="expire in 5s"):
+        cache.get()
 
 
 def test_apt_cleanup_with_an_injected_clock_keeps_then_removes_and_forgets_other_boots(tmp_path: Path,
                                                                                     ws: Workspace) -> None:
-    mono = MonoClock()
+    mono = Clock(1000.0)
     cred = fetch(_engine(ws), mono)
     sd, entry = ws.cfg.instance.state_dir, tmp_path / "apt.conf"
     write_apt(entry, cred, sd, "boot-a")
-    assert cleanup_apt(sd, mono.t + 599, "boot-a").due_in == pytest.approx(1)
+    assert cleanup_apt(sd, entry, mono.now + 599, "boot-a").due_in == pytest.approx(1)
     assert entry.exists()
-    assert cleanup_apt(sd, mono.t + 600, "boot-a").removed and not entry.exists()
+    assert cleanup_apt(sd, entry, mono.now + 600, "boot-a").removed and not entry.exists()
     write_apt(entry, cred, sd, "boot-a")
-    assert cleanup_apt(sd, mono.t, "boot-b").removed and not entry.exists()  # monotonic time restarted
+    assert cleanup_apt(sd, entry, mono.now, "boot-b").removed and not entry.exists()  # monotonic time restarted
 
 
 def test_secret_appears_in_no_log_ledger_or_state_file(ws: Workspace, tmp_path: Path) -> None:
@@ -231,36 +221,37 @@ def _wait_for(cond: Callable[[], bool], timeout: float) -> bool:
 
 
 def test_while_the_daemon_runs_helpers_get_credentials_from_it_and_it_removes_the_expired_apt_entry(
-    tmp_path: Path,
+    tmp_path: Path, reference_server,
 ) -> None:
-    with ReferenceServer(credentials_ttl=3) as srv:
-        w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
-        cfg_path = w.root / "fluxagent.toml"
-        cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"'))
-        sock = w.cfg.instance.state_dir / "control.sock"
-        env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
-        daemon = subprocess.Popen([sys.executable, "-m", "fluxagent", "--config", str(cfg_path), "run"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            assert _wait_for(sock.exists, 20) and _wait_for(lambda: len(srv.received) >= 3, 20)
-            first = helper(w, ["docker-credential-fluxagent", "get"], REGISTRY)
-            second = helper(w, ["docker-credential-fluxagent", "get"], REGISTRY)
-            assert first.returncode == 0, first.stdout + first.stderr
-            assert json.loads(first.stdout) == json.loads(second.stdout)  # from the daemon's memory
-            assert len(srv.issued_credentials) == 1
-            entry = tmp_path / "apt.conf"
-            assert helper(w, ["fluxagent", "credentials", "apt", "--path", str(entry)], "").returncode == 0
-            assert entry.exists()
-            assert _wait_for(lambda: not entry.exists(), 10)  # the daemon removed it once expired
-            assert daemon.poll() is None
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            out, err = daemon.communicate(timeout=20)
-        assert daemon.returncode == 0, err
-        assert "credentials.apt_entry_removed" in out
-        assert not sock.exists()
-        for cred in srv.issued_credentials:
-            assert cred.secret not in out + err
+    srv = reference_server(credentials_ttl=3)
+    w = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
+    cfg_path = w.root / "fluxagent.toml"
+    entry = tmp_path / "apt.conf"  # the daemon removes the configured entry, never a path the state names
+    cfg_path.write_text(cfg_path.read_text().replace('min_remaining = "10s"', 'min_remaining = "0s"')
+                        .replace('"/etc/apt/auth.conf.d/fluxagent.conf"', f'"{entry}"'))
+    sock = w.cfg.instance.state_dir / "control.sock"
+    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
+    daemon = subprocess.Popen([sys.executable, "-m", "fluxagent", "--config", str(cfg_path), "run"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert _wait_for(sock.exists, 20) and _wait_for(lambda: len(srv.received) >= 3, 20)
+        first = helper(w, ["docker-credential-fluxagent", "get"], REGISTRY)
+        second = helper(w, ["docker-credential-fluxagent", "get"], REGISTRY)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert json.loads(first.stdout) == json.loads(second.stdout)  # from the daemon's memory
+        assert len(srv.issued_credentials) == 1
+        assert helper(w, ["fluxagent", "credentials", "apt"], "").returncode == 0
+        assert entry.exists()
+        assert _wait_for(lambda: not entry.exists(), 10)  # the daemon removed it once expired
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, err
+    assert "credentials.apt_entry_removed" in out
+    assert not sock.exists()
+    for cred in srv.issued_credentials:
+        assert cred.secret not in out + err
 
 
 @pytest.mark.parametrize(("requested", "expected"), [
@@ -314,14 +305,11 @@ def test_updates_section_defaults_match_the_example_and_mistakes_name_their_dott
 
 def test_daemon_keeps_running_without_a_control_socket_when_the_path_is_too_long(tmp_path: Path) -> None:
     w = make_workspace(tmp_path / ("d" * 110), server_url="http://127.0.0.1:9")
-    agent = Agent(w.cfg)
-    try:
+    with Agent(w.cfg) as agent:
         updates = DaemonUpdates(agent.engine, agent.engine_lock, lambda: agent.cfg, lambda: agent.log)
         assert updates.server is None and not (w.cfg.instance.state_dir / "control.sock").exists()
         assert updates.handle("credentials-please")["ok"] is False
         updates.close()
-    finally:
-        agent.close()
 
 
 def test_helpers_started_in_parallel_without_a_daemon_wait_for_the_lock_and_all_succeed(

@@ -24,14 +24,9 @@ from fluxagent.testing.workspace import Workspace
 
 
 @pytest.fixture
-def keys() -> list[nacl.signing.SigningKey]:
-    return [nacl.signing.SigningKey.generate() for _ in range(2)]
-
-
-@pytest.fixture
-def server(keys: list[nacl.signing.SigningKey]) -> Iterator[ReferenceServer]:
-    with ReferenceServer(signing_keys=keys) as srv:
-        yield srv
+def server(keys: list[nacl.signing.SigningKey], reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server(signing_keys=keys)
+    yield srv
 
 
 @pytest.fixture
@@ -133,7 +128,7 @@ def test_sigterm_finishes_the_request_in_flight_then_stops_before_the_next_messa
     d = Daemon(config_of(ws))
     daemons.append(d)
     d.wait_event("digest.spooled")
-    time.sleep(0.3)  # the license request is now waiting for its answer
+    assert server.wait_arrival("/v1/license")  # the license request is now waiting for its answer
     t = time.monotonic()
     d.signal(signal.SIGTERM)
     assert d.wait() == 0

@@ -9,40 +9,39 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-import nacl.signing
 import pytest
 from agentkit import clean_env, ledger_entries, wire
 from conftest import run_cli
 from killkit import Soak, backlog, check_server_side, check_state, kill_trial, reopen
+from support.keys import vendor_keys
 
 from fluxagent.statedir.ledger import Ledger
-from fluxagent.testing.server import ReferenceServer
 
 TRIALS = int(os.environ.get("FLUXAGENT_KILL_TRIALS", "50"))
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_leaves_valid_state_and_the_next_run_resumes(tmp_path: Path) -> None:
+def test_kill_9_at_random_moments_leaves_valid_state_and_the_next_run_resumes(tmp_path: Path, reference_server) -> None:
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     soak = Soak()
-    with ReferenceServer(signing_keys=keys) as server:
-        ws = wire(tmp_path / "ws", server, keys)
-        cfg_path = ws.root / "fluxagent.toml"
-        env = clean_env()
-        for i in range(TRIALS):
-            backlog(ws.cfg, rng, heartbeats=rng.randint(0, 3))
-            trial = kill_trial(cfg_path, rng, env)
-            soak.trials.append(trial)
-            try:
-                check_state(ws.cfg)
-                reopen(ws.cfg)
-            except AssertionError as exc:
-                raise AssertionError(f"seed {seed}, trial {i} ({trial}): {exc}") from exc
-        done = run_cli("--config", str(cfg_path), "run", "--once", env=env)
-        assert done.returncode == 0, done.stderr + done.stdout[-2000:]
-        totals = check_server_side(server)
+    server = reference_server(signing_keys=keys)
+    ws = wire(tmp_path / "ws", server, keys)
+    cfg_path = ws.root / "fluxagent.toml"
+    env = clean_env()
+    for i in range(TRIALS):
+        backlog(ws.cfg, rng, heartbeats=rng.randint(0, 3))
+        trial = kill_trial(cfg_path, rng, env)
+        soak.trials.append(trial)
+        try:
+            check_state(ws.cfg)
+            reopen(ws.cfg)
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}, trial {i} ({trial}): {exc}") from exc
+    done = run_cli("--config", str(cfg_path), "run", "--once", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout[-2000:]
+    totals = check_server_side(server)
     assert check_state(ws.cfg)["spooled"] == 0
     assert Ledger(ws.cfg.instance.state_dir / "ledger", readonly=True).verify().ok
     # a message the ledger records as sent more than once was the same message each time

@@ -15,18 +15,11 @@ from typing import Any
 import nacl.signing
 import pytest
 import trustme
-from agentkit import (
-    Clock,
-    LogCapture,
-    delivered,
-    ledger_entries,
-    make_agent,
-    payload_of,
-    sent_seqs,
-    tls_server_context,
-    wire,
-)
+from agentkit import delivered, ledger_entries, make_agent, payload_of, sent_seqs, tls_server_context, wire
 from proxy import ConnectProxy
+from support.capture import LogCapture
+from support.clock import Clock
+from support.keys import vendor_keys
 
 from fluxagent.collect import build_preview
 from fluxagent.config import Config
@@ -39,15 +32,12 @@ VOLATILE = ("seq", "ts", "nonce")
 HOUR = 3600
 
 
-@pytest.fixture
-def keys() -> list[nacl.signing.SigningKey]:
-    return [nacl.signing.SigningKey.generate() for _ in range(2)]
 
 
 @pytest.fixture
-def https_server(ca: trustme.CA, keys: list[nacl.signing.SigningKey]) -> Iterator[ReferenceServer]:
-    with ReferenceServer(ssl_context=tls_server_context(ca), signing_keys=keys) as srv:
-        yield srv
+def https_server(ca: trustme.CA, keys: list[nacl.signing.SigningKey], reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server(ssl_context=tls_server_context(ca), signing_keys=keys)
+    yield srv
 
 
 def ca_bundle(ca: trustme.CA, tmp_path: Path) -> str:
@@ -57,11 +47,8 @@ def ca_bundle(ca: trustme.CA, tmp_path: Path) -> str:
 
 
 def once(cfg: Config) -> int:
-    agent = make_agent(cfg)
-    try:
+    with make_agent(cfg) as agent:
         return agent.once()
-    finally:
-        agent.close()
 
 
 def test_run_once_over_https_delivers_every_kind_with_verified_receipts_and_records_them(
@@ -128,7 +115,7 @@ def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = No
                     deliver_first: bool = True) -> Outage:
     """Deliver once (unless not deliver_first), take the server down for `hours` of injected time,
     bring it back, drain the spool."""
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     t0 = float(int(time.time()))
     clock = Clock(t0)
     log = LogCapture()
@@ -137,8 +124,7 @@ def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = No
     if spool:
         sections["spool"] = spool
     ws = wire(root, server, keys, now=t0, **sections)
-    agent = make_agent(ws.cfg, clock)
-    try:
+    with make_agent(ws.cfg, clock) as agent:
         if deliver_first:
             clock.now += agent.step()  # everything delivered while the server is up
             assert agent.engine.spool.depth() == 0
@@ -150,8 +136,6 @@ def simulate_outage(root: Path, *, hours: int, spool: dict[str, Any] | None = No
             clock.now += max(1.0, agent.step())
             if agent.engine.spool.depth() == 0:
                 break
-    finally:
-        agent.close()
         server.stop()
     spooled = [e["seq"] for e in log.events("heartbeat.spooled")]
     return Outage(ws.cfg, server, log, spooled, t0, hours)

@@ -1,5 +1,5 @@
 """Each scripted fault of the reference server, met by the delivery engine over real loopback HTTP:
-handled as DESIGN §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
+handled as docs/PROTOCOL.md §4 says (retry, or reject and record), without a crash, never trusting a bad receipt."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nacl.signing
 import pytest
-from agentkit import LogCapture, delivered, ledger_entries, make_agent, wire
+from agentkit import delivered, ledger_entries, make_agent, wire
+from support.capture import LogCapture
+from support.keys import vendor_keys
 
 from fluxagent.daemon.agent import Agent
 from fluxagent.statedir import state
@@ -29,17 +30,14 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     with ReferenceServer(signing_keys=keys) as server:
         ws = wire(tmp_path_factory.mktemp("faults") / "ws", server, keys,
                   server={"connect_timeout": "2s", "read_timeout": "2s"})
         log = LogCapture()
-        agent = make_agent(ws.cfg)
-        try:
+        with make_agent(ws.cfg) as agent:
             assert agent.once() == 0  # registered, everything delivered
             yield Rig(server, agent, log)
-        finally:
-            agent.close()
 
 
 @pytest.fixture

@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 import tomli_w
 from conftest import run_cli
-from hostile import Clock, Events, engine_config, ledger_events, make_engine
+from hostile import engine_config, ledger_events, make_engine
+from support.capture import Events
+from support.clock import Clock
 
 from fluxagent import config
 from fluxagent.daemon.agent import STATE_ERROR_PAUSE, Agent
 from fluxagent.daemon.notify import Notifier
-from fluxagent.errors import EXIT_CONFIG, StateError
+from fluxagent.errors import EXIT_CONFIG, EXIT_IOERR, StateError
 from fluxagent.schema.approval import running_approved
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.workspace import approve_running
@@ -79,9 +81,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def server() -> Iterator[ReferenceServer]:
-    with ReferenceServer() as srv:
-        yield srv
+def server(reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server()
+    yield srv
 
 
 def test_full_disk_refuses_to_seal_keeps_the_old_state_and_catches_up_when_space_returns(
@@ -140,9 +142,8 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
     cfg = engine_config(small_fs / "state", sample_db, server)
     clock = Clock()
     make_engine(cfg, Events(), clock)  # creates the identity
-    agent = Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
-                  notifier=Notifier(env={}), approval=running_approved)
-    try:
+    with Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
+                 notifier=Notifier(env={}), approval=running_approved) as agent:
         filler = fill(small_fs)
         assert agent.step() == STATE_ERROR_PAUSE
         filler.unlink()
@@ -150,8 +151,6 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
         agent.step()
         assert agent.engine.spool.depth() == 0
         assert ledger_events(cfg.instance.state_dir) == ["sent"] * 3
-    finally:
-        agent.close()
 
 
 def _write_config(cfg: config.Config, where: Path) -> Path:
@@ -161,7 +160,7 @@ def _write_config(cfg: config.Config, where: Path) -> Path:
     return path
 
 
-def test_read_only_state_dir_gives_exit_78_with_the_reason_then_recovers_when_writable(
+def test_read_only_state_dir_gives_exit_74_with_the_reason_then_recovers_when_writable(
     small_fs: Path, tmp_path: Path, sample_db: Path, server: ReferenceServer
 ) -> None:
     cfg = engine_config(small_fs / "state", sample_db, server)
@@ -173,7 +172,7 @@ def test_read_only_state_dir_gives_exit_78_with_the_reason_then_recovers_when_wr
     assert remount.returncode == 0, remount.stderr
     env = {"NO_PROXY": "127.0.0.1", "FLUXAGENT_CONFIG": str(path)}
     done = run_cli("run", "--once", env=env)
-    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.returncode == EXIT_IOERR, done.stderr  # a disk error: systemd restarts, unlike 78
     assert "Read-only file system" in done.stderr and "Traceback" not in done.stderr
     assert str(cfg.instance.state_dir) in done.stderr
     assert snapshot(cfg.instance.state_dir) == before
@@ -277,7 +276,7 @@ def _small_files_only() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
 
-def test_write_failures_from_a_file_size_limit_keep_what_was_queued_and_recover_without_it(
+def test_write_failures_from_a_file_size_limit_exit_74_keep_what_was_queued_and_recover_without_it(
     tmp_path: Path, sample_db: Path, server: ReferenceServer
 ) -> None:
     cfg = engine_config(tmp_path / "state", sample_db, server)
@@ -287,7 +286,7 @@ def test_write_failures_from_a_file_size_limit_keep_what_was_queued_and_recover_
     argv = [sys.executable, "-m", "fluxagent", "--config", str(config_path), "run", "--once"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False,
                           preexec_fn=_small_files_only)
-    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.returncode == EXIT_IOERR, done.stderr
     assert "File too large" in done.stderr and "Traceback" not in done.stderr
     assert "the message was not queued" in done.stderr  # the digest entry is over the limit
     queued = sorted(p.name.split("-")[1] for p in (cfg.instance.state_dir / "spool" / "new").iterdir())
@@ -297,3 +296,30 @@ def test_write_failures_from_a_file_size_limit_keep_what_was_queued_and_recover_
     # the approval beside the config (first read by this run), the queued license (it registers the
     # instance) and heartbeat, then a new heartbeat and the digest
     assert ledger_events(cfg.instance.state_dir) == ["schema_approved"] + ["sent"] * 4
+
+
+# ---- exit codes: a disk error is 74 (systemd restarts it), a permission problem 78 (a person fixes it) ----
+
+
+@pytest.mark.parametrize(("err", "code"), [
+    (errno.ENOSPC, EXIT_IOERR), (errno.EIO, EXIT_IOERR), (errno.EROFS, EXIT_IOERR), (errno.EFBIG, EXIT_IOERR),
+    (errno.EDQUOT, EXIT_IOERR), (errno.EACCES, EXIT_CONFIG), (errno.EPERM, EXIT_CONFIG),
+])
+def test_state_error_from_a_disk_error_exits_74_and_from_a_permission_error_78(err: int, code: int) -> None:
+    def write() -> None:
+        try:
+            raise OSError(err, os.strerror(err), "/var/lib/fluxagent/schedule.json")
+        except OSError as exc:
+            raise StateError(f"cannot write schedule.json: {exc.strerror}") from exc
+
+    with pytest.raises(StateError) as info:
+        write()
+    assert info.value.exit_code == code
+    assert StateError("schedule.json is not valid JSON").exit_code == EXIT_CONFIG  # corrupt: a person fixes it
+
+
+def test_a_unit_restart_policy_restarts_after_74_and_only_78_prevents_it() -> None:
+    unit = (Path(__file__).parent.parent / "packaging" / "systemd" / "fluxagent.service").read_text()
+    lines = [ln.strip() for ln in unit.splitlines()]
+    assert "RestartPreventExitStatus=78" in lines and "Restart=on-failure" in lines
+    assert not any(ln.startswith("RestartPreventExitStatus=") and "74" in ln for ln in lines)

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import tomli_w
 from conftest import base_config, fixed_world
-from hostile import Clock, Events, engine_config, ledger_events, make_engine
+from hostile import engine_config, ledger_events, make_engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.capture import Events
+from support.clock import Clock
 from typer.testing import CliRunner
 
 from fluxagent import collect, config
@@ -47,9 +49,9 @@ def cli(*args: str) -> Any:
 
 
 @pytest.fixture
-def server() -> Iterator[ReferenceServer]:
-    with ReferenceServer() as srv:
-        yield srv
+def server(reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server()
+    yield srv
 
 
 # ---- configuration fuzzing through the whole CLI ----
@@ -567,7 +569,7 @@ _MUTATIONS = st.sampled_from(["truncate", "flip", "random", "empty", "append"])
 @given(data=st.data(), mutation=_MUTATIONS)
 def test_any_damage_to_any_state_file_is_recovered_or_refused_and_never_regenerates_the_identity(
     tmp_path_factory: pytest.TempPathFactory, used_template: Path, sample_db: Path, data: st.DataObject,
-    mutation: str,
+    mutation: str, reference_server,
 ) -> None:
     state_dir = tmp_path_factory.mktemp("damaged") / "state"
     shutil.copytree(used_template, state_dir)
@@ -587,15 +589,15 @@ def test_any_damage_to_any_state_file_is_recovered_or_refused_and_never_regenera
         raw += data.draw(st.binary(min_size=1, max_size=50), label="tail")
     victim.write_bytes(raw)
     identity_files = {n: (state_dir / n).read_bytes() for n in ("identity.json", "signing.key", "digest.key")}
-    with ReferenceServer() as srv:
-        cfg = engine_config(state_dir, sample_db, srv)
-        try:
-            ident = identity.load(state_dir)
-            engine = Engine(cfg, ident, Deps(HttpxTransport(cfg.server, env={}), Clock(), world=fixed_world(),
-                                             log=Events(), approval=running_approved))
-            engine.cycle(engine.deps.clock(), ["license", "heartbeat", "digest"])
-        except FluxError as exc:
-            assert exc.exit_code in (1, EXIT_CONFIG) and str(state_dir) in str(exc)
+    srv = reference_server()
+    cfg = engine_config(state_dir, sample_db, srv)
+    try:
+        ident = identity.load(state_dir)
+        engine = Engine(cfg, ident, Deps(HttpxTransport(cfg.server, env={}), Clock(), world=fixed_world(),
+                                         log=Events(), approval=running_approved))
+        engine.cycle(engine.deps.clock(), ["license", "heartbeat", "digest"])
+    except FluxError as exc:
+        assert exc.exit_code in (1, EXIT_CONFIG) and str(state_dir) in str(exc)
 
     assert {n: (state_dir / n).read_bytes() for n in identity_files} == identity_files
 

@@ -1,4 +1,4 @@
-"""Canonical forms and keyed tokens (DESIGN §3): equal identifiers hash equal, different keys never link."""
+"""Canonical forms and keyed tokens (docs/PROTOCOL.md §2): equal identifiers hash equal, different keys never link."""
 
 from __future__ import annotations
 

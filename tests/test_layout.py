@@ -7,6 +7,7 @@ circle hidden in a function body is still a circle.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -18,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fluxagent"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("fluxagent", "fluxagent.errors", "fluxagent.kinds", "fluxagent.facts", "fluxagent.timefmt"),
     ("fluxagent.identifiers",),
-    ("fluxagent.config",),
+    ("fluxagent.configvalues",),
+    ("fluxagent.config", "fluxagent.configdoc"),
     ("fluxagent.logs",),
     ("fluxagent.wire",),
     ("fluxagent.transport",),
@@ -224,3 +226,12 @@ def test_the_checker_finds_a_planted_circle_and_an_upward_import(tmp_path: Path)
 @pytest.mark.parametrize("shipped", ["dbservers"])
 def test_test_only_helpers_do_not_ship(shipped: str) -> None:
     assert not list(PACKAGE.rglob(f"{shipped}.py"))
+
+
+def test_the_architecture_layout_has_one_line_per_room_and_no_other() -> None:
+    text = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    layout = text.split("## The layout", 1)[1].split("\n## ", 1)[0]
+    shown = set(re.findall(r"^\| `(\w+(?:\.py|/))` \|", layout, re.M))
+    rooms = {package_of(m).removeprefix("fluxagent.") for m in ALL if m.startswith("fluxagent.")} - {"__main__"}
+    actual = {f"{r}/" if (PACKAGE / r).is_dir() else f"{r}.py" for r in rooms}
+    assert shown == actual, "the layout table of docs/ARCHITECTURE.md: one line per room of fluxagent/"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluxagent.license.file import MAX_LICENSE_BYTES, LicenseFile, check_license
-from fluxagent.license.state import Contact, Receipt, applies, derive
+from fluxagent.license.state import Contact, Receipt, applies, derive, seen_after
 from fluxagent.testing.licenses import make_license
 from fluxagent.wire import envelope
 
@@ -153,12 +153,37 @@ files = st.builds(lambda exp, issued: check_license(lic(issued_at=issued, expire
 
 @settings(max_examples=150, deadline=None)
 @given(files, st.none() | receipts, contacts, times, st.none() | times)
-def test_setting_the_clock_back_never_changes_the_state(file: LicenseFile, rec: Receipt | None, contact: Contact,
-                                                         now: int, seen: int | None) -> None:
+def test_setting_the_clock_back_never_changes_the_state_without_a_new_trusted_receipt(
+        file: LicenseFile, rec: Receipt | None, contact: Contact, now: int, seen: int | None) -> None:
+    # same inputs, only the clock differs: the state derived at the latest time seen holds when the
+    # clock is set back, and so does the state derived once that time is recorded as seen_until
     top = max(now, seen or now, rec.server_ts if rec else now)
     later = derive(file, rec, contact, top, 14 * DAY, seen)
-    earlier = derive(file, rec, contact, now, 14 * DAY, seen)
-    assert earlier.state == later.state
+    assert derive(file, rec, contact, now, 14 * DAY, seen).state == later.state
+    assert derive(file, rec, contact, now, 14 * DAY, later.effective_now).state == later.state
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.none() | times, st.none() | receipts)
+def test_seen_until_only_grows_unless_a_fresh_online_receipt_sets_it_to_the_server_time(
+        seen: int | None, rec: Receipt | None) -> None:
+    after = seen_after(seen, rec)
+    if rec is not None and rec.source == "online":
+        assert after == rec.server_ts  # the vendor's signed clock, in answer to the request just sent
+    else:
+        assert after == seen  # no receipt, or an imported one (it may be days old): nothing corrected
+
+
+def test_a_fresh_receipt_after_a_run_with_the_clock_a_year_ahead_brings_valid_back() -> None:
+    ahead = derive(GOOD, receipt(), Contact("delivered", NOW), NOW + 365 * DAY, 14 * DAY)
+    assert ahead.state == "expired"
+    spoiled = ahead.effective_now  # recorded as seen_until by that run
+    fresh = receipt(at=NOW + 600)
+    assert derive(GOOD, fresh, Contact("delivered", NOW + 600), NOW + 600, 14 * DAY, spoiled).state == "expired"
+    corrected = seen_after(spoiled, fresh)
+    assert derive(GOOD, fresh, Contact("delivered", NOW + 600), NOW + 600, 14 * DAY, corrected).state == "valid"
+    imported = receipt(at=NOW + 600, source="import")
+    assert derive(GOOD, imported, Contact(), NOW + 600, 14 * DAY, seen_after(spoiled, imported)).state == "expired"
 
 
 @settings(max_examples=150, deadline=None)
@@ -178,3 +203,36 @@ def test_server_granted_grace_holds_whatever_the_license_file_dates_say(now: int
     expired_file = check_license(lic(issued_at=now - 90 * DAY, expires_at=now - 1), KEYS, DOMAIN, now)
     rec = receipt("grace", at=now, expires_at=now - 1, grace_until=now + left)
     assert derive(expired_file, rec, contact, now, 14 * DAY).state == "grace"
+
+
+# ---- one license-id pattern: what the license check accepts, the allowlist seals ----
+
+
+def _sealable(license_id: str) -> bool:
+    from fluxagent.errors import AllowlistError
+    from fluxagent.wire import messages
+
+    try:
+        messages.seal(messages.build_license(DOMAIN, license_id, "valid", KEYS[0]), signing_key=VENDOR,
+                      iid="7b3c2f9e-1d4a-4c8b-9e2f-0a1b2c3d4e5f", aud="licensing.example.net", seq=1,
+                      now=NOW, nonce=b"\x01" * 16)
+    except AllowlistError:
+        return False
+    return True
+
+
+def test_license_id_the_wire_refuses_is_refused_by_the_license_check_naming_the_id_shape() -> None:
+    v = check(lic(license_id="FB 2025/0001"))
+    assert (v.state, v.code) == ("invalid", "payload")
+    assert "license_id" in v.reason and "FB 2025/0001" not in v.reason
+    assert not _sealable("FB 2025/0001")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=70), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,70}", fullmatch=True)))
+def test_a_license_id_passes_the_license_check_exactly_when_the_allowlist_seals_it(license_id: str) -> None:
+    v = check(lic(license_id=license_id))
+    if not license_id:
+        assert v.code == "payload"
+        return
+    assert (v.state == "valid") == _sealable(license_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import nacl.signing
@@ -14,6 +14,7 @@ import pytest
 import tomli_w
 from conftest import BOUND_DOMAIN, base_config, fixed_world
 from netutil import closed_port
+from support.keys import vendor_keys
 
 from fluxagent import config
 from fluxagent.config import Config
@@ -81,24 +82,24 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, sample_db: Path) -> Iterator[Setup]:
+def setup(tmp_path: Path, sample_db: Path, reference_server) -> Iterator[Setup]:
     clock = Clock()
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+    keys = vendor_keys()
     policy = LicensePolicy(license_id=LID, expires_at=T0 + 365 * DAY, grace_until=T0 + 379 * DAY)
-    with ReferenceServer(signing_keys=keys, clock=clock.server, license=policy) as server:
-        doc = base_config(tmp_path / "state", sample_db)
-        doc["instance"]["license_file"] = str(tmp_path / "license.json")
-        doc["server"].update(url=server.url, vendor_keys=server.vendor_keys_b64, read_timeout="2s",
-                             connect_timeout="2s")
-        doc["schedule"]["offline_grace"] = "14d"
-        path = tmp_path / "fluxagent.toml"
-        path.write_text(tomli_w.dumps(doc))
-        cfg = config.load(path)
-        identity.ensure(cfg.instance.state_dir, now=T0)
-        approve_running(path, now=T0)
-        s = Setup(cfg, server, clock, keys[0], tmp_path)
-        s.write_license(expires_at=T0 + 365 * DAY)
-        yield s
+    server = reference_server(signing_keys=keys, clock=clock.server, license=policy)
+    doc = base_config(tmp_path / "state", sample_db)
+    doc["instance"]["license_file"] = str(tmp_path / "license.json")
+    doc["server"].update(url=server.url, vendor_keys=server.vendor_keys_b64, read_timeout="2s",
+                         connect_timeout="2s")
+    doc["schedule"]["offline_grace"] = "14d"
+    path = tmp_path / "fluxagent.toml"
+    path.write_text(tomli_w.dumps(doc))
+    cfg = config.load(path)
+    identity.ensure(cfg.instance.state_dir, now=T0)
+    approve_running(path, now=T0)
+    s = Setup(cfg, server, clock, keys[0], tmp_path)
+    s.write_license(expires_at=T0 + 365 * DAY)
+    yield s
 
 
 def closed_port_url() -> str:
@@ -257,8 +258,7 @@ def test_missing_license_file_is_unlicensed(setup: Setup) -> None:
 
 
 def test_daemon_rewrites_status_when_the_license_file_changes_and_checks_at_once(setup: Setup) -> None:
-    agent = Agent(setup.cfg, clock=setup.clock)
-    try:
+    with Agent(setup.cfg, clock=setup.clock) as agent:
         setup.clock.now = T0
         assert agent.status_line().startswith("license valid (unconfirmed);")  # the file alone, at READY
         agent.step()
@@ -270,8 +270,6 @@ def test_daemon_rewrites_status_when_the_license_file_changes_and_checks_at_once
         assert setup.status_doc()["state"] == "invalid"
         assert "license invalid" in agent.status_line()
         assert agent.engine.schedule.kind("license").next_due == T0 + 60  # the new license goes out now
-    finally:
-        agent.close()
 
 
 def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tmp_path: Path) -> None:
@@ -279,14 +277,12 @@ def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tm
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd_sock:
         sd_sock.bind(str(sock_path))
         sd_sock.settimeout(5)
-        agent = Agent(setup.cfg, clock=setup.clock, notifier=Notifier({"NOTIFY_SOCKET": str(sock_path)}))
-        try:
+        with Agent(setup.cfg, clock=setup.clock, notifier=Notifier({"NOTIFY_SOCKET": str(sock_path)})) as agent:
             agent.step()
             assert "STATUS=license valid;" in sd_sock.recv(4096).decode()
             setup.server.stop()
             setup.clock.now = T0 + 7 * 3600
-            sched = agent.engine.schedule
-            agent.engine.schedule = sched.with_kind("license", replace(sched.kind("license"), next_due=int(T0)))
+            agent.engine.make_due("license", T0)
             agent.step()
             assert "STATUS=license offline;" in sd_sock.recv(4096).decode()
             assert setup.status_doc()["state"] == "offline"
@@ -298,8 +294,6 @@ def test_systemd_status_shows_offline_when_the_server_goes_away(setup: Setup, tm
             agent.step()
             assert "STATUS=license grace;" in sd_sock.recv(4096).decode()
             assert setup.status_doc()["state"] == "grace"
-        finally:
-            agent.close()
             agent.notifier.close()
 
 

@@ -98,9 +98,8 @@ def test_no_secret_reaches_any_log_line_across_a_cycle_with_faults(
     logs.configure("json", "debug", stream=buf, env={"JOURNAL_STREAM": "8:1"})
     from fluxagent import config as config_mod
 
-    agent = Agent(config_mod.load(cfg_path), notifier=Notifier(env={}), clock=lambda: now[0])
-    agent.engine.deps.world = fixed_world()
-    try:
+    with Agent(config_mod.load(cfg_path), notifier=Notifier(env={}), clock=lambda: now[0]) as agent:
+        agent.engine.deps.world = fixed_world()
         agent.step()  # everything delivered through the proxy
         assert proxy.targets
         srv.inject(Fault.status(503), Fault.close(), Fault.rate_limited("120"), Fault.receipt("unpinned"),
@@ -116,8 +115,6 @@ def test_no_secret_reaches_any_log_line_across_a_cycle_with_faults(
         db_url = f"postgresql://billing:{DB_PASSWORD}@127.0.0.1:{closed_port()}/fluxbilling"
         agent.reload(rewrite_toml(cfg_path, platform={"database": db_url}, server={"proxy": proxy.url}))
         _drive(agent, now, 2, 2 * 3600)
-    finally:
-        agent.close()
     cli = run_cli("--config", str(cfg_path), "run", "--once", env={"JOURNAL_STREAM": "8:1"})
     text = buf.getvalue() + cli.stdout + cli.stderr
 

@@ -21,7 +21,7 @@ from fluxagent import logs
 from fluxagent.daemon.agent import Agent
 from fluxagent.daemon.metrics import METRICS_FILE, MetricsWriter, render
 from fluxagent.daemon.notify import Notifier
-from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.server import Fault
 from fluxagent.testing.workspace import make_workspace
 
 
@@ -133,31 +133,28 @@ def test_node_exporter_flags_a_broken_file(node_exporter: tuple[Path, str]) -> N
     assert "node_textfile_scrape_error 1" in httpx.get(url, timeout=10).text
 
 
-def test_daemon_step_writes_metrics_and_counts_failures_during_an_outage(tmp_path: Path) -> None:
+def test_daemon_step_writes_metrics_and_counts_failures_during_an_outage(tmp_path: Path, reference_server) -> None:
     buf = io.StringIO()
     logs.configure("json", "info", stream=buf, env={})
-    with ReferenceServer() as srv:
-        ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
-        now = [time.time()]
-        agent = Agent(ws.cfg, notifier=Notifier(env={}), clock=lambda: now[0])
+    srv = reference_server()
+    ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
+    now = [time.time()]
+    with Agent(ws.cfg, notifier=Notifier(env={}), clock=lambda: now[0]) as agent:
         agent.engine.deps.world = fixed_world()
-        try:
-            agent.step()
-            path = ws.cfg.instance.state_dir / METRICS_FILE
-            first = samples(path.read_text())
-            assert first['fluxagent_license_state{state="valid"}'] == "1"
-            assert int(first['fluxagent_last_success_timestamp_seconds{kind="heartbeat"}']) > 0
-            assert first["fluxagent_spool_messages"] == "0"
-            assert path.stat().st_mode & 0o777 == 0o644
-            # two hours later the server is down: the heartbeat due is spooled, and its failure shows
-            srv.inject(*[Fault.status(503) for _ in range(5)])
-            now[0] += 2 * 3600
-            agent.step()
-            second = samples(path.read_text())
-            assert second["fluxagent_spool_messages"] == "1"
-            assert second['fluxagent_consecutive_failures{kind="heartbeat"}'] == "1"
-        finally:
-            agent.close()
+        agent.step()
+        path = ws.cfg.instance.state_dir / METRICS_FILE
+        first = samples(path.read_text())
+        assert first['fluxagent_license_state{state="valid"}'] == "1"
+        assert int(first['fluxagent_last_success_timestamp_seconds{kind="heartbeat"}']) > 0
+        assert first["fluxagent_spool_messages"] == "0"
+        assert path.stat().st_mode & 0o777 == 0o644
+        # two hours later the server is down: the heartbeat due is spooled, and its failure shows
+        srv.inject(*[Fault.status(503) for _ in range(5)])
+        now[0] += 2 * 3600
+        agent.step()
+        second = samples(path.read_text())
+        assert second["fluxagent_spool_messages"] == "1"
+        assert second['fluxagent_consecutive_failures{kind="heartbeat"}'] == "1"
     events = [json.loads(line)["event"] for line in buf.getvalue().splitlines()]
     assert "metrics.write_failed" not in events
 

@@ -27,9 +27,9 @@ from fluxagent.wire import envelope
 
 
 @pytest.fixture
-def server() -> Iterator[ReferenceServer]:
-    with ReferenceServer() as srv:
-        yield srv
+def server(reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server()
+    yield srv
 
 
 def _ws(root: Path, srv: ReferenceServer) -> Workspace:
@@ -233,3 +233,26 @@ def test_messages_the_server_refuses_are_ledgered_as_rejected_and_not_kept_waiti
     assert code == 1 and "license (seq 1) rejected by the server: http 400: wrong_audience" in out
     assert [(e.event, e.outcome) for e in ledger(w)[3:]] == [("rejected", "rejected")] * 3
     assert json.loads((w.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
+
+
+def test_replaying_an_old_answer_does_not_roll_the_license_file_back(ws: Workspace, server: ReferenceServer) -> None:
+    now = int(time.time())
+    first, second = ws.root / "first.json", ws.root / "second.json"
+
+    def lic(license_id: str, issued_at: int) -> bytes:
+        return make_license(server.signing_keys[0], license_id=license_id, bound_domain=ws.cfg.instance.bound_domain,
+                            issued_at=issued_at, expires_at=now + 365 * 86400)
+
+    first.write_bytes(server.answer_bundle(export(ws, "b1.json"), license_file=lic("FB-RENEWED-0002", now - 120)))
+    second.write_bytes(server.answer_bundle(export(ws, "b2.json"), license_file=lic("FB-RENEWED-0003", now - 60)))
+    assert cli(ws, "import", str(first))[0] == 0
+    assert cli(ws, "import", str(second))[0] == 0
+    installed = ws.cfg.instance.license_file.read_bytes()
+    code, out, err = cli(ws, "import", str(first))  # the older answer, replayed
+    assert code == 1 and "not newer than the installed license" in err, out + err
+    assert ws.cfg.instance.license_file.read_bytes() == installed
+    assert license_shown(ws) == ("valid", "FB-RENEWED-0003")
+    assert (ledger(ws)[-1].event, ledger(ws)[-1].outcome) == ("refused", "refused")
+    code, out, err = cli(ws, "import", str(second))  # the same answer again: nothing to change, nothing refused
+    assert code == 0 and "already installed" in out, out + err
+    assert ws.cfg.instance.license_file.read_bytes() == installed

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 from conftest import base_config, run_cli
+from support.capture import Events
 
 from fluxagent import config, status
 from fluxagent.config import PlatformConfig, Queries
@@ -195,62 +196,48 @@ def test_preview_against_a_stopped_server_exits_69_without_showing_the_password(
     assert "Secret-Word-2" not in proc.stderr + proc.stdout and "***" in proc.stderr
 
 
-class _Events:
-    """A structlog-shaped logger that keeps (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, dict[str, object]]] = []
-
-    def __getattr__(self, level: str):
-        return lambda event, **kw: self.seen.append((level, event, kw))
-
-
-def test_a_database_restarted_under_a_running_agent_is_picked_up_again(tmp_path, server):
+def test_a_database_restarted_under_a_running_agent_is_picked_up_again(tmp_path, server, reference_server):
     from fluxagent.daemon.agent import Agent
-    from fluxagent.testing.server import ReferenceServer
     from fluxagent.testing.workspace import make_workspace
 
     clock = [float(int(time.time()))]
-    with ReferenceServer(clock=lambda: clock[0]) as ref:
-        ws = make_workspace(tmp_path / "ws", server_url=ref.url, vendor_keys=ref.signing_keys, now=clock[0],
-                            database=server.create_database(f"fa_restart_{server.engine}"))
-        agent = Agent(ws.cfg, clock=lambda: clock[0])
-        log = agent.engine.deps.log = _Events()
+    ref = reference_server(clock=lambda: clock[0])
+    ws = make_workspace(tmp_path / "ws", server_url=ref.url, vendor_keys=ref.signing_keys, now=clock[0],
+                        database=server.create_database(f"fa_restart_{server.engine}"))
+    with Agent(ws.cfg, clock=lambda: clock[0]) as agent:
+        log = agent.engine.deps.log = Events()
         cfg = ws.cfg
 
         def heartbeats() -> int:
             return sum(1 for r in ref.received if r.endpoint == "/v1/heartbeat" and r.status == 200)
 
+        agent.step()
+        assert heartbeats() == 1
+        stopped = False
         try:
-            agent.step()
+            server.stop()
+            stopped = True
+            for _ in range(3):  # three hours of heartbeats while the database is down
+                clock[0] += 3601
+                agent.step()
             assert heartbeats() == 1
-            stopped = False
-            try:
-                server.stop()
-                stopped = True
-                for _ in range(3):  # three hours of heartbeats while the database is down
-                    clock[0] += 3601
-                    agent.step()
-                assert heartbeats() == 1
-                warnings = [e for e in log.seen if e[1] == "heartbeat.not_sent"]
-                assert len(warnings) == 1 and warnings[0][2]["code"] == "db_unreachable"  # logged once
-                assert "not sent: heartbeat" in agent.status_line()
-                st = status.collect_status(cfg, now=clock[0])
-                assert st["kinds"]["heartbeat"]["not_sent"]["code"] == "db_unreachable"
-                text = status_text(st)
-                assert "NOT SENT since" in text and "cannot reach the server" in text
-                assert server.admin_password not in text
-            finally:
-                if stopped:
-                    server.start()
-            clock[0] += 3601
-            agent.step()
-            assert heartbeats() == 2
-            assert any(e[1] == "heartbeat.source_recovered" for e in log.seen)
-            assert "not sent" not in agent.status_line()
-            assert status.collect_status(cfg, now=clock[0])["kinds"]["heartbeat"]["not_sent"] is None
+            warnings = [e for e in log.seen if e[1] == "heartbeat.not_sent"]
+            assert len(warnings) == 1 and warnings[0][2]["code"] == "db_unreachable"  # logged once
+            assert "not sent: heartbeat" in agent.status_line()
+            st = status.collect_status(cfg, now=clock[0])
+            assert st["kinds"]["heartbeat"]["not_sent"]["code"] == "db_unreachable"
+            text = status_text(st)
+            assert "NOT SENT since" in text and "cannot reach the server" in text
+            assert server.admin_password not in text
         finally:
-            agent.close()
+            if stopped:
+                server.start()
+        clock[0] += 3601
+        agent.step()
+        assert heartbeats() == 2
+        assert any(e[1] == "heartbeat.source_recovered" for e in log.seen)
+        assert "not sent" not in agent.status_line()
+        assert status.collect_status(cfg, now=clock[0])["kinds"]["heartbeat"]["not_sent"] is None
 
 
 @pytest.fixture(scope="module")

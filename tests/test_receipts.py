@@ -301,7 +301,7 @@ def test_success_without_a_receipt_is_retried(status: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["connect", "dns", "tls", "timeout", "deadline", "too_large", "protocol"]
+    "kind", ["connect", "dns", "tls", "broken", "timeout", "deadline", "too_large", "protocol"]
 )
 def test_transport_errors_are_retried(kind: Any) -> None:
     err = TransportError(kind, "https://licensing.example/v1/heartbeat", "went wrong")

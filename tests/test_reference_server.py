@@ -111,9 +111,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def server(clock: Clock) -> Iterator[ReferenceServer]:
-    with ReferenceServer(clock=clock, max_body=64 * 1024) as srv:
-        yield srv
+def server(clock: Clock, reference_server) -> Iterator[ReferenceServer]:
+    srv = reference_server(clock=clock, max_body=64 * 1024)
+    yield srv
 
 
 @pytest.fixture(scope="module")
@@ -156,49 +156,49 @@ def test_license_registers_instance_then_heartbeat_gets_a_receipt_verified_by_pi
     assert len(server.vendor_keys) == 2 and len(server.vendor_keys_b64) == 2
 
 
-def test_receipts_verify_over_https_with_a_test_ca(ca: trustme.CA, clock: Clock) -> None:
+def test_receipts_verify_over_https_with_a_test_ca(ca: trustme.CA, clock: Clock, reference_server) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(ctx)
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
-    with ReferenceServer(ssl_context=ctx, clock=clock) as srv:
-        assert srv.url.startswith("https://localhost:")
-        with httpx.Client(base_url=srv.url, verify=client_ctx, timeout=10) as c:
-            agent = Agent(c, clock, srv.verifier.audience)
-            assert agent.aud == "localhost"
-            sealed, resp = agent.send(agent.license())
-            receipt(resp, srv, sealed)
-            sealed, resp = agent.send(agent.heartbeat())
-            receipt(resp, srv, sealed)
+    srv = reference_server(ssl_context=ctx, clock=clock)
+    assert srv.url.startswith("https://localhost:")
+    with httpx.Client(base_url=srv.url, verify=client_ctx, timeout=10) as c:
+        agent = Agent(c, clock, srv.verifier.audience)
+        assert agent.aud == "localhost"
+        sealed, resp = agent.send(agent.license())
+        receipt(resp, srv, sealed)
+        sealed, resp = agent.send(agent.heartbeat())
+        receipt(resp, srv, sealed)
 
 
 def test_client_that_does_not_trust_the_certificate_fails_and_the_server_keeps_serving(
-    ca: trustme.CA, clock: Clock, tls: ssl.SSLContext
+    ca: trustme.CA, clock: Clock, tls: ssl.SSLContext, reference_server
 ) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(ctx)
     trusting = ssl.create_default_context()
     ca.configure_trust(trusting)
-    with ReferenceServer(ssl_context=ctx, clock=clock) as srv:
-        with pytest.raises(httpx.ConnectError):
-            httpx.post(srv.url + "/v1/license", content=b"{}", verify=tls)
-        resp = httpx.post(srv.url + "/v1/license", content=b"{}", verify=trusting)
-        assert resp.status_code == 400
-        assert [r.status for r in srv.received] == [400]
+    srv = reference_server(ssl_context=ctx, clock=clock)
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(srv.url + "/v1/license", content=b"{}", verify=tls)
+    resp = httpx.post(srv.url + "/v1/license", content=b"{}", verify=trusting)
+    assert resp.status_code == 400
+    assert [r.status for r in srv.received] == [400]
 
 
-def test_serves_ipv6_loopback_when_the_host_has_it(clock: Clock, tls: ssl.SSLContext) -> None:
+def test_serves_ipv6_loopback_when_the_host_has_it(clock: Clock, tls: ssl.SSLContext, reference_server) -> None:
     try:
         with socket.socket(socket.AF_INET6) as s:
             s.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback")
-    with ReferenceServer(host="::1", audience="localhost", clock=clock) as srv:
-        assert srv.url.startswith("http://[::1]:")
-        with httpx.Client(base_url=srv.url, timeout=10, verify=tls) as c:
-            agent = Agent(c, clock, srv.verifier.audience)
-            sealed, resp = agent.send(agent.license())
-            receipt(resp, srv, sealed)
+    srv = reference_server(host="::1", audience="localhost", clock=clock)
+    assert srv.url.startswith("http://[::1]:")
+    with httpx.Client(base_url=srv.url, timeout=10, verify=tls) as c:
+        agent = Agent(c, clock, srv.verifier.audience)
+        sealed, resp = agent.send(agent.license())
+        receipt(resp, srv, sealed)
 
 
 def test_message_from_an_unregistered_instance_is_refused_with_403(agent: Agent) -> None:

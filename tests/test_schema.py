@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 from schemakit import DELTA_FIELDS, UP_TO_V2, V1, V2, V3_OPTIONAL
 
-from fluxagent.errors import ConfigError, UsageError
+from fluxagent.errors import ConfigError
 from fluxagent.report.schema import diff_doc, diff_text, schema_doc, schema_text
 from fluxagent.schema import shipped as shipped_mod
 from fluxagent.schema.approval import FILE, approval_path, approve, read_approval, write_approval
@@ -199,7 +199,7 @@ def test_approve_writes_a_0644_file_naming_the_fingerprint_who_and_when(tmp_path
     assert read_approval(path, UP_TO_V2).version == V2
     assert approve(path, UP_TO_V2, "v1", via="t", now=1, if_missing=True) is None  # kept
     assert read_approval(path, UP_TO_V2).version == V2
-    with pytest.raises(UsageError, match="v7"):
+    with pytest.raises(ValueError, match="v7"):
         approve(path, UP_TO_V2, "v7", via="t", now=1)
 
 

@@ -11,9 +11,11 @@ from typing import Any
 
 import nacl.signing
 import pytest
-from agentkit import Clock, LogCapture, ledger_entries, make_agent, payload_of, wire
+from agentkit import ledger_entries, make_agent, payload_of, wire
 from conftest import fixed_world
 from schemakit import DELTA_FIELDS, OPEN_INVOICES, UP_TO_V2, V1, V2, V3_OPTIONAL, V3_REQUIRED, loader
+from support.capture import LogCapture
+from support.clock import Clock
 
 from fluxagent import collect
 from fluxagent.daemon import metrics

@@ -20,6 +20,7 @@ import trustme
 from conftest import BOUND_DOMAIN, base_config, run_cli
 from netutil import closed_port
 from proxy import ConnectProxy
+from support.keys import vendor_keys
 
 from fluxagent.statedir import identity
 from fluxagent.statedir.ledger import Ledger
@@ -73,21 +74,21 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path, sample_db: Path, tls: ssl.SSLContext, ca_pem: Path) -> Iterator[Site]:
-    keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
+def site(tmp_path: Path, sample_db: Path, tls: ssl.SSLContext, ca_pem: Path, reference_server) -> Iterator[Site]:
+    keys = vendor_keys()
     policy = LicensePolicy(license_id=LID, expires_at=int(time.time()) + 365 * 86400,
                            grace_until=int(time.time()) + 379 * 86400)
-    with ReferenceServer(ssl_context=tls, signing_keys=keys, license=policy) as server:
-        doc = base_config(tmp_path / "state", sample_db)
-        doc["instance"]["license_file"] = str(tmp_path / "license.json")
-        doc["server"].update(url=server.url, vendor_keys=server.vendor_keys_b64, ca_bundle=str(ca_pem),
-                             connect_timeout="1s", read_timeout="2s")
-        s = Site(tmp_path, server, doc, keys[0])
-        s.write()
-        s.license()
-        identity.ensure(s.state_dir, now=int(time.time()))
-        approve_running(s.config)
-        yield s
+    server = reference_server(ssl_context=tls, signing_keys=keys, license=policy)
+    doc = base_config(tmp_path / "state", sample_db)
+    doc["instance"]["license_file"] = str(tmp_path / "license.json")
+    doc["server"].update(url=server.url, vendor_keys=server.vendor_keys_b64, ca_bundle=str(ca_pem),
+                         connect_timeout="1s", read_timeout="2s")
+    s = Site(tmp_path, server, doc, keys[0])
+    s.write()
+    s.license()
+    identity.ensure(s.state_dir, now=int(time.time()))
+    approve_running(s.config)
+    yield s
 
 
 def line(out: str, level: str, name: str) -> str:
@@ -263,9 +264,9 @@ def test_agent_holding_the_state_directory_turns_the_live_check_into_a_warning(s
 
 @pytest.mark.parametrize(
     ("codes", "expected"),
-    [((), 0), ((69,), 69), ((69, 1), 1), ((1, 78, 69), 78)],
+    [((), 0), ((69,), 69), ((69, 1), 1), ((1, 78, 69), 78), ((1, 74, 69), 74), ((74, 78), 78)],
 )
-def test_exit_code_prefers_configuration_then_check_failures_then_unreachable(
+def test_exit_code_prefers_configuration_then_disk_then_check_failures_then_unreachable(
     codes: tuple[int, ...], expected: int
 ) -> None:
     checks = [Check("x", "fail", "r", "f", c) for c in codes] + [Check("y", "warn", "r", "f", 1)]

@@ -21,9 +21,8 @@ def test_each_message_of_a_flush_feeds_the_watchdog(tmp_path: Path) -> None:
         with ReferenceServer(clock=lambda: now[0]) as srv:
             ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
             notifier = Notifier(env={"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "300000000"})
-            agent = Agent(ws.cfg, notifier=notifier, clock=lambda: now[0])
-            agent.engine.deps.world = fixed_world()
-            try:
+            with Agent(ws.cfg, notifier=notifier, clock=lambda: now[0]) as agent:
+                agent.engine.deps.world = fixed_world()
                 srv.inject(Fault.status(503))
                 agent.step()  # the server is down: license, heartbeat and digest wait in the spool
                 assert agent.engine.spool.depth() == 3
@@ -36,8 +35,6 @@ def test_each_message_of_a_flush_feeds_the_watchdog(tmp_path: Path) -> None:
                 now[0] = agent.engine.retry_at + 1
                 agent.step()  # one flush delivers all three
                 assert agent.engine.spool.depth() == 0
-            finally:
-                agent.close()
         pings = 0
         while True:
             try:

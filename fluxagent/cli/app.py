@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer._completion_classes import completion_init  # typer.completion re-exports it implicitly
 
 from fluxagent import __version__
 from fluxagent.errors import EXIT_OK, FluxError
@@ -23,7 +24,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-KIND_NAMES = ("license", "heartbeat", "digest", "credentials")
+# Shell completion without typer's --install-completion (which edits the user's shell rc files): the
+# bash/zsh/fish scripts the Debian package installs call back `_FLUXAGENT_COMPLETE=complete_<shell> fluxagent`.
+completion_init()
 
 
 def _version(value: bool) -> None:
@@ -46,8 +49,10 @@ def main_options(
     ] = False,
 ) -> None:
     """Global options."""
+    from fluxagent.config import DEFAULT_PATH
+
     env = os.environ.get("FLUXAGENT_CONFIG", "").strip()
-    ctx.obj = Path(config) if config else Path(env) if env else Path("/etc/fluxagent/fluxagent.toml")
+    ctx.obj = Path(config) if config else Path(env) if env else DEFAULT_PATH
 
 
 def fail(exc: FluxError) -> typer.Exit:

@@ -1,4 +1,4 @@
-"""The command-line interface: the only place that prints and picks exit codes (DESIGN §7).
+"""The command-line interface: the only place that prints and picks exit codes (docs/OPERATOR.md, "Commands").
 
 Modules a command needs are imported inside it, so `fluxagent --help` stays fast.
 """
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fluxagent.cli import schema, updates  # register `schema`; `credentials`, `export`, `import` on app
-from fluxagent.cli.app import KIND_NAMES, app, fail, load_config
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError
+from fluxagent.cli.app import app, fail, load_config
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError, oserror_exit_code
+from fluxagent.kinds import KINDS
 
 if TYPE_CHECKING:
     from fluxagent.config import Config
@@ -42,6 +43,7 @@ def init(
     from fluxagent import config as config_mod
     from fluxagent.cli.main import write_initial_config
     from fluxagent.statedir import identity
+    from fluxagent.statedir.owner import identity_owner
 
     path: Path = ctx.obj
     try:
@@ -49,25 +51,38 @@ def init(
             cfg = config_mod.load(path)
             typer.echo(f"config: {path} exists, left untouched")
         else:
-            cfg = write_initial_config(
-                path,
-                bound_domain=bound_domain,
-                server_url=server_url,
-                vendor_keys=vendor_key or [],
-                state_dir=state_dir,
-                database=database,
-                license_file=license_file,
-            )
+            try:
+                cfg = write_initial_config(
+                    path,
+                    bound_domain=bound_domain,
+                    server_url=server_url,
+                    vendor_keys=vendor_key or [],
+                    state_dir=state_dir,
+                    database=database,
+                    license_file=license_file,
+                )
+            except PermissionError as exc:
+                raise ConfigError([f"{path}: cannot write the config: {exc.strerror}"],
+                                hint="write the config as root: `sudo fluxagent init …` (as root, init also"
+                                " creates the identity for the service user)") from exc
             typer.echo(f"config: wrote {path}")
-        ident, created = identity.ensure(cfg.instance.state_dir, now=int(time.time()))
-        approved = approve_on_init(path, int(time.time()))
+        sd = cfg.instance.state_dir
+        owner = identity_owner(cfg.instance.service_user, sd, str(cfg.source or path))
+        now = int(time.time())
+        if owner is None:
+            ident, created = identity.ensure(sd, now=now)
+            iid, whose = ident.instance_id, ""
+        else:
+            iid, created = identity.ensure_for(sd, now=now, owner=owner[:2])
+            whose = f", owned by {owner[2]} (the service user)"
+        approved = approve_on_init(path, now)
     except FluxError as exc:
         raise fail(exc) from None
     except OSError as exc:
         typer.echo(f"fluxagent: cannot write {exc.filename}: {exc.strerror}", err=True)
-        raise typer.Exit(78) from None
+        raise typer.Exit(oserror_exit_code(exc)) from None
     state = ", ".join(created) if created else "nothing (identity already present)"
-    typer.echo(f"identity: instance {ident.instance_id} in {cfg.instance.state_dir}; created {state}")
+    typer.echo(f"identity: instance {iid} in {sd}{whose}; created {state}")
     typer.echo(approved)
     if not cfg.server.vendor_keys:
         typer.echo("note: server.vendor_keys is empty; add the vendor's public keys before `fluxagent run`")
@@ -77,7 +92,7 @@ def init(
 def preview(
     ctx: typer.Context,
     kind: Annotated[
-        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KIND_NAMES))
+        list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable): " + ", ".join(KINDS))
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per message")] = False,
 ) -> None:
@@ -104,10 +119,10 @@ def preview(
 
 def _kinds(kind: list[str] | None) -> list[str]:
     if not kind:
-        return list(KIND_NAMES)
-    bad = [k for k in kind if k not in KIND_NAMES]
+        return list(KINDS)
+    bad = [k for k in kind if k not in KINDS]
     if bad:
-        raise typer.BadParameter(f"unknown kind {bad[0]!r}; choose from {', '.join(KIND_NAMES)}", param_hint="--kind")
+        raise typer.BadParameter(f"unknown kind {bad[0]!r}; choose from {', '.join(KINDS)}", param_hint="--kind")
     return list(dict.fromkeys(kind))
 
 
@@ -283,15 +298,12 @@ def write_initial_config(
     database: str | None,
     license_file: Path | None,
 ) -> Config:
-    """Validate the init options, write them as a TOML config (0640) and return the Config."""
-    import tomli_w
-
-    from fluxagent import config
+    """Validate the init options, write them as a commented TOML config (0640) and return the Config."""
+    from fluxagent import config, configdoc
     from fluxagent.sources.host import fqdn
     from fluxagent.statedir.fsutil import atomic_write
 
-    defaults = config.to_mapping(config.Config())
-    doc = defaults
+    doc = config.to_mapping(config.Config())
     doc["instance"]["bound_domain"] = bound_domain or fqdn()
     if state_dir:
         doc["instance"]["state_dir"] = str(state_dir.absolute())
@@ -302,10 +314,10 @@ def write_initial_config(
     doc["server"]["vendor_keys"] = list(vendor_keys)
     if database:
         doc["platform"]["database"] = database
-    config.from_mapping(doc, Path("--options"))  # validate the options before anything is written
+    cfg = config.from_mapping(doc, Path("--options"))  # validate the options before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(path, tomli_w.dumps(doc).encode(), mode=0o640, exclusive=True)
+        atomic_write(path, configdoc.init_toml(cfg).encode(), mode=0o640, exclusive=True)
     except FileExistsError:
         raise ConfigError([f"{path}: appeared while init was running; left untouched"]) from None
     return config.load(path)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fluxagent.cli.app import app, fail
-from fluxagent.errors import EXIT_CONFIG, EXIT_OK, ConfigError, FluxError, UsageError
+from fluxagent.errors import EXIT_CONFIG, EXIT_OK, ConfigError, FluxError
 
 if TYPE_CHECKING:
     from fluxagent.schema.policy import Approved
@@ -52,6 +52,8 @@ def schema_cmd(
         try:
             done = do_approve(path, catalog, args[0] if args else None, now=int(time.time()), if_missing=if_missing,
                               via="fluxagent schema --approve" + (f": {note}" if note else ""))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="VERSION") from None
         except FluxError as exc:
             raise fail(exc) from None
         except OSError as exc:
@@ -91,7 +93,8 @@ def _diff(catalog: Catalog, run: Version, approved: Approved | None, args: list[
         v = catalog.find(ref)
         if v is None:
             known = ", ".join(x.name for x in catalog.versions)
-            raise fail(UsageError(f"{ref!r} names no schema version this fluxagent knows ({known})"))
+            raise typer.BadParameter(f"{ref!r} names no schema version this fluxagent knows ({known})",
+                                     param_hint="A/B")
         picked.append(v)
     if len(picked) == 2:
         a, b = picked

@@ -33,14 +33,28 @@ credentials_app = typer.Typer(
 app.add_typer(credentials_app, name="credentials")
 
 
-def _credential(ctx: typer.Context) -> tuple[Config, Credential]:
-    """Load the config, log to stderr, and obtain fresh credentials; raises FluxError."""
+def _credential(ctx: typer.Context, *, quiet: bool = False) -> tuple[Config, Credential]:
+    """Load the config, log to stderr (errors only if quiet), obtain fresh credentials; raises FluxError."""
     from fluxagent import logs
     from fluxagent.updates.credentials import obtain
 
     cfg = load_config(ctx)
-    logs.configure(cfg.log.format, cfg.log.level, stream=sys.stderr)
+    # docker and git run their helpers on every pull and fetch: stderr is for errors, not a log line per call
+    logs.configure(cfg.log.format, "error" if quiet else cfg.log.level, stream=sys.stderr)
     return cfg, obtain(cfg, log=logs.get())
+
+
+def _foreign(ctx: typer.Context, requested: str) -> bool:
+    """Return whether the requested host is surely not the vendor's registry (from the state dir; no I/O
+    beyond reading the config and one small file; a config error is left for the full path to report)."""
+    from fluxagent.updates import helpers as credhelpers
+    from fluxagent.updates.credentials import known_registry
+
+    try:
+        cfg = load_config(ctx)
+    except FluxError:
+        return False
+    return credhelpers.foreign(requested, known_registry(cfg.instance.state_dir))
 
 
 @credentials_app.callback(invoke_without_command=True)
@@ -48,14 +62,14 @@ def credentials(ctx: typer.Context) -> None:
     """Request update credentials and print them as JSON (registry, username, secret, expiry)."""
     if ctx.invoked_subcommand is not None:
         return
-    from fluxagent.updates.credentials import utc_text
+    from fluxagent.timefmt import utc_iso
 
     try:
         _, cred = _credential(ctx)
     except FluxError as exc:
         raise fail(exc) from None
     shown = {"registry": cred.registry, "username": cred.username, "secret": cred.secret,
-             "expires_at": utc_text(cred.expires_utc)}
+             "expires_at": utc_iso(cred.expires_utc)}
     if sys.stdout.isatty():  # a handover to programs; a terminal would keep the secret in its scrollback
         shown["secret"] = "<not shown on a terminal: pipe the output to a program>"
     typer.echo(json.dumps(shown))
@@ -73,12 +87,13 @@ def docker(
         if action in ("store", "erase"):
             sys.stdin.read()
         out, code = credhelpers.docker_other(action)
+    elif _foreign(ctx, server := sys.stdin.read()):
+        out, code = credhelpers.DOCKER_NOT_FOUND, 1
     else:
-        server = sys.stdin.read()
         try:
-            _, cred = _credential(ctx)
+            _, cred = _credential(ctx, quiet=True)
         except FluxError as exc:
-            typer.echo(f"fluxagent: {exc.code} error: {exc.message}")  # docker shows stdout on failure
+            typer.echo(f"fluxagent: {exc.code} error: {exc}")  # docker shows stdout on failure, hint included
             raise typer.Exit(exc.exit_code) from None
         out, code = credhelpers.docker_get(server, cred)
     if out:
@@ -97,10 +112,10 @@ def git(
     request = credhelpers.parse_git_request(sys.stdin)
     if action != "get":
         raise typer.Exit(EXIT_OK)  # nothing is stored, so store and erase have nothing to do
-    if not request.get("host"):
-        raise typer.Exit(EXIT_OK)  # no host, no answer: git goes on to its next helper
+    if not request.get("host") or _foreign(ctx, request["host"]):
+        raise typer.Exit(EXIT_OK)  # no answer: git goes on to its next helper
     try:
-        _, cred = _credential(ctx)
+        _, cred = _credential(ctx, quiet=True)
     except FluxError as exc:
         raise fail(exc) from None
     typer.echo(credhelpers.git_get(request, cred), nl=False)
@@ -110,17 +125,23 @@ def git(
 def apt(
     ctx: typer.Context,
     path: Annotated[Path | None, typer.Option(help="auth.conf.d file [default: updates.apt_auth_file]")] = None,
-    cleanup: Annotated[bool, typer.Option("--cleanup", help="Only remove the entry if it has expired")] = False,
+    cleanup: Annotated[bool, typer.Option(
+        "--cleanup", help="Only remove the entry (--path or updates.apt_auth_file) if it has expired")] = False,
 ) -> None:
     """Write the apt auth.conf.d entry (0600, atomic); --cleanup removes it once expired."""
+    from fluxagent.timefmt import utc_iso
     from fluxagent.updates import helpers as credhelpers
-    from fluxagent.updates.credentials import monotonic, utc_text
+    from fluxagent.updates.credentials import monotonic
 
     try:
         if cleanup:
             cfg = load_config(ctx)
-            done = credhelpers.cleanup_apt(cfg.instance.state_dir, monotonic(), credhelpers.boot_id())
-            if done.removed:
+            entry = path or cfg.updates.apt_auth_file  # from root's config or command line, never the state dir
+            done = credhelpers.cleanup_apt(cfg.instance.state_dir, entry, monotonic(), credhelpers.boot_id())
+            if done.foreign:
+                typer.echo(f"the expired record named another file than {entry}: that file was left alone;"
+                           " the record was removed")
+            elif done.removed:
                 typer.echo("apt entry expired and removed")
             elif done.due_in is not None:
                 typer.echo(f"apt entry valid for another {int(done.due_in)}s")
@@ -133,7 +154,7 @@ def apt(
         _wake_daemon(cfg)
     except FluxError as exc:
         raise fail(exc) from None
-    typer.echo(f"apt entry {target} for {cred.registry}, valid until {utc_text(cred.expires_utc)}")
+    typer.echo(f"apt entry {target} for {cred.registry}, valid until {utc_iso(cred.expires_utc)}")
 
 
 def _wake_daemon(cfg: Config) -> None:
@@ -162,6 +183,7 @@ def _offline_engine(cfg: Config) -> Iterator[Engine]:
     from fluxagent.delivery import Deps, Engine
     from fluxagent.statedir import identity
     from fluxagent.statedir.lock import instance_lock
+    from fluxagent.transport import Plain
     from fluxagent.wire.http import HttpResponse, TransportError
 
     def no_network(url: str, body: bytes, *, deadline: float) -> HttpResponse:
@@ -170,7 +192,7 @@ def _offline_engine(cfg: Config) -> Iterator[Engine]:
     logs.configure(cfg.log.format, cfg.log.level, stream=sys.stderr)
     ident = identity.load(cfg.instance.state_dir)
     with instance_lock(cfg.instance.state_dir):
-        yield Engine(cfg, ident, Deps(no_network, time.time, log=logs.get()))
+        yield Engine(cfg, ident, Deps(Plain(no_network), time.time, log=logs.get()))
 
 
 @app.command("export")
@@ -183,12 +205,12 @@ def export_cmd(
     """Air-gapped: write a signed bundle of the messages `run` would send, for the vendor to answer."""
     from fluxagent.offline import commit_export, prepare_export
     from fluxagent.statedir.fsutil import atomic_write
-    from fluxagent.updates.credentials import utc_text
+    from fluxagent.timefmt import utc_iso
 
     try:
         cfg = load_config(ctx)
         now = time.time()
-        target = output or Path(f"fluxagent-bundle-{utc_text(int(now)).replace(':', '')}.json")
+        target = output or Path(f"fluxagent-bundle-{utc_iso(int(now)).replace(':', '')}.json")
         with _offline_engine(cfg) as engine:
             bundle, entries = prepare_export(engine, now)
             try:

@@ -1,4 +1,4 @@
-"""The daemon: one main loop, interruptible waits, flock, signals and sd_notify (DESIGN §8)."""
+"""The daemon: one main loop, interruptible waits, flock, signals and sd_notify (docs/OPERATOR.md, "The daemon")."""
 
 from __future__ import annotations
 
@@ -18,14 +18,17 @@ from typing import Any
 from fluxagent import config as config_mod
 from fluxagent import logs
 from fluxagent.config import Config
+from fluxagent.daemon import early
 from fluxagent.daemon.control import DaemonUpdates
 from fluxagent.daemon.metrics import MetricsWriter
 from fluxagent.daemon.notify import Notifier
-from fluxagent.delivery import SCHEDULED, Deps, Engine, FlushResult
+from fluxagent.delivery import Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
+from fluxagent.kinds import SCHEDULED
 from fluxagent.schema.approval import load_policy
 from fluxagent.schema.policy import Policy
-from fluxagent.statedir import identity
+from fluxagent.statedir import fsutil, identity
+from fluxagent.statedir.fsutil import check_state_dir
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.transport import HttpxTransport, Transport
 
@@ -73,6 +76,9 @@ class Signals:
                         (signal.SIGHUP, self._on_reload), (signal.SIGALRM, self._on_alarm)):
             self._saved.append((sig, signal.signal(sig, fn)))
         self._saved_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        caught = early.take()  # what arrived while `run` was starting: a stop then is a graceful stop now
+        self.stop = self.stop or bool(caught & {signal.SIGTERM, signal.SIGINT})
+        self.reload = self.reload or signal.SIGHUP in caught
 
     def uninstall(self) -> None:
         """Cancel a pending alarm, restore the previous handlers and close the pipe."""
@@ -140,14 +146,20 @@ class Agent:
         self.metrics = MetricsWriter(self.log)
 
     def close(self) -> None:
-        closer = getattr(self.transport, "close", None)
-        if callable(closer):
-            closer()
+        """Close the transport (pooled connections, TLS context)."""
+        self.transport.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def once(self) -> int:
         """Run one full cycle (license, heartbeat, digest, spool flush); return the exit code."""
         result = self.engine.cycle(self.clock(), SCHEDULED)
         code = once_exit_code(result, len(self.engine.source_errors))
+        self.metrics.write(self.cfg, self.clock())  # a cron-driven `run --once` keeps metrics.prom current too
         self.log.info("run.once_done", delivered=len(result.delivered), rejected=len(result.rejected),
                       pending=self.engine.spool.depth(), exit_code=code)
         return code
@@ -267,14 +279,16 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
     faulthandler.enable()
     cfg = config_mod.load(config_path)
     logs.configure(cfg.log.format, cfg.log.level, stream=log_stream)
+    check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
     identity.load(cfg.instance.state_dir)  # fail with 78 before taking the lock
     load_policy(cfg)  # and without an approved schema version: nothing could be sent
     with instance_lock(cfg.instance.state_dir):
-        agent = Agent(cfg)
-        try:
+        # temp files a kill left behind; nothing else writes the state dir while the lock is held
+        stray = fsutil.remove_stray_temp(cfg.instance.state_dir)
+        if stray:
+            logs.get().info("state.stray_temp_removed", files=stray)
+        with Agent(cfg) as agent:
             return agent.once() if once else agent.loop(config_path)
-        finally:
-            agent.close()
 
 
 __all__ = ["STOP_DEADLINE", "Agent", "StopDeadline", "once_exit_code", "run"]

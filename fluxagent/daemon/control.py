@@ -147,7 +147,8 @@ class DaemonUpdates:
     def tick(self) -> float | None:
         """Remove the apt entry if it has expired; return seconds until it is due, or None."""
         try:
-            done = cleanup_apt(self._config().instance.state_dir, monotonic(), boot_id())
+            cfg = self._config()
+            done = cleanup_apt(cfg.instance.state_dir, cfg.updates.apt_auth_file, monotonic(), boot_id())
         except FluxError as exc:
             self._log().error("credentials.apt_cleanup_failed", error=exc.message)
             return None

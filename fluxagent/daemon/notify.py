@@ -1,4 +1,7 @@
-"""sd_notify in pure Python over $NOTIFY_SOCKET (DESIGN §8): READY, STATUS, WATCHDOG, RELOADING, STOPPING."""
+"""sd_notify in pure Python over $NOTIFY_SOCKET: READY, STATUS, WATCHDOG, RELOADING, STOPPING.
+
+When each is sent: docs/OPERATOR.md, "The daemon".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The license file: a DSSE envelope signed by a vendor key, checked offline (DESIGN §4).
+"""The license file: a DSSE envelope signed by a vendor key, checked offline (docs/PROTOCOL.md §5).
 
 Each failure has its own `code` and a message that says what is wrong and where to look, so
 `validate`, `status` and license-status.json can tell an operator exactly what to fix.
@@ -12,6 +12,7 @@ from typing import Any
 from fluxagent.errors import EnvelopeError
 from fluxagent.identifiers import canonical_hostname
 from fluxagent.wire import envelope
+from fluxagent.wire.messages import LICENSE_ID_SHAPE, is_license_id
 
 MAX_LICENSE_BYTES = 256 * 1024
 ISSUED_AHEAD_TOLERANCE = 300  # seconds a license may look issued in the future (clock drift)
@@ -56,6 +57,8 @@ def check_license(data: bytes | None, vendor_keys: tuple[bytes, ...], bound_doma
     lid, dom, issued, expires = p.get("license_id"), p.get("bound_domain"), p.get("issued_at"), p.get("expires_at")
     if not isinstance(lid, str) or not lid:
         return _bad("payload", "license payload lacks a license_id")
+    if not is_license_id(lid):  # the license message could not carry it: refuse it here, not at seal time
+        return _bad("payload", f"license_id is not a license id ({len(lid)} characters; expected {LICENSE_ID_SHAPE})")
     if not isinstance(dom, str) or canonical_hostname(dom) is None:
         return _bad("payload", f"license bound_domain {str(dom)[:80]!r} is not a valid host name", lid)
     if canonical_hostname(dom) != canonical_hostname(bound_domain):

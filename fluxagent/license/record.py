@@ -17,7 +17,7 @@ from typing import Any
 from fluxagent.config import Config
 from fluxagent.errors import StateError
 from fluxagent.license.file import MAX_LICENSE_BYTES, LicenseFile, check_license
-from fluxagent.license.state import CONTACT_OUTCOMES, Contact, Receipt, Status, derive
+from fluxagent.license.state import CONTACT_OUTCOMES, Contact, Receipt, Status, derive, seen_after
 from fluxagent.statedir import state
 
 FILE = "license-status.json"
@@ -157,7 +157,8 @@ def refresh(cfg: Config, now: float, *, receipt: Receipt | None = None, contact:
     stored = load(cfg.instance.state_dir)
     if receipt is not None:  # recorded against the license file it answers
         receipt = replace(receipt, for_license=read_file_verdict(cfg, now, read).license_id)
-        stored = replace(stored, receipt=receipt)
+        # a fresh signed server time corrects a seen_until that a clock running ahead pushed too far
+        stored = replace(stored, receipt=receipt, seen_until=seen_after(stored.seen_until, receipt))
     if contact is not None and contact.outcome != stored.contact.outcome:
         stored = replace(stored, contact=contact)
     st, stored, file = current(cfg, now, stored, read)

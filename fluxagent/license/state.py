@@ -1,8 +1,10 @@
-"""The license state machine: a pure function from what is known to the state shown (DESIGN §8).
+"""The license state machine: a pure function from what is known to the state shown (docs/PROTOCOL.md §7).
 
 Inputs: the local license file verdict, the last verified license receipt, the outcome of the
 latest contact with the server, the time, `offline_grace`, and the latest time a state was
-derived at (so setting the clock back cannot bring an expired state back to life). Output: one of
+derived at, `seen_until` (so setting the clock back cannot bring an expired state back to life).
+`seen_until` only grows, except that a fresh vendor-signed server time replaces it (`seen_after`):
+otherwise one run with the clock a year ahead would spoil the state for a year. Output: one of
 STATES, a `clock_skew` flag, reasons for people, and when the state will next change by itself.
 
 Fail-open: the result is reported (license-status.json, `status`, systemd STATUS, metrics); it
@@ -21,10 +23,10 @@ never stops or degrades the platform. Rules, in order:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from fluxagent.license.file import LicenseFile
+from fluxagent.timefmt import duration, utc_stamp
 
 STATES = ("valid", "offline", "grace", "expired", "revoked", "invalid", "unlicensed")
 SKEW_LIMIT = 300.0  # seconds between the local and the server clock that count as skew
@@ -73,30 +75,17 @@ class Status:
     effective_now: int
 
 
-def _ago(seconds: float) -> str:
-    s = int(abs(seconds))
-    if s >= 86400:
-        return f"{s // 86400}d{(s % 86400) // 3600}h"
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60}m"
-    return f"{s}s"
-
-
-def _stamp(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
-
-
 def clock_skew(receipt: Receipt | None, now: float, seen_until: float | None) -> tuple[bool, list[str]]:
     """Return whether the local clock is skewed, and why: behind trusted time or off by >300 s."""
     why: list[str] = []
     if receipt is not None:
         if receipt.source == "online" and abs(receipt.skew) > SKEW_LIMIT:
             side = "behind" if receipt.skew > 0 else "ahead of"
-            why.append(f"the local clock was {_ago(receipt.skew)} {side} the server at the last check")
+            why.append(f"the local clock was {duration(receipt.skew)} {side} the server at the last check")
         if now < receipt.server_ts - BEHIND_TOLERANCE:
-            why.append(f"the local clock is {_ago(receipt.server_ts - now)} behind the last trusted server time")
+            why.append(f"the local clock is {duration(receipt.server_ts - now)} behind the last trusted server time")
     if seen_until is not None and now < seen_until - SKEW_LIMIT:
-        why.append(f"the local clock went back {_ago(seen_until - now)} since the license state was last derived")
+        why.append(f"the local clock went back {duration(seen_until - now)} since the license state was last derived")
     return bool(why), why
 
 
@@ -115,6 +104,19 @@ def server_phase(r: Receipt, t: float) -> tuple[str, int | None]:
     if r.state in ("valid", "grace") and g is not None and t < g:
         return "grace", g
     return "expired", None
+
+
+def seen_after(seen_until: float | None, receipt: Receipt | None) -> float | None:
+    """Return `seen_until` once receipt is recorded: an online receipt's server ts replaces it. Pure.
+
+    An online receipt is fresh and trusted: a pinned vendor key signed it in answer to the request
+    just sent (its `req` and `nonce`), so its ts is the server's time of this exchange, and a
+    `seen_until` beyond it only shows that the local clock once ran ahead. An imported receipt may
+    be days old, so it corrects nothing (derive still judges no earlier than its ts).
+    """
+    if receipt is not None and receipt.source == "online":
+        return float(receipt.server_ts)
+    return seen_until
 
 
 def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: float, offline_grace: float,
@@ -148,16 +150,16 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
     file_end = file.expires_at
     if r is None:
         if file_end is not None and t >= file_end:
-            return out("expired", f"license file expired {_ago(t - file_end)} ago: install a renewed license")
+            return out("expired", f"license file expired {duration(t - file_end)} ago: install a renewed license")
         until, why = file_end, "license file verified; not yet confirmed by the license server"
     else:
         phase, until = server_phase(r, t)
         if phase == "expired":
             return out("expired", "the license expired by the server's last verdict"
-                       + (f" (grace ended {_ago(t - r.grace_until)} ago)" if r.grace_until else ""))
+                       + (f" (grace ended {duration(t - r.grace_until)} ago)" if r.grace_until else ""))
         if phase == "grace":
             filenote = " (the license file has expired)" if file_end is not None and t >= file_end else ""
-            return out("grace", f"the license server granted grace until {_stamp(until or 0)}{filenote}", until)
+            return out("grace", f"the license server granted grace until {utc_stamp(until or 0)}{filenote}", until)
         why = "license confirmed by the license server"
     # phase valid: how fresh is the confirmation?
     anchor = r.received_at if r is not None else (contact.since if contact.outcome in ("unreachable", "rejected")
@@ -166,16 +168,16 @@ def derive(file: LicenseFile, receipt: Receipt | None, contact: Contact, now: fl
     if anchor is not None and (r is not None or failing):
         fresh_until = int(anchor + offline_grace)
         if t >= fresh_until:
-            return out("grace", f"the license server has not confirmed the license for {_ago(t - anchor)}"
-                       f" (offline_grace {_ago(offline_grace)}): restore the connection to the server", until)
+            return out("grace", f"the license server has not confirmed the license for {duration(t - anchor)}"
+                       f" (offline_grace {duration(offline_grace)}): restore the connection to the server", until)
         if failing:
             what = "unreachable" if contact.outcome == "unreachable" else "rejecting license checks"
             return out("offline", f"the license server is {what}"
-                       + (f" since {_stamp(contact.since)}" if contact.since else "")
+                       + (f" since {utc_stamp(contact.since)}" if contact.since else "")
                        + (f": {contact.reason}" if contact.reason else "")
-                       + f"; this state holds until {_stamp(fresh_until)}", until, fresh_until)
+                       + f"; this state holds until {utc_stamp(fresh_until)}", until, fresh_until)
         return out("valid", why, until, fresh_until)
     return out("valid", why, until)
 
 
-__all__ = ["STATES", "Contact", "Receipt", "Status", "applies", "clock_skew", "derive", "server_phase"]
+__all__ = ["STATES", "Contact", "Receipt", "Status", "applies", "clock_skew", "derive", "seen_after", "server_phase"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
+
+from fluxagent.timefmt import utc_stamp
 
 if TYPE_CHECKING:  # the type only: this module does no I/O
     from fluxagent.statedir.ledger import LedgerEntry
@@ -14,7 +15,7 @@ def ledger_lines(entries: list[LedgerEntry]) -> str:
     """Return one line per ledger entry for people."""
     rows = []
     for e in entries:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(e.ts))
+        stamp = utc_stamp(e.ts)
         http = f" http {e.http_status}" if e.http_status else ""
         rows.append(
             f"{e.n:>6}  {stamp}  {e.event:<10} {e.kind:<11} seq {e.seq!s:<6} {e.outcome}{http}"

@@ -94,7 +94,7 @@ def preview_text(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str
 
 def preview_json(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str, tuple[str, ...]] | None = None,
                  policy: Policy | None = None) -> str:
-    """Return the `preview --json` document: one object per message (docs/PROTOCOL.md).
+    """Return the `preview --json` document: one object per message (docs/OPERATOR.md, "Commands").
 
     Each object also says which body paths were withheld and whether a wider schema awaits approval.
     """

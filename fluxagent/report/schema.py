@@ -6,11 +6,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fluxagent.kinds import KINDS
 from fluxagent.schema.policy import Approved, Policy
 from fluxagent.schema.versions import Catalog, Diff, Version
 from fluxagent.wire.messages import Field, registry_table
 
-KIND_ORDER = ("license", "heartbeat", "digest", "credentials")
+KIND_ORDER = KINDS
 
 
 def _path(f: Field) -> str:

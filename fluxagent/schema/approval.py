@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from fluxagent.config import Config
-from fluxagent.errors import ConfigError, UsageError
+from fluxagent.errors import ConfigError
 from fluxagent.schema.policy import Approved, Policy
 from fluxagent.schema.shipped import running, shipped
 from fluxagent.schema.versions import Catalog, Version, is_fingerprint
@@ -138,14 +138,14 @@ def approve(path: Path, catalog: Catalog, ref: str | None, *, via: str, now: int
             by: str | None = None) -> Approved | None:
     """Approve the version ref names (default: the newest) in path; return it (None: kept, with if_missing).
 
-    Raises UsageError for a ref no version has, OSError when the file cannot be written.
+    Raises ValueError for a ref no version has, OSError when the file cannot be written.
     """
     if if_missing and os.path.lexists(path):
         return None
     version = catalog.newest if not ref else catalog.find(ref)
     if version is None:
         known = ", ".join(f"{v.name} ({v.fingerprint})" for v in catalog.versions)
-        raise UsageError(f"{ref!r} names no schema version this fluxagent knows; it knows {known}")
+        raise ValueError(f"{ref!r} names no schema version this fluxagent knows; it knows {known}")
     return write_approval(path, version, by=by or who(), via=via, now=now)
 
 

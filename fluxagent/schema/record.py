@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxagent.errors import StateError
+from fluxagent.kinds import KINDS
 from fluxagent.schema.policy import Policy
 from fluxagent.statedir import state
 from fluxagent.statedir.ledger import Ledger
@@ -50,7 +51,7 @@ def note_policy(state_dir: Path, ledger: Ledger, policy: Policy, now: int, log: 
     pair = [policy.running.fingerprint, policy.approved.fingerprint] if policy.pending else None
     if seen.get("pending") != pair:
         if pair is not None:
-            held = [k for k in ("license", "heartbeat", "digest", "credentials") if policy.held_back(k)]
+            held = [k for k in KINDS if policy.held_back(k)]
             warn("schema.approval_pending", running=policy.running.name, approved=policy.approved.name,
                  withheld=_fields(policy), held_back=held or None,
                  fix="review `fluxagent schema --diff`, then `sudo fluxagent schema --approve`")

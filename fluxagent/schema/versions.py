@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fluxagent.wire.messages import KINDS, TYPES, Field
+from fluxagent.kinds import KINDS
+from fluxagent.wire.messages import TYPES, Field
 
 FORMAT = "fluxagent-registry"
 _FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")

@@ -1,4 +1,4 @@
-"""The platform database, read-only: counts, version and streamed identifiers (DESIGN §9).
+"""The platform database, read-only: counts, version and streamed identifiers (docs/OPERATOR.md, "Platform databases").
 
 SQLite is built in; PostgreSQL and MySQL/MariaDB come as extras. Every query result is
 checked for shape: a count is exactly one non-negative integer, or the source fails.
@@ -38,7 +38,7 @@ class PlatformSource(Protocol):
 
 
 def sqlite_path(url: str) -> Path:
-    """Return the file path of a sqlite:/// URL (four slashes: absolute, three: relative)."""
+    """Return the file path of a sqlite:/// URL (config load refuses relative ones: four slashes, absolute)."""
     return Path(url[len("sqlite:///"):])
 
 

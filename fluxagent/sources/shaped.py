@@ -37,12 +37,17 @@ def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
     value = rows[0][0]
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         value = int(value)
+    # the value is described, never quoted: a column may hold a phone number or a mail address
+    if isinstance(value, str | bytes):
+        unit = "characters" if isinstance(value, str) else "bytes"
+        what = f"a {type(value).__name__} value of {len(value)} {unit}"
+        raise SourceShapeError(f"{where} returned {what}, not an integer")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SourceShapeError(f"{where} returned {type(value).__name__} {str(value)[:40]!r}, not an integer")
+        raise SourceShapeError(f"{where} returned a {type(value).__name__}, not an integer")
     if value < 0:
-        raise SourceShapeError(f"{where} returned {value}; a count must not be negative")
+        raise SourceShapeError(f"{where} returned a negative number; a count must not be negative")
     if value > MAX_COUNT:
-        raise SourceShapeError(f"{where} returned {value}; not a plausible count (over 2^53)")
+        raise SourceShapeError(f"{where} returned a number over 2^53; not a plausible count")
     return value
 
 

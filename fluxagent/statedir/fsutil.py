@@ -1,11 +1,15 @@
-"""Atomic, permission-exact file writes and the checks that go with them (DESIGN §6)."""
+"""Atomic, permission-exact file writes and the checks that go with them (docs/ARCHITECTURE.md, "State directory")."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
+import stat
 from pathlib import Path
+
+from fluxagent.errors import StateDirUnsafe
 
 TMP_MARK = ".tmp-"
 
@@ -19,15 +23,38 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:
-    """Write data to path atomically with exactly `mode` (umask ignored); raises OSError.
+def temp_name(path: Path) -> Path:
+    """Return an unpredictable temp-file name beside path (removed at start if left by a kill)."""
+    return path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def create_new(path: Path, mode: int = 0o600, flags: int = os.O_WRONLY) -> int:
+    """Open a new file at path (O_CREAT|O_EXCL|O_NOFOLLOW: never an existing file or a link); raises OSError."""
+    return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """Return exc as the same kind of OSError naming path (people know that file, not our temp file)."""
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Write data to path atomically with exactly `mode` (umask ignored); raises OSError naming path.
 
     With exclusive=True the final rename refuses to replace an existing file (FileExistsError).
+    owner (uid, gid), for root only: the file belongs to that user from its first byte (the service
+    user's files stay the service's, docs/OPERATOR.md "Two users").
     """
     directory = path.parent
-    tmp = directory / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    tmp = temp_name(path)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise _named(exc, path) from None
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
@@ -46,6 +73,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool 
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _named(exc, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -83,3 +114,44 @@ def unsafe_permissions(path: Path) -> str | None:
     if st.st_uid != os.geteuid():
         return f"owned by uid {st.st_uid}, not by the current user (uid {os.geteuid()})"
     return None
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_state_dir(directory: Path) -> None:
+    """Refuse a state dir another user owns or group/others may write to; raises StateDirUnsafe.
+
+    A missing directory is fine (it is created 0700). The hint keeps the service working: root is told
+    to run as the owner, never to take the directory over (docs/ARCHITECTURE.md, "State directory").
+    """
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateDirUnsafe(f"cannot inspect the state directory {directory}: {exc.strerror or exc}",
+                             hint="run fluxagent as the user the state directory belongs to") from None
+    me, owner = os.geteuid(), st.st_uid
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirUnsafe(f"the state directory {directory} is not a directory (a link?)",
+                             hint="set instance.state_dir to the real directory")
+    if owner != me:
+        who = _user(owner)
+        if me == 0:
+            hint = (f"run fluxagent as {who}, the user the directory belongs to (sudo -u {who} fluxagent …);"
+                    " do not take it over as root: the service would stop working")
+        elif owner == 0:
+            hint = f"as root: chown -R {_user(me)}: {directory} && chmod 0700 {directory}"
+        else:
+            hint = f"run fluxagent as {who} (sudo -u {who} fluxagent …), the user the directory belongs to"
+        raise StateDirUnsafe(
+            f"the state directory {directory} is owned by {who}, not by {_user(me)} who runs this command", hint=hint)
+    if st.st_mode & 0o022:
+        raise StateDirUnsafe(
+            f"the state directory {directory} is writable by group or others (mode {st.st_mode & 0o7777:04o})",
+            hint=f"as {_user(me)}: chmod 0700 {directory}, then check that nobody else put files in it")

@@ -1,4 +1,4 @@
-"""The instance identity: instance id, Ed25519 signing key, digest key (DESIGN §3, §6).
+"""The instance identity: instance id, Ed25519 signing key, digest key (docs/ARCHITECTURE.md, "State directory").
 
 Files are created atomically with mode 0600 whatever the umask, never replaced, and refused
 when group/other can read them or another user owns them.
@@ -7,6 +7,7 @@ when group/other can read them or another user owns them.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import nacl.signing
 
 from fluxagent.errors import IdentityError
 from fluxagent.statedir.fsutil import atomic_write, ensure_private_dir, remove_stray_temp, unsafe_permissions
+from fluxagent.statedir.owner import foreign_owner, owner_hint, user_name
 
 IDENTITY_FILE = "identity.json"
 SIGNING_FILE = "signing.key"
@@ -60,16 +62,17 @@ def _read_secret(path: Path) -> bytes:
     except FileNotFoundError:
         raise IdentityError(f"{path} is missing") from None
     if why:
-        raise IdentityError(
-            f"{path} is not private: {why}",
-            hint=f"run `chmod 600 {path}` and `chown $(id -un) {path}` as the user fluxagent runs as",
-        )
+        st = path.stat()
+        if st.st_uid != os.geteuid():  # the key is someone else's: run as them, never take it over
+            raise IdentityError(f"{path} is not private: {why}", hint=owner_hint(user_name(st.st_uid)))
+        raise IdentityError(f"{path} is not private: {why}", hint=f"run `chmod 600 {path}`")
     try:
         data = path.read_bytes()
     except OSError as exc:
+        owner = foreign_owner(path.parent)
         raise IdentityError(
             f"cannot read {path}: {exc.strerror or exc}",
-            hint="run fluxagent as the user that owns the state directory",
+            hint=owner_hint(owner) if owner else "the state directory must belong to the user fluxagent runs as",
         ) from None
     if len(data) != KEY_BYTES:
         raise IdentityError(
@@ -82,6 +85,13 @@ def _read_secret(path: Path) -> bytes:
 def load(state_dir: Path) -> Identity:
     """Load and check the identity in state_dir; raises IdentityError (exit 78) saying how to fix it."""
     ident_path = state_dir / IDENTITY_FILE
+    owner = foreign_owner(state_dir)
+    if owner is not None:  # another user's (the service's) keys: never loaded, never taken over
+        raise IdentityError(
+            f"the state directory {state_dir} belongs to the user {owner}, not to {user_name(os.geteuid())}"
+            " who runs this command",
+            hint=owner_hint(owner),
+        )
     if not ident_path.exists():
         raise _lost(ident_path) if (state_dir / SIGNING_FILE).exists() and _has_sent(state_dir) else _missing(state_dir)
     try:
@@ -103,7 +113,28 @@ def ensure(state_dir: Path, *, now: int) -> tuple[Identity, list[str]]:
     Never replaces a file. Refuses to make a new signing key for an existing instance id.
     Raises IdentityError or OSError.
     """
+    created = _create_missing(state_dir, now, None)
+    return load(state_dir), created
+
+
+def ensure_for(state_dir: Path, *, now: int, owner: tuple[int, int]) -> tuple[str, list[str]]:
+    """As root: create what is missing of the identity owned by owner (uid, gid); return the instance id
+    and the names created. The state dir must be owner's or not exist yet. Raises IdentityError or OSError."""
+    if state_dir.exists() and state_dir.stat().st_uid != owner[0]:
+        have, want = user_name(state_dir.stat().st_uid), user_name(owner[0])
+        raise IdentityError(f"the state directory {state_dir} belongs to {have}, not to the service user {want}",
+                            hint=f"hand it to the service user: `chown -R {want}: {state_dir}`, or set"
+                            " instance.service_user")
+    created = _create_missing(state_dir, now, owner)
+    return inspect(state_dir), created
+
+
+def _create_missing(state_dir: Path, now: int, owner: tuple[int, int] | None) -> list[str]:
+    """Create the missing identity files (owned by owner when given); return their names."""
+    fresh = not state_dir.exists()
     ensure_private_dir(state_dir)
+    if owner is not None and fresh:
+        os.chown(state_dir, *owner)
     remove_stray_temp(state_dir)
     created: list[str] = []
     ident_path, sign_path, digest_path = (state_dir / n for n in (IDENTITY_FILE, SIGNING_FILE, DIGEST_FILE))
@@ -118,18 +149,19 @@ def ensure(state_dir: Path, *, now: int) -> tuple[Identity, list[str]]:
     for path in (sign_path, digest_path):
         if not path.exists():
             try:
-                atomic_write(path, secrets.token_bytes(KEY_BYTES), mode=0o600, exclusive=True)
+                atomic_write(path, secrets.token_bytes(KEY_BYTES), mode=0o600, exclusive=True, owner=owner)
                 created.append(path.name)
             except FileExistsError:
                 pass  # another init won the race; use its key
     if not ident_path.exists():
         doc = {"format": 1, "instance_id": str(uuid.uuid4()), "created_at": now}
         try:
-            atomic_write(ident_path, (json.dumps(doc, sort_keys=True) + "\n").encode(), mode=0o600, exclusive=True)
+            atomic_write(ident_path, (json.dumps(doc, sort_keys=True) + "\n").encode(), mode=0o600,
+                         exclusive=True, owner=owner)
             created.append(ident_path.name)
         except FileExistsError:
             pass
-    return load(state_dir), created
+    return created
 
 
 def _has_sent(state_dir: Path) -> bool:
@@ -152,3 +184,32 @@ def permission_problems(state_dir: Path) -> list[str]:
             if why and name != IDENTITY_FILE:
                 out.append(f"{path}: {why}")
     return out
+
+
+def inspect(state_dir: Path) -> str:
+    """Return the instance id of another user's identity after checking its files, without reading a key.
+
+    For root beside the service (validate): each key file present, 0600 and owned by the state dir's
+    owner. Raises IdentityError saying what is wrong.
+    """
+    ident_path = state_dir / IDENTITY_FILE
+    try:
+        owner = state_dir.stat().st_uid
+        instance_id = str(uuid.UUID(json.loads(ident_path.read_bytes())["instance_id"]))
+    except FileNotFoundError:
+        raise _missing(state_dir) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise IdentityError(f"{ident_path} is damaged or unreadable",
+                            hint="restore it from a backup; fluxagent never regenerates an instance identity") from None
+    for name in (SIGNING_FILE, DIGEST_FILE):
+        path = state_dir / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise IdentityError(f"{path} is missing", hint="restore it from a backup") from None
+        if st.st_mode & 0o077 or st.st_uid != owner:
+            raise IdentityError(
+                f"{path} is not private to {user_name(owner)}: mode {st.st_mode & 0o777:04o},"
+                f" owner {user_name(st.st_uid)}",
+                hint=f"as {user_name(owner)}: `sudo -u {user_name(owner)} chmod 600 {path}`")
+    return instance_id

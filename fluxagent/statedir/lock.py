@@ -9,16 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fluxagent.errors import LockHeld, StateError
-from fluxagent.statedir.fsutil import ensure_private_dir
+from fluxagent.statedir.fsutil import check_state_dir, ensure_private_dir
 
 
 @contextlib.contextmanager
 def instance_lock(state_dir: Path) -> Iterator[int]:
     """Hold an exclusive flock on `<state_dir>/lock`; raises LockHeld (exit 75) if another holds it."""
     path = state_dir / "lock"
+    check_state_dir(state_dir)  # whoever holds the lock writes here: it must be ours alone
     try:
         ensure_private_dir(state_dir)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:  # read-only or foreign state dir: a state problem, not a crash
         raise StateError(f"cannot open the lock file {path}: {exc.strerror or exc}",
                          hint="the state directory must be writable by the user fluxagent runs as") from exc

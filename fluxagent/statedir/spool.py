@@ -1,4 +1,6 @@
-"""The spool: a durable, bounded queue of sealed messages in `<state_dir>/spool/` (DESIGN §6, §8).
+"""The spool: a durable, bounded queue of sealed messages in `<state_dir>/spool/`.
+
+Why: docs/ARCHITECTURE.md, "Spool before send".
 
 An entry is written to `tmp/`, fsynced and renamed into `new/`, so after a kill -9 an entry in
 `new/` is always whole; anything left in `tmp/` is removed at open. Entries are removed only after
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,12 @@ class SpoolFull(StateError):
     """The spool is at its bound and holds no heartbeat that could be dropped to make room."""
 
     code = "spool_full"
+
+
+class TooBig(SpoolFull):
+    """One message alone is larger than the spool's byte bound: it can never be queued as configured."""
+
+    code = "spool_too_small"
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,11 @@ class _Meta:
     kind: str
     path: Path
     size: int
+
+
+def _round_up(size: int) -> int:
+    """Return size rounded up to the next whole MB plus one, a value worth writing into a config."""
+    return (size // 1_000_000 + 2) * 1_000_000
 
 
 def _decode(path: Path, data: bytes) -> Entry:
@@ -234,6 +248,23 @@ class Spool:
             return exc.message
         return None
 
+    def check_room(self, kind: str, size: int) -> None:
+        """Raise TooBig or SpoolFull unless an entry of kind and about size bytes could be queued now."""
+        if size > self.max_bytes:
+            raise TooBig(
+                f"the {kind} message ({size} bytes) is larger than spool.max_bytes ({self.max_bytes} bytes):"
+                " it cannot be queued, and is not sent; the other kinds are",
+                hint=f"raise spool.max_bytes in the config to at least {_round_up(size)} bytes",
+            )
+        superseded = [m for m in self._index if kind in SUPERSEDING and m.kind == kind]
+        if self._plan_overflow([m for m in self._index if m not in superseded], 1, size) is None:
+            raise SpoolFull(
+                f"spool is full ({self.depth()} messages, {self.bytes_used()} bytes; limits"
+                f" {self.max_messages}, {self.max_bytes}) and holds no heartbeat to drop:"
+                f" {kind} was not queued",
+                hint="check why the server is unreachable, or raise spool.max_messages/spool.max_bytes",
+            )
+
     def put(self, sealed: Sealed, now: int) -> PutResult:
         """Durably queue sealed; raises SpoolFull or StateError (then the queue is unchanged)."""
         seq: Any = sealed.obj.get("seq")
@@ -245,16 +276,11 @@ class Spool:
             "spooled_at": now,
         }  # fmt: skip
         data = encode_json(doc)
+        self.check_room(sealed.kind, len(data))
         supersedes = sealed.kind in SUPERSEDING
         superseded = [m for m in self._index if supersedes and m.kind == sealed.kind]
         dropped = self._plan_overflow([m for m in self._index if m not in superseded], 1, len(data))
-        if dropped is None:
-            raise SpoolFull(
-                f"spool is full ({self.depth()} messages, {self.bytes_used()} bytes; limits"
-                f" {self.max_messages}, {self.max_bytes}) and holds no heartbeat to drop:"
-                f" {sealed.kind} seq {seq} was not queued",
-                hint="check why the server is unreachable, or raise [spool] max_messages/max_bytes",
-            )
+        assert dropped is not None  # check_room said it fits
         path = self._new / f"{seq:020d}-{sealed.kind}.json"
         self._store(path, data)
         sup, drop = self._discard(superseded, dropped)
@@ -267,9 +293,9 @@ class Spool:
 
     def _store(self, path: Path, data: bytes) -> None:
         """Write data to tmp/, fsync, rename to path, fsync new/; on error leave no trace."""
-        tmp, placed = self._tmp / path.name, False
+        tmp, placed = self._tmp / f"{path.name}.{secrets.token_hex(8)}", False
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = fsutil.create_new(tmp)  # an unpredictable name, never through a link
             try:
                 done = 0
                 while done < len(data):

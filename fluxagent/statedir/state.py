@@ -1,4 +1,6 @@
-"""Small atomic state files in the state dir: JSON helpers, `seq`, `schedule.json` (DESIGN §6).
+"""Small atomic state files in the state dir: JSON helpers, `seq`, `schedule.json`.
+
+The files: docs/ARCHITECTURE.md, "State directory".
 
 Every write goes through fsutil.atomic_write (temp file, fsync, rename, fsync dir), so a kill -9
 leaves either the old or the new file, never a mix.
@@ -7,14 +9,16 @@ leaves either the old or the new file, never a mix.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fluxagent.errors import StateError
+from fluxagent.kinds import SCHEDULED
 from fluxagent.statedir import fsutil
 
-SCHEDULED_KINDS = ("license", "heartbeat", "digest")
 SEQ_FILE = "seq"
 SCHEDULE_FILE = "schedule.json"
 # Jump this far past the highest seq still on record when the seq file is lost: a message can
@@ -27,9 +31,16 @@ class _Corrupt(ValueError):
     """The file exists and was read, but its content is not what we wrote."""
 
 
+def read_private(path: Path) -> bytes:
+    """Return the bytes of path, refusing a symbolic link there (ELOOP); raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def _load(path: Path) -> dict[str, Any] | None:
     try:
-        data = path.read_bytes()
+        data = read_private(path)
     except FileNotFoundError:
         return None
     try:
@@ -62,10 +73,10 @@ def encode_json(obj: Any) -> bytes:
     return text.encode() + b"\n"
 
 
-def write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
-    """Atomically write obj as compact sorted JSON to path with exactly mode; raises StateError."""
+def write_json(path: Path, obj: Any, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Atomically write obj as compact sorted JSON to path with exactly mode (and owner); raises StateError."""
     try:
-        fsutil.atomic_write(path, encode_json(obj), mode=mode)
+        fsutil.atomic_write(path, encode_json(obj), mode=mode, owner=owner)
     except OSError as exc:
         raise StateError(
             f"cannot write {path}: {exc.strerror or exc}",
@@ -115,6 +126,17 @@ class Seq:
             raise self._corrupt()
         return value
 
+    def peek(self, floor: int | None = None) -> int:
+        """Return the seq reserve(floor) would return now, persisting nothing; raises StateError."""
+        value = self._read()
+        if value is None:
+            if floor is None:
+                raise self._corrupt()
+            value = floor + SEQ_RECOVERY_GAP
+        elif value == 0 and floor:
+            value = floor + SEQ_RECOVERY_GAP
+        return max(value, floor or 0) + 1
+
     def reserve(self, floor: int | None = None) -> int:
         """Persist and return the next seq (> last, > floor); raises StateError (see class doc)."""
         value = self._read()
@@ -145,6 +167,7 @@ class KindSchedule:
     next_due: int | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
+    server_interval: int | None = None  # the interval the server asked for at the last delivery
 
 
 @dataclass(frozen=True)
@@ -163,14 +186,14 @@ class Schedule:
 
     def kind(self, name: str) -> KindSchedule:
         """Return the KindSchedule of name ("license", "heartbeat" or "digest"); raises KeyError."""
-        if name not in SCHEDULED_KINDS:
+        if name not in SCHEDULED:
             raise KeyError(name)
         ks: KindSchedule = getattr(self, name)
         return ks
 
     def with_kind(self, name: str, ks: KindSchedule) -> Schedule:
         """Return a copy with the schedule of kind name replaced; raises KeyError."""
-        parts = {k: ks if k == name else self.kind(k) for k in SCHEDULED_KINDS}
+        parts = {k: ks if k == name else self.kind(k) for k in SCHEDULED}
         self.kind(name)
         return Schedule(parts["license"], parts["heartbeat"], parts["digest"], self.last_acked_root)
 
@@ -193,7 +216,27 @@ def _kind_from(obj: Any) -> KindSchedule:
         next_due=_opt_int(obj, "next_due"),
         consecutive_failures=_opt_int(obj, "consecutive_failures") or 0,
         last_error=err,
+        server_interval=_opt_int(obj, "server_interval"),
     )
+
+
+def clamp_schedule(schedule: Schedule, now: float, spans: Mapping[str, float]) -> tuple[Schedule, list[str]]:
+    """Return schedule with impossible timers made due at now, and the kinds so clamped. Pure.
+
+    spans: per kind, its interval plus jitter. No run sets a timer further ahead than that plus
+    the interval the server last asked for; a later one was set while the clock ran ahead (a
+    jump, later corrected), and kept as is it would silence the kind for as long as the jump.
+    Due at once, the next delivery also brings the trusted server time that corrects the
+    license state (license/state.py, `seen_after`).
+    """
+    clamped: list[str] = []
+    for name in SCHEDULED:
+        ks = schedule.kind(name)
+        limit = now + spans.get(name, 0.0) + (ks.server_interval or 0)
+        if ks.next_due is not None and ks.next_due > limit:
+            schedule = schedule.with_kind(name, replace(ks, next_due=int(now)))
+            clamped.append(name)
+    return schedule, clamped
 
 
 def load_schedule(state_dir: Path) -> Schedule:
@@ -206,7 +249,7 @@ def load_schedule(state_dir: Path) -> Schedule:
         obj = _load(path)
         if obj is None:
             return Schedule()
-        kinds = {k: _kind_from(obj.get(k, {})) for k in SCHEDULED_KINDS}
+        kinds = {k: _kind_from(obj.get(k, {})) for k in SCHEDULED}
         root = obj.get("last_acked_root")
         if root is not None and not isinstance(root, str):
             raise _Corrupt("last_acked_root is not a string or null")
@@ -220,13 +263,14 @@ def load_schedule(state_dir: Path) -> Schedule:
 def save_schedule(state_dir: Path, schedule: Schedule) -> None:
     """Atomically write schedule to `<state_dir>/schedule.json`; raises StateError."""
     obj: dict[str, Any] = {"v": 1, "last_acked_root": schedule.last_acked_root}
-    for name in SCHEDULED_KINDS:
+    for name in SCHEDULED:
         ks = schedule.kind(name)
         obj[name] = {
             "last_sent": ks.last_sent,
             "next_due": ks.next_due,
             "consecutive_failures": ks.consecutive_failures,
             "last_error": ks.last_error,
+            "server_interval": ks.server_interval,
         }
     write_json(state_dir / SCHEDULE_FILE, obj)
 
@@ -247,3 +291,28 @@ def load_source_errors(state_dir: Path) -> dict[str, dict[str, Any]]:
 def save_source_errors(state_dir: Path, errors: dict[str, dict[str, Any]]) -> None:
     """Atomically record the kinds a failing source keeps from being sent, for `status`; raises StateError."""
     write_json(state_dir / SOURCE_ERRORS_FILE, {"v": 1, "kinds": errors}, mode=0o640)
+
+
+RETRY_AFTER_FILE = "retry-after.json"
+
+
+def load_retry_after(state_dir: Path) -> float:
+    """Return until when the server asked us to wait (Unix time), 0.0 when it did not or the file is bad."""
+    try:
+        obj = _load(state_dir / RETRY_AFTER_FILE) or {}
+    except (_Corrupt, OSError):
+        return 0.0
+    until = obj.get("until")
+    return float(until) if isinstance(until, int | float) and not isinstance(until, bool) and until > 0 else 0.0
+
+
+def save_retry_after(state_dir: Path, until: float) -> None:
+    """Record until when the server asked us to wait (atomically), or forget it (until 0); raises StateError."""
+    path = state_dir / RETRY_AFTER_FILE
+    if until > 0:
+        write_json(path, {"v": 1, "until": until})
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot remove {path}: {exc.strerror or exc}") from exc

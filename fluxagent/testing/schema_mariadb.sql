@@ -1,4 +1,4 @@
--- FluxBilling reference schema (DESIGN §9), MariaDB / MySQL dialect.
+-- FluxBilling reference schema (docs/OPERATOR.md, "Platform databases"), MariaDB / MySQL dialect.
 CREATE TABLE clients (
     id BIGINT PRIMARY KEY,
     name VARCHAR(255) NOT NULL,

@@ -1,4 +1,4 @@
--- FluxBilling reference schema (DESIGN §9), PostgreSQL dialect.
+-- FluxBilling reference schema (docs/OPERATOR.md, "Platform databases"), PostgreSQL dialect.
 CREATE TABLE clients (
     id BIGINT PRIMARY KEY,
     name TEXT NOT NULL,

@@ -1,4 +1,4 @@
--- FluxBilling reference schema (DESIGN §9), SQLite dialect.
+-- FluxBilling reference schema (docs/OPERATOR.md, "Platform databases"), SQLite dialect.
 CREATE TABLE clients (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,

@@ -1,4 +1,4 @@
-"""Reference license server: the protocol's reference verifier over real HTTP(S) (DESIGN §4).
+"""Reference license server: the protocol's reference verifier over real HTTP(S) (docs/PROTOCOL.md).
 
 Standard library only on the serving side (http.server in a background thread), so vendors can
 run it as is: `python -m fluxagent.testing.server --port 8443 --tls-cert C --tls-key K`.
@@ -23,6 +23,7 @@ from typing import Any
 
 import nacl.signing
 
+from fluxagent.kinds import KIND_BY_ENDPOINT
 from fluxagent.testing.server_faults import Fault, FaultQueue, gzip_of_zeros, zeros
 from fluxagent.testing.server_http import (
     Answer,
@@ -35,7 +36,6 @@ from fluxagent.testing.server_http import (
 from fluxagent.testing.server_offline import OFFLINE_ENDPOINT, BundleRefused
 from fluxagent.testing.server_offline import answer_bundle as _answer_bundle
 from fluxagent.testing.server_protocol import (
-    KIND_BY_ENDPOINT,
     IssuedCredential,
     LicensePolicy,
     Outcome,
@@ -106,6 +106,8 @@ class ReferenceServer:
         self._received: list[Received] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._arrivals: set[str] = set()  # endpoints a request body was read for, before any answer
+        self._arrived = threading.Condition()
         self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -171,6 +173,11 @@ class ReferenceServer:
         with self._lock:
             return list(self._received)
 
+    def wait_arrival(self, endpoint: str, timeout: float = 10.0) -> bool:
+        """Block until a request to endpoint has been read (it may still await its answer); False on timeout."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: endpoint in self._arrivals, timeout)
+
     def clear_received(self) -> None:
         """Forget the requests recorded so far."""
         with self._lock:
@@ -215,6 +222,9 @@ class ReferenceServer:
         data = b""
         try:
             read = self._read_body(h)
+            with self._arrived:
+                self._arrivals.add(path)
+                self._arrived.notify_all()
             if isinstance(read, Answer):
                 answer = read
             else:

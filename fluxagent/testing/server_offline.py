@@ -14,8 +14,9 @@ from typing import Any
 import nacl.signing
 
 from fluxagent.errors import EnvelopeError
+from fluxagent.kinds import KIND_BY_ENDPOINT
 from fluxagent.offline import ANSWER_TYPE, BUNDLE_TYPE
-from fluxagent.testing.server_protocol import KIND_BY_ENDPOINT, Rejected, Verifier, _public_key, build_receipt, peek
+from fluxagent.testing.server_protocol import Rejected, Verifier, _public_key, build_receipt, peek
 from fluxagent.wire import envelope
 
 OFFLINE_ENDPOINT = "/v1/offline-bundle"

@@ -19,9 +19,8 @@ from typing import Any
 import nacl.signing
 
 from fluxagent.errors import AllowlistError, EnvelopeError
+from fluxagent.kinds import KIND_BY_ENDPOINT
 from fluxagent.wire import envelope, messages
-
-KIND_BY_ENDPOINT = {path: kind for kind, path in messages.ENDPOINTS.items()}
 
 
 @dataclass
@@ -85,7 +84,7 @@ class Rejected(Exception):
 
 
 class Verifier:
-    """Checks requests against DESIGN §4 and keeps the per-instance state under one lock."""
+    """Checks requests against docs/PROTOCOL.md §3 and keeps the per-instance state under one lock."""
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from fluxagent.errors import FluxError, LockHeld
+from fluxagent.errors import EXIT_UNAVAILABLE, FluxError, LockHeld
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 64 * 1024
@@ -21,13 +21,27 @@ class RemoteError(FluxError):
         self.code, self.exit_code = code, exit_code
 
 
+class NoDaemon(LockHeld):
+    """Nothing listens on the control socket: no daemon runs for this state directory."""
+
+    code = "no_daemon"
+    exit_code = EXIT_UNAVAILABLE
+
+
 def ask(state_dir: Path, request: str, timeout: float) -> dict[str, Any]:
-    """Send one request to the running daemon and return its answer; raises LockHeld if none answers."""
+    """Send one request to the running daemon and return its answer.
+
+    Raises NoDaemon when nothing listens, LockHeld when the daemon does not answer, RemoteError when it
+    answers with an error.
+    """
     path = state_dir / SOCKET_NAME
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(str(path))
+            try:
+                s.connect(str(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise NoDaemon(f"no fluxagent daemon is running on {state_dir} (nothing listens on {path})") from None
             s.sendall(request.encode() + b"\n")
             line = s.makefile("rb").readline(MAX_LINE)
         answer = json.loads(line)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fluxagent.errors import FluxError, LockHeld, ServerUnavailable
+from fluxagent.errors import FluxError, LockHeld, ServerUnavailable, StateError
+from fluxagent.statedir import state
+from fluxagent.timefmt import utc_iso
 
 if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, erase) stay fast
     from fluxagent.config import Config
@@ -23,12 +25,32 @@ if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, eras
     from fluxagent.transport import Transport
 
 Clock = Callable[[], float]
+# The registry the server last issued credentials for (no secret): docker and git ask a credential
+# helper about every host they talk to, and for all but the vendor's registry the answer is "not
+# found" at once, from this record, without loading the identity or contacting the server.
+REGISTRY_FILE = "update-registry.json"
 
 
 class CredentialsError(FluxError):
     """The server refused update credentials, or issued ones too short-lived to hand out."""
 
     code = "credentials"
+
+
+def remember_registry(state_dir: Path, registry: str) -> None:
+    """Record the registry the server issued credentials for; raises StateError."""
+    if known_registry(state_dir) != registry:
+        state.write_json(state_dir / REGISTRY_FILE, {"registry": registry}, mode=0o644)
+
+
+def known_registry(state_dir: Path) -> str | None:
+    """Return the registry credentials were last issued for, None if unknown (never issued, unreadable)."""
+    try:
+        record = state.read_json(state_dir / REGISTRY_FILE)
+    except StateError:
+        return None
+    registry = record.get("registry") if record else None
+    return registry if isinstance(registry, str) and registry.strip() and " " not in registry else None
 
 
 def monotonic() -> float:
@@ -69,10 +91,6 @@ def from_receipt(body: dict[str, Any], sent_mono: float, sent_wall: float) -> Cr
                       sent_mono + ttl, int(sent_wall) + ttl)
 
 
-def utc_text(ts: int) -> str:
-    """Return a Unix time as ISO 8601 UTC ("2026-11-22T15:30:00Z")."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def fetch(engine: Engine, mono: Clock) -> Credential:
     """Request update credentials with a fresh seq after flushing the spool; ledger the outcome.
@@ -81,41 +99,33 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
     request overtaking a spooled message would get that message refused.
     Raises ServerUnavailable (69) when the server cannot be reached, CredentialsError when refused.
     """
-    from fluxagent.delivery import RETRY_AFTER_CAP
-    from fluxagent.transport import send
     from fluxagent.wire import messages
-    from fluxagent.wire.receipts import Delivered, Rejected, classify
+    from fluxagent.wire.receipts import Delivered, Rejected
 
-    cfg, ident, deps = engine.cfg, engine.ident, engine.deps
     flushed = engine.flush()
     if flushed.retry is not None:
         raise ServerUnavailable(f"cannot reach the licensing server: {flushed.retry.reason}",
                                 hint="check `fluxagent validate`; credentials need the server")
-    seq = engine.seq.reserve(floor=max(engine.spool.max_seq(), engine.ledger.max_seq()))
-    sealed = messages.seal(messages.build_credentials(), signing_key=ident.signing_key, iid=ident.instance_id,
-                           aud=cfg.server.audience, seq=seq, now=int(deps.clock()), nonce=deps.nonce(16))
-    sent_mono, sent_wall = mono(), deps.clock()
-    deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 5
-    response = send(deps.transport, cfg.server.url + sealed.endpoint, sealed.envelope, deadline=deadline)
-    now = deps.clock()
-    outcome = classify(sealed, response, cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
+    sent_mono, sent_wall = mono(), engine.deps.clock()  # taken before sending: the lifetime runs from here
+    issued: list[Credential] = []
 
-    def record(event: str, result: str, **kw: Any) -> None:
-        engine.ledger.append(now=int(now), event=event, kind="credentials", outcome=result,
-                             endpoint=sealed.endpoint, seq=seq, payload=sealed.payload, **kw)
+    def describe(d: Delivered) -> str:
+        cred = from_receipt(d.receipt_body, sent_mono, sent_wall)
+        issued.append(cred)
+        return f"credentials issued for {cred.registry}, valid until {utc_iso(cred.expires_utc)}"
 
+    sealed, outcome = engine.request(messages.build_credentials(), describe=describe)
     if isinstance(outcome, Delivered):
-        cred = from_receipt(outcome.receipt_body, sent_mono, sent_wall)
-        record("sent", "delivered", http_status=outcome.status, receipt_sha256=outcome.receipt_sha256,
-               detail=f"credentials issued for {cred.registry}, valid until {utc_text(cred.expires_utc)}")
-        if deps.log is not None:
-            deps.log.info("credentials.issued", seq=seq, registry=cred.registry,
-                          expires_in=int(outcome.receipt_body["expires_in"]))
+        cred = issued[0]
+        # the helpers answer "not found" for any other host from this record, without asking the server
+        remember_registry(engine.config.instance.state_dir, cred.registry)
+        log = engine.deps.log
+        if log is not None:
+            log.info("credentials.issued", seq=sealed.obj["seq"], registry=cred.registry,
+                     expires_in=int(outcome.receipt_body["expires_in"]))
         return cred
     if isinstance(outcome, Rejected):
-        record("rejected", "rejected", http_status=outcome.status, detail=outcome.reason)
         raise CredentialsError(f"the server refused update credentials: {outcome.reason}")
-    record("failed", "failed", http_status=outcome.status, detail=outcome.reason)
     raise ServerUnavailable(f"no update credentials: {outcome.reason}", hint="try again later")
 
 
@@ -149,11 +159,15 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
     """Return credentials: fetched under the instance lock, or from the running daemon; raises FluxError."""
     from fluxagent.statedir import identity
     from fluxagent.statedir.lock import instance_lock
+    from fluxagent.statedir.owner import foreign_owner
     from fluxagent.updates import client
 
     sd = cfg.instance.state_dir
+    deadline = cfg.server.request_deadline + 5  # the daemon may first flush its spool
+    owner = foreign_owner(sd)
+    if owner is not None:  # the service's state (root in the package): ask its daemon, never load its keys
+        return _from_service(cfg, owner, deadline, mono)
     ident = identity.load(sd)
-    deadline = cfg.server.connect_timeout + cfg.server.read_timeout + 10
     give_up = time.monotonic() + deadline
     while True:
         try:
@@ -173,6 +187,28 @@ def obtain(cfg: Config, *, log: Any = None, transport: Transport | None = None, 
         return cred
 
 
+def _from_service(cfg: Config, owner: str, deadline: float, mono: Clock) -> Credential:
+    """Return credentials from the daemon of the user owning the state dir; raises FluxError (69 when none runs)."""
+    from fluxagent.updates import client
+
+    sd = cfg.instance.state_dir
+    try:
+        cred = credential_of(client.ask(sd, "credentials", deadline))
+    except client.NoDaemon:
+        raise ServerUnavailable(
+            f"the fluxagent service is not running: the state directory {sd} belongs to {owner}, so update"
+            " credentials come from its running daemon (this command never uses the service's keys)",
+            hint="start it: `systemctl start fluxagent` (see `systemctl status fluxagent`)") from None
+    except client.RemoteError:
+        raise
+    except LockHeld as exc:
+        raise ServerUnavailable(f"the fluxagent service does not answer: {exc.message}",
+                                hint="see `systemctl status fluxagent` and `journalctl -u fluxagent`") from None
+    if not cred.usable(mono(), cfg.updates.min_remaining):
+        raise CredentialsError("the daemon handed over credentials that are about to expire; try again")
+    return cred
+
+
 def _fetch_once(cfg: Config, ident: Identity, log: Any, transport: Transport | None, mono: Clock) -> Credential:
     """Under the instance lock: open the state, request credentials once, close the transport."""
     from fluxagent.delivery import Deps, Engine
@@ -183,9 +219,8 @@ def _fetch_once(cfg: Config, ident: Identity, log: Any, transport: Transport | N
         engine = Engine(cfg, ident, Deps(tr, time.time, log=log))
         return CredentialCache(lambda: fetch(engine, mono), mono, cfg.updates.min_remaining).get()
     finally:
-        closer = getattr(tr, "close", None)
-        if transport is None and callable(closer):
-            closer()
+        if transport is None:
+            tr.close()
 
 
 def credential_of(answer: dict[str, Any]) -> Credential:

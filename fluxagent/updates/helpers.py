@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from urllib.parse import urlsplit
 
 from fluxagent.errors import StateError
 from fluxagent.statedir import fsutil, state
-from fluxagent.updates.credentials import Credential, utc_text
+from fluxagent.timefmt import utc_iso
+from fluxagent.updates.credentials import Credential
 
 DOCKER_NOT_FOUND = "credentials not found in native keychain"
 APT_STATE_FILE = "apt-credentials.json"
@@ -43,6 +45,11 @@ def matches(requested: str, registry: str) -> bool:
     if not want or not have:
         return False
     return want == have or (":" not in have and want.split(":")[0] == have)
+
+
+def foreign(requested: str, known: str | None) -> bool:
+    """Return whether requested is surely not the vendor's registry (False while the registry is unknown)."""
+    return known is not None and not matches(requested, known)
 
 
 # ---- docker credential helper: `get` reads the server URL on stdin ----
@@ -108,43 +115,85 @@ def boot_id() -> str:
 
 
 def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
-    """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError."""
+    """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError.
+
+    Root writing for the service user's state dir (the package) records it as that user's file, so the
+    daemon can read it and remove the entry when it expires where it may.
+    """
+    try:
+        st = state_dir.stat()
+        owner = (st.st_uid, st.st_gid) if st.st_uid != os.geteuid() else None
+    except OSError:
+        owner = None  # write_json says what is wrong with the state dir
     state.write_json(state_dir / APT_STATE_FILE, {
         "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
-        "expires_at": utc_text(cred.expires_utc)})
+        "expires_at": utc_iso(cred.expires_utc)}, owner=owner)
     try:
         fsutil.atomic_write(path, apt_entry(cred), mode=0o600)
     except OSError as exc:
         raise StateError(f"cannot write the apt entry {path}: {exc.strerror or exc}",
-                         hint="run as root, or set updates.apt_auth_file") from None
+                         hint="run as root, or set updates.apt_auth_file") from exc
 
 
 @dataclass(frozen=True)
 class Cleanup:
-    """What cleanup_apt did: whether it removed the entry, and seconds until it is due otherwise."""
+    """What cleanup_apt did: whether it removed the entry, and seconds until it is due otherwise.
+
+    `foreign` is set when the record named another file than the entry: that file is left alone.
+    """
 
     removed: bool
     due_in: float | None
+    foreign: bool = False
 
 
-def cleanup_apt(state_dir: Path, mono_now: float, boot: str) -> Cleanup:
-    """Remove the apt entry once expired (or written before this boot); raises StateError."""
+def cleanup_apt(state_dir: Path, entry: Path, mono_now: float, boot: str) -> Cleanup:
+    """Remove `entry` (the configured apt file, never a path read from the state dir) once expired.
+
+    The record in the state dir only says when; it belongs to the service user, so the path it names
+    is never removed, and a link at `entry` is not followed. Raises StateError.
+    """
     record = state.read_json(state_dir / APT_STATE_FILE)
     if record is None:
         return Cleanup(False, None)
     expires = record.get("expires_boottime")
-    path = record.get("path")
     stale = not isinstance(expires, int | float) or record.get("boot_id") != boot or mono_now >= expires
     if not stale:
         assert isinstance(expires, int | float)
         return Cleanup(False, float(expires) - mono_now)
+    foreign = record.get("path") != str(entry)
+    if not foreign:
+        _remove_regular(entry)
     try:
-        with contextlib.suppress(FileNotFoundError):  # another cleanup may have been first
-            if isinstance(path, str):
-                os.unlink(path)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(state_dir / APT_STATE_FILE)
+            os.unlink(state_dir / APT_STATE_FILE)  # unlink never follows a link
     except OSError as exc:
-        raise StateError(f"cannot remove the expired apt entry {path}: {exc.strerror or exc}",
+        raise StateError(f"cannot remove {state_dir / APT_STATE_FILE}: {exc.strerror or exc}",
                          hint="run `fluxagent credentials apt --cleanup` as root") from None
-    return Cleanup(True, None)
+    return Cleanup(not foreign, None, foreign)
+
+
+def _remove_regular(entry: Path) -> None:
+    """Unlink entry if it is a regular file (absent is fine); a link or anything else is refused."""
+    try:
+        dir_fd = os.open(entry.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"cannot open {entry.parent}: {exc.strerror or exc}") from None
+    try:
+        try:
+            st = os.lstat(entry.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return  # another cleanup may have been first
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"the apt entry {entry} is not a regular file (a link?); left alone",
+                             hint="remove it by hand if fluxagent did not put it there")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.name, dir_fd=dir_fd)
+        fsutil.fsync_dir(entry.parent)
+    except OSError as exc:
+        raise StateError(f"cannot remove the expired apt entry {entry}: {exc.strerror or exc}",
+                         hint="run `fluxagent credentials apt --cleanup` as root") from None
+    finally:
+        os.close(dir_fd)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_IOERR, EXIT_OK, EXIT_UNAVAILABLE
 
 LEVELS = ("ok", "warn", "fail", "skip")
 
@@ -36,9 +36,9 @@ def fail(name: str, reason: str, fix: str, code: int = EXIT_CHECK_FAILED) -> Che
 
 
 def exit_code(checks: list[Check]) -> int:
-    """Return validate's exit code: 78 config/identity, else 1 any check, else 69 unreachable, else 0."""
+    """Return validate's exit code: 78 config/identity, else 74 disk, else 1 any check, else 69 unreachable, else 0."""
     codes = {c.exit_code for c in checks if c.level == "fail"}
-    for code in (EXIT_CONFIG, EXIT_CHECK_FAILED, EXIT_UNAVAILABLE):
+    for code in (EXIT_CONFIG, EXIT_IOERR, EXIT_CHECK_FAILED, EXIT_UNAVAILABLE):
         if code in codes:
             return code
     return EXIT_OK

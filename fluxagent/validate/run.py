@@ -14,12 +14,15 @@ from pathlib import Path
 
 from fluxagent import config as config_mod
 from fluxagent.config import Config
-from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError
+from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError, oserror_exit_code
+from fluxagent.kinds import KINDS
 from fluxagent.license import record as license_store
 from fluxagent.license.file import LicenseFile
 from fluxagent.schema.policy import Policy
 from fluxagent.statedir import identity
 from fluxagent.statedir.identity import Identity
+from fluxagent.statedir.owner import foreign_owner
+from fluxagent.timefmt import utc_date
 from fluxagent.transport import Transport
 from fluxagent.validate.check import Check, fail, ok
 
@@ -40,6 +43,36 @@ def check_identity(cfg: Config) -> tuple[Check, Identity | None]:
     except FluxError as exc:
         return fail("identity", exc.message, exc.hint or "run `fluxagent init`", EXIT_CONFIG), None
     return ok("identity", f"instance {ident.instance_id}; key files private"), ident
+
+
+def check_service_identity(cfg: Config, owner: str) -> Check:
+    """Return the identity check of the service user's state, run by root: no key is read."""
+    try:
+        iid = identity.inspect(cfg.instance.state_dir)
+    except FluxError as exc:
+        return fail("identity", exc.message, exc.hint or "run `fluxagent init`", EXIT_CONFIG)
+    return ok("identity", f"instance {iid}; key files private to {owner}")
+
+
+def check_service_live(cfg: Config, owner: str, clock: Callable[[], float]) -> Check:
+    """Return the live check as root beside the service: its daemon's last verdict (it holds the keys)."""
+    from fluxagent.updates import client
+
+    name = "license server"
+    st, _, _ = license_store.current(cfg, clock())
+    try:
+        client.ask(cfg.instance.state_dir, "wake", 5)
+    except client.NoDaemon:
+        return Check(name, "warn", f"not checked live: the state directory belongs to {owner} and its service"
+                     " is not running", "start it: `systemctl start fluxagent`, or run"
+                     f" `sudo -u {owner} fluxagent validate`")
+    except FluxError as exc:
+        return Check(name, "warn", f"not checked live: the service does not answer: {exc.message}",
+                     "see `systemctl status fluxagent` and `journalctl -u fluxagent`")
+    text = f"the running service ({owner}) checks the license; its last verdict: {st.state}"
+    if st.state == "valid":
+        return ok(name, text)
+    return Check(name, "warn", text, "see `fluxagent status`")
 
 
 LICENSE_FIXES = {
@@ -63,7 +96,7 @@ def check_license_file(cfg: Config, lic: LicenseFile) -> Check:
     if lic.state == "valid":
         days = (lic.expires_at or 0) - int(time.time())
         return ok("license file", f"{lic.license_id} for {cfg.instance.bound_domain}, signature verified, "
-                  f"expires {_date(lic.expires_at)} (in {max(days, 0) // 86400} days)")
+                  f"expires {utc_date(lic.expires_at)} (in {max(days, 0) // 86400} days)")
     return fail("license file", f"{where}: {lic.reason}", LICENSE_FIXES.get(lic.code, "contact the vendor"))
 
 
@@ -100,7 +133,7 @@ def check_schema(cfg: Config, policy_of: Callable[[Config], Policy] | None = Non
     if not policy.pending:
         same = "the running registry" if run.fingerprint == appr.fingerprint else f"covers running {run.name}"
         return ok("schema", f"approved {appr.name} ({appr.fingerprint[:19]}…) {same}"), policy
-    held = [k for k in ("license", "heartbeat", "digest", "credentials") if policy.held_back(k)]
+    held = [k for k in KINDS if policy.held_back(k)]
     fields = ", ".join(f"{f.kind} body.{f.path}" for f in policy.withheld)
     why = f"running {run.name} is wider than approved {appr.name}: withheld {fields}"
     why += f"; held back: {', '.join(held)}" if held else ""
@@ -139,7 +172,7 @@ def check_live(cfg: Config, ident: Identity, transport: Transport, clock: Callab
         return fail(name, exc.message, exc.hint or "check the state directory", exc.exit_code)
     except OSError as exc:
         return fail(name, f"cannot use the state directory {cfg.instance.state_dir}: {exc.strerror or exc}",
-                    "run validate as the user fluxagent runs as", EXIT_CONFIG)
+                    "check free space and that the state directory is writable", oserror_exit_code(exc))
     seqs = {s.obj["seq"] for s in sealed}
     for entry, d in result.delivered:
         if entry.seq in seqs:
@@ -176,6 +209,10 @@ def run_checks(config_path: Path, *, offline: bool, transport_factory: Callable[
     cfg_check, cfg = check_config(config_path)
     yield cfg_check
     if cfg is None:
+        return
+    owner = foreign_owner(cfg.instance.state_dir)
+    if owner is not None:  # root beside the service: its keys are never read, its daemon does the live check
+        yield from _service_checks(cfg, owner, offline, clock)
         return
     id_check, ident = check_identity(cfg)
     yield id_check
@@ -216,8 +253,26 @@ def run_checks(config_path: Path, *, offline: bool, transport_factory: Callable[
     yield check_state(cfg, clock())
 
 
-def _date(ts: int | None) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts)) if ts else "never"
+def _service_checks(cfg: Config, owner: str, offline: bool, clock: Callable[[], float]) -> Iterator[Check]:
+    """Yield the checklist run by another user (root) against the service user's state."""
+    id_check = check_service_identity(cfg, owner)
+    yield id_check
+    lic = license_store.read_file_verdict(cfg, clock())
+    yield check_license_file(cfg, lic)
+    yield check_database(cfg, lic)
+    if offline:
+        yield Check("network", "skip", "not checked (--offline): no DNS, connection or live license check")
+    else:
+        from fluxagent.validate.network import network_checks
+
+        reachable = True
+        for c in network_checks(cfg.server):
+            reachable &= c.level != "fail"
+            yield c
+        if reachable and id_check.level == "ok":
+            yield check_service_live(cfg, owner, clock)
+    yield check_clock(cfg, clock())
+    yield check_state(cfg, clock())
 
 
 __all__ = ["check_config", "check_identity", "run_checks"]

@@ -1,4 +1,4 @@
-"""DSSE envelopes (PAE + Ed25519) and the canonical JSON encoding of payloads (DESIGN §4)."""
+"""DSSE envelopes (PAE + Ed25519) and the canonical JSON encoding of payloads (docs/PROTOCOL.md §2)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,10 @@ from urllib.parse import urlsplit
 
 from fluxagent.errors import ServerUnavailable
 
-Kind = Literal["connect", "dns", "tls", "timeout", "deadline", "too_large", "redirect", "protocol"]
+# "connect", "dns" and "tls" fail before any byte of the request left the machine; every other kind
+# (e.g. "broken": the connection reset while the answer was awaited) may follow a request the server got.
+Kind = Literal["connect", "dns", "tls", "broken", "timeout", "deadline", "too_large", "redirect", "protocol"]
+NOT_SENT_KINDS: tuple[Kind, ...] = ("connect", "dns", "tls")
 
 
 class TransportError(ServerUnavailable):

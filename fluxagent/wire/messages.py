@@ -1,7 +1,8 @@
 """The four message builders, the allowlist registry, and `seal`, which refuses anything off the list.
 
-The registry is the single statement of what may leave the machine (DESIGN §2): every key path,
-its type, and the clause 08 item it belongs to. The README table is rendered from it.
+The registry is the single statement of what may leave the machine: every key path, its type,
+and the clause 08 item it belongs to (docs/ARCHITECTURE.md, "One allowlist registry"). The
+README table is rendered from it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import nacl.signing
 
 from fluxagent.errors import AllowlistError
-from fluxagent.facts import Counts
+from fluxagent.facts import Counts, is_version
 from fluxagent.identifiers import TokenSet, canonical_hostname
+from fluxagent.kinds import ENDPOINTS, KINDS, LICENSE_STATES
 from fluxagent.wire import envelope
 
 LICENSE = "License validation"
@@ -27,20 +29,18 @@ DIGEST = "Infrastructure digest"
 UPDATES = "Update delivery"
 EVERY = "All four (instance ID and signature)"
 
-KINDS = ("license", "heartbeat", "digest", "credentials")
-ENDPOINTS = {
-    "license": "/v1/license",
-    "heartbeat": "/v1/heartbeat",
-    "digest": "/v1/digest",
-    "credentials": "/v1/update-credentials",
-}
-LICENSE_STATES = ("valid", "offline", "grace", "expired", "revoked", "invalid", "unlicensed")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
-_VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}([-+~][0-9A-Za-z][0-9A-Za-z.+~-]{0,39})?$")
+# the one shape of a vendor license id: `validate` (license/file.py) and the allowlist both use is_license_id
 _LICENSE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+LICENSE_ID_SHAPE = "1 to 64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+def is_license_id(v: Any) -> bool:
+    """Return whether v is a vendor license id the wire accepts (LICENSE_ID_SHAPE)."""
+    return isinstance(v, str) and bool(_LICENSE_ID.fullmatch(v))
 
 
 def _uint(v: Any) -> bool:
@@ -70,10 +70,10 @@ TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "hostname": ("DNS name", lambda v: isinstance(v, str) and canonical_hostname(v) is not None),
     "uuid": ("random UUID", lambda v: isinstance(v, str) and bool(_UUID.match(v))),
     "nonce": ("16 random bytes, base64url", lambda v: isinstance(v, str) and bool(_NONCE.match(v))),
-    "version": ("version string", lambda v: isinstance(v, str) and bool(_VERSION.match(v))),
+    "version": ("version string", is_version),
     "license_id": (
         "vendor license id or null",
-        lambda v: v is None or (isinstance(v, str) and bool(_LICENSE_ID.match(v))),
+        lambda v: v is None or is_license_id(v),
     ),
     "license_state": ("one of " + "/".join(LICENSE_STATES), lambda v: v in LICENSE_STATES),
     "public_key": ("Ed25519 public key, base64", _public_key),

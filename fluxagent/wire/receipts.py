@@ -1,7 +1,7 @@
 """Receipt verification and response classification: pure functions from a response to an Outcome.
 
 A message counts as delivered only when a pinned vendor key signed a receipt that names this
-request (`req`), echoes its nonce and is addressed to this instance (DESIGN §4). Anything less is
+request (`req`), echoes its nonce and is addressed to this instance (docs/PROTOCOL.md §4). Anything less is
 a failed delivery and the message stays in the spool.
 """
 
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxagent.errors import EnvelopeError, FluxError
+from fluxagent.kinds import RECEIPT_STATES
 from fluxagent.wire.envelope import RECEIPT_TYPE, open_envelope
-from fluxagent.wire.http import HttpResponse, TransportError, parse_retry_after
+from fluxagent.wire.http import NOT_SENT_KINDS, HttpResponse, TransportError, parse_retry_after
 from fluxagent.wire.messages import Sealed
 
-RECEIPT_STATES = ("valid", "grace", "expired", "revoked", "invalid", "unlicensed")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 SECRET_KEYS = frozenset({"secret"})
 _MAX_INT = 2**53
@@ -86,12 +86,16 @@ def classify(
     unverifiable acknowledgement proves nothing. 429/502/503/504 and transport errors → Retry,
     honouring Retry-After (capped at retry_cap). A 3xx is never followed: it is a server or
     `server.url` misconfiguration, not a verdict on the message, so → Retry ("redirect"). Other
-    1xx/2xx carry no receipt → Retry. Other 4xx/5xx → Rejected, never retried.
+    1xx/2xx carry no receipt → Retry. Other 4xx/5xx → Rejected, never retried. A status outside
+    100-599 is no HTTP answer at all → Retry ("protocol").
     """
     if isinstance(response, TransportError):
-        sent = response.kind not in ("connect", "dns", "tls")
+        sent = response.kind not in NOT_SENT_KINDS  # anything later may have reached the server
         return Retry(None, f"{response.kind}: {response.message}", response.status, sent)
     status = response.status
+    if not 100 <= status <= 599:  # not an HTTP status: says nothing about the message (a proxy, a broken server)
+        return Retry(None, f"protocol: server answered status {status}, which HTTP does not define",
+                     status if 0 <= status <= 999 else None)
     if status == 200:
         try:
             body, ts, digest = verify_receipt(sealed, response.body, vendor_keys)
