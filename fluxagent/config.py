@@ -141,6 +141,14 @@ class ScheduleConfig:
         duration_range(3600, 365 * 86400), "How long the license stays \"offline\" (still good) when the server "
         "cannot be reached."))
 
+    def interval(self, kind: str) -> float:
+        """Return the interval of a scheduled kind ("license", "heartbeat", "digest"); raises KeyError."""
+        return {"license": self.license_check, "heartbeat": self.heartbeat, "digest": self.digest}[kind]
+
+    def spans(self) -> dict[str, float]:
+        """Return per scheduled kind its interval plus jitter: the furthest ahead a run sets its timer itself."""
+        return {k: self.interval(k) + self.jitter for k in ("license", "heartbeat", "digest")}
+
 
 @dataclass(frozen=True)
 class Queries:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fluxagent import collect
 from fluxagent.config import Config
-from fluxagent.errors import AllowlistError, FluxError, SchemaHeld, StateError
+from fluxagent.errors import EXIT_CHECK_FAILED, AllowlistError, FluxError, SchemaHeld, StateError
 from fluxagent.kinds import LICENSE_STATES, SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
@@ -37,12 +37,15 @@ from fluxagent.wire.receipts import Delivered, Rejected, Retry, classify
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 RETRY_AFTER_CAP = 6 * 3600.0
+# No retry time this clock sets lies further ahead: one that does was set while the clock ran ahead.
+MAX_RETRY_WAIT = max(BACKOFF_CAP, RETRY_AFTER_CAP)
 # A Retry-After shorter than this ("0", a date in the past) is no guidance: back off instead, or a
 # server answering 429 + "Retry-After: 0" forever would have the daemon retry in a tight loop.
 RETRY_AFTER_FLOOR = 1.0
 # A server may lengthen an interval, up to this: a receipt cannot silence the agent for good.
 SERVER_INTERVAL_CAP = 30 * 86400
 SKEW_LIMIT = licensing.SKEW_LIMIT
+CONFIG_ERROR_RETRY = 900.0  # an untrusted server certificate: retried this rarely until the config is fixed
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
 SPOOL_ENTRY_OVERHEAD = 512  # the spool entry's own fields around the envelope
@@ -63,8 +66,7 @@ RECOVERED_EVENT = {"license": "license.source_recovered", "heartbeat": "heartbea
 
 def interval_of(cfg: Config, kind: str) -> float:
     """Return the configured interval of a scheduled kind, in seconds."""
-    return {"license": cfg.schedule.license_check, "heartbeat": cfg.schedule.heartbeat,
-            "digest": cfg.schedule.digest}[kind]
+    return cfg.schedule.interval(kind)
 
 
 def next_due(now: float, interval: float, jitter: float, rng: random.Random) -> int:
@@ -121,12 +123,12 @@ class Engine:
         # the server's Retry-After outlives the process that heard it (a restart, the next run --once);
         # one further ahead than any Retry-After we accept was heard with the clock ahead: ignored
         self._server_wait = state.load_retry_after(sd)
-        if self._server_wait > deps.clock() + RETRY_AFTER_CAP:
-            self._server_wait = 0.0
         self._retry_at: float = self._server_wait
+        self._retry_time(deps.clock())
         self._outage_since: float | None = None
         self._outage_summary_at: float = 0.0
         self._last_skew: float = 0.0
+        self._source_exit: dict[str, int] = {}  # the exit code of each failing kind's error (run --once)
         self._source_state = state.load_source_errors(sd)  # persisted for `status`
         # a kind held back for a schema approval stays so until the operator acts: said once, not by
         # every later run or restart (a failing source, which may recover by itself, is said again)
@@ -177,12 +179,25 @@ class Engine:
     @property
     def retry_at(self) -> float:
         """When the spool may next be flushed after a retryable failure (0: now)."""
+        return self._retry_time(self._deps.clock())
+
+    def _retry_time(self, now: float) -> float:
+        """Return retry_at; a wait further ahead of now than any this engine sets is dropped (clock jump)."""
+        if self._retry_at > now + MAX_RETRY_WAIT:
+            self._retry_at = 0.0  # else a backoff begun with the clock a year ahead holds sending back a year
+        if self._server_wait > now + MAX_RETRY_WAIT:
+            self._server_wait = 0.0
         return self._retry_at
 
     @property
     def outage_since(self) -> float | None:
         """When the current outage began, or None while the server answers."""
         return self._outage_since
+
+    @property
+    def source_exit_codes(self) -> list[int]:
+        """The exit code of each kind that could not be built or queued in the last produce."""
+        return [self._source_exit[k] for k in self._source_errors if k in self._source_exit]
 
     @property
     def source_errors(self) -> dict[str, str]:
@@ -242,8 +257,7 @@ class Engine:
 
     def _clamp_schedule(self, now: float) -> None:
         """Make timers that lie impossibly far ahead (set while the clock ran ahead) due now; save if any."""
-        spans = {k: interval_of(self._cfg, k) + self._cfg.schedule.jitter for k in SCHEDULED}
-        self._schedule, clamped = state.clamp_schedule(self._schedule, now, spans)
+        self._schedule, clamped = state.clamp_schedule(self._schedule, now, self._cfg.schedule.spans())
         if clamped:
             self._warn("schedule.clamped", kinds=clamped,
                        reason="a timer lay further ahead than any run sets one: the clock ran ahead")
@@ -259,7 +273,7 @@ class Engine:
         self._clamp_schedule(now)
         t = min(float(self._schedule.kind(k).next_due or now) for k in SCHEDULED)
         if self._spool.depth():
-            t = min(t, max(self._retry_at, now))
+            t = min(t, max(self._retry_time(now), now))
         return t
 
     # ---- produce ----
@@ -289,6 +303,7 @@ class Engine:
                     self._warn(NOT_SENT_EVENT[b.kind], reason=err, code=code)
                     self._note_source(b.kind, {"error": err, "code": code, "since": int(now)})
                 self._source_errors[b.kind] = err
+                self._source_exit[b.kind] = b.error.exit_code if b.error else EXIT_CHECK_FAILED
                 self._advance(b.kind, now)  # a failing source is tried again next interval
                 continue
             sealed = self._seal_into_spool(b.kind, b.message, now)
@@ -337,6 +352,7 @@ class Engine:
                 self._warn(event, reason=exc.message, code=exc.code, hint=exc.hint)
                 self._note_source(kind, {"error": exc.message, "code": exc.code, "since": int(now)})
             self._source_errors[kind] = exc.message
+            self._source_exit[kind] = exc.exit_code
             return None
         seq = self._seq.reserve(floor=floor)
         if self._seq.recovered:
@@ -431,6 +447,8 @@ class Engine:
         after = outcome.after
         asked = after is not None and after >= RETRY_AFTER_FLOOR
         delay = after if after is not None and asked else backoff(self._failures, self._deps.rng)
+        if outcome.config:  # a person must fix the setup: try again slowly, not on the outage schedule
+            delay = max(delay, CONFIG_ERROR_RETRY)
         self._retry_at = now + delay
         if asked or self._server_wait:
             self._server_wait = self._retry_at if asked else 0.0
@@ -442,8 +460,13 @@ class Engine:
             self._save_schedule()
         if self._outage_since is None:
             self._outage_since = self._outage_summary_at = now
-            self._warn("delivery.outage_started", reason=outcome.reason, retry_in=int(delay),
-                       spool=self._spool.depth())
+            if outcome.config:  # said once, as an error: retrying cannot fix it
+                self._error("delivery.config_error", reason=outcome.reason, retry_in=int(delay),
+                            spool=self._spool.depth(),
+                            hint="set server.ca_bundle to the CA that issued the server's certificate")
+            else:
+                self._warn("delivery.outage_started", reason=outcome.reason, retry_in=int(delay),
+                           spool=self._spool.depth())
         elif now - self._outage_summary_at >= OUTAGE_SUMMARY_EVERY:  # quiet: a summary, not every attempt
             self._outage_summary_at = now
             self._warn("delivery.outage_continues", attempts=self._failures, seconds=int(now - self._outage_since),
@@ -581,6 +604,7 @@ class Engine:
         While the server's Retry-After lasts, nothing is sent: the result says to retry then.
         """
         self.produce(kinds, now)
+        self._retry_time(now)  # drops a wait heard with the clock ahead
         if self._server_wait > now:
             until = utc_stamp(self._server_wait)
             self._log("delivery.waiting", until=until, retry_in=int(self._server_wait - now),

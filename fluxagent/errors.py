@@ -5,6 +5,8 @@ The exit codes are listed in docs/OPERATOR.md, "Commands".
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
@@ -15,8 +17,9 @@ EXIT_CONFIG = 78
 
 
 def oserror_exit_code(exc: OSError) -> int:
-    """Return the exit code of an OSError on a file fluxagent owns: 78 permission (a person fixes it), else 74."""
-    return EXIT_CONFIG if isinstance(exc, PermissionError) else EXIT_IOERR
+    """Return the exit code of an OSError on a file fluxagent owns: 78 for a permission problem or a link
+    where a file belongs (a person fixes those), else 74 (a disk or I/O error: a restart may succeed)."""
+    return EXIT_CONFIG if isinstance(exc, PermissionError) or exc.errno == errno.ELOOP else EXIT_IOERR
 
 
 class FluxError(Exception):

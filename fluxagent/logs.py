@@ -42,6 +42,8 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+)
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 _stream: list[TextIO] = []
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# set by the global -v/--verbose (debug) and -q/--quiet (warning) options; wins over log.level
+LEVEL_ENV = "FLUXAGENT_LOG_LEVEL"
 
 
 def redact_text(text: str) -> str:
@@ -71,10 +73,15 @@ def _plain_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
               env: MutableMapping[str, str] | None = None) -> None:
-    """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set."""
+    """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set.
+
+    FLUXAGENT_LOG_LEVEL (set by -v/-q) overrides level.
+    """
     out = stream or sys.stdout
     _stream[:] = [out]
     env = os.environ if env is None else env
+    override = env.get(LEVEL_ENV, "").strip().lower()
+    level = override if override in LEVELS else level
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     renderer: Any

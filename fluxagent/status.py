@@ -121,7 +121,8 @@ def collect_status(cfg: Config, now: float | None = None, *, last_delivered: Las
     t = time.time() if now is None else now
     sd = cfg.instance.state_dir
     lic, _stored, _file = license_store.current(cfg, t)
-    sched = state.load_schedule(sd)
+    # shown as the next run will see it: a timer set while the clock ran ahead is due now
+    sched, _clamped = state.clamp_schedule(state.load_schedule(sd), t, cfg.schedule.spans())
     kinds = {}
     not_sent = state.load_source_errors(sd)
     last = last_delivered.get() if last_delivered is not None else _last_per_kind(sd / "ledger")

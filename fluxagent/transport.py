@@ -164,7 +164,7 @@ def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportEr
             return TransportError("dns", url, f"cannot resolve the host name{via}: {c.strerror}")
         if isinstance(c, ssl.SSLCertVerificationError):
             why = c.verify_message or c.reason
-            return TransportError("tls", url, f"TLS certificate not trusted: {why}")
+            return TransportError("tls", url, f"TLS certificate not trusted: {why}", config=True)
         # an SSL error after the handshake (e.g. EOF without close_notify) is a broken connection
         if isinstance(c, ssl.SSLError) and isinstance(exc, httpx.ConnectError):
             return TransportError("tls", url, f"TLS handshake failed: {c.reason or c}")

@@ -5,7 +5,10 @@
 #
 #   packaging/smoke-deb.sh dist/fluxagent_<version>_<arch>.deb
 set -euo pipefail
-DEB=${1:?usage: smoke-deb.sh PATH.deb}
+DEB=$(realpath "${1:?usage: smoke-deb.sh PATH.deb}")
+# From /: `python -m`, `-c` and `-` put the working directory first on sys.path, and a source
+# tree there would be tested instead of the installed files.
+cd /
 UNIT=/lib/systemd/system/fluxagent.service
 
 fail() { echo "smoke-deb: FAIL: $*" >&2; exit 1; }

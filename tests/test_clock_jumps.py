@@ -20,7 +20,7 @@ from fluxagent.kinds import SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.statedir import identity, state
 from fluxagent.status import collect_status
-from fluxagent.testing.server import LicensePolicy, ReferenceServer
+from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer
 from fluxagent.testing.workspace import Workspace
 from fluxagent.transport import HttpxTransport
 
@@ -107,6 +107,8 @@ def test_schedule_a_year_ahead_is_clamped_on_load_so_the_daemon_is_not_silent_fo
     rig.run_once(T0 + 365 * DAY)  # leaves every timer a year ahead
     assert all(rig.schedule_file()[k]["next_due"] >= T0 + 365 * DAY for k in SCHEDULED)
     now = T0 + 600
+    shown = rig.status(now)["kinds"]  # `status` shows the timers as the next run will see them
+    assert all(shown[k]["next_due"] <= now for k in SCHEDULED), shown
     engine = Engine(rig.cfg, identity.load(rig.cfg.instance.state_dir),
                     Deps(HttpxTransport(rig.cfg.server, env={}), lambda: now))
     assert engine.due(now) == list(SCHEDULED)  # a timer no run could have set: due at once
@@ -152,3 +154,20 @@ def test_after_a_clock_jump_and_back_license_state_and_schedule_recover_at_the_n
     engine = Engine(rig.cfg, identity.load(rig.cfg.instance.state_dir),
                     Deps(HttpxTransport(rig.cfg.server, env={}), lambda: later))
     assert engine.due(later) == []
+
+
+def test_a_backoff_begun_with_the_clock_a_year_ahead_does_not_hold_back_a_restarted_daemon(rig: Rig) -> None:
+    assert rig.run_once(T0) == 0
+    rig.server.inject(Fault.status(503))
+    ahead = T0 + 365 * DAY
+    with make_agent(rig.cfg, clock=lambda: ahead) as agent:  # an outage begins with the clock a year ahead
+        agent.step()
+        assert agent.engine.retry_at > ahead and agent.engine.spool.depth() > 0
+    now = T0 + 600
+    rig.server_now[0] = now
+    heard = len(rig.server.received)
+    with make_agent(rig.cfg, clock=lambda: now) as agent:  # the clock is right again; the daemon restarts
+        agent.step()
+        assert agent.engine.spool.depth() == 0  # sent (or refused by the server), not held back a year
+    assert len(rig.server.received) > heard
+    assert rig.status(now)["license"]["state"] == "valid"

@@ -187,10 +187,12 @@ def test_run_once_exits_1_when_the_server_rejects_a_message(ws: Workspace, serve
     assert [r.status for r in server.received] == [200, 400, 200]
 
 
-def test_run_once_exits_1_when_a_message_could_not_be_built(ws: Workspace, server: ReferenceServer) -> None:
+def test_run_once_exits_with_the_source_errors_code_when_a_message_could_not_be_built(
+    ws: Workspace, server: ReferenceServer
+) -> None:
     rewrite(config_of(ws), platform={"database": f"sqlite:///{ws.root / 'missing.db'}"})
     code, out, err = cli(ws, "run", "--once")
-    assert code == 1, err
+    assert code == 78, err  # db_missing: a configuration error, as in preview and validate
     assert [r.endpoint for r in server.received] == ["/v1/license"]  # what could be built went out
     assert '"heartbeat.not_sent"' in out
 

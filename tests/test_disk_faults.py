@@ -303,7 +303,7 @@ def test_write_failures_from_a_file_size_limit_exit_74_keep_what_was_queued_and_
 
 @pytest.mark.parametrize(("err", "code"), [
     (errno.ENOSPC, EXIT_IOERR), (errno.EIO, EXIT_IOERR), (errno.EROFS, EXIT_IOERR), (errno.EFBIG, EXIT_IOERR),
-    (errno.EDQUOT, EXIT_IOERR), (errno.EACCES, EXIT_CONFIG), (errno.EPERM, EXIT_CONFIG),
+    (errno.EDQUOT, EXIT_IOERR), (errno.EACCES, EXIT_CONFIG), (errno.EPERM, EXIT_CONFIG), (errno.ELOOP, EXIT_CONFIG),
 ])
 def test_state_error_from_a_disk_error_exits_74_and_from_a_permission_error_78(err: int, code: int) -> None:
     def write() -> None:

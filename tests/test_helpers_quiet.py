@@ -86,7 +86,7 @@ def test_the_registry_is_learned_from_the_first_issued_credentials(ws: Workspace
     assert (first.returncode, first.stderr) == (1, "")
     assert len(server.issued_credentials) == 1
     assert known_registry(sd) == REGISTRY
-    assert json.loads((sd / REGISTRY_FILE).read_text()) == {"registry": REGISTRY}  # no secret in it
+    assert json.loads((sd / REGISTRY_FILE).read_text()) == {"v": 1, "registry": REGISTRY}  # no secret in it
     helper(ws, DOCKER, "https://quay.io\n")
     assert len(server.issued_credentials) == 1
 

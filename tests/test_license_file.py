@@ -31,7 +31,7 @@ def lic(**over: Any) -> bytes:
 
 
 def signed(payload: dict[str, Any]) -> bytes:
-    return envelope.sign_envelope(envelope.LICENSE_TYPE, envelope.canonical_json(payload), VENDOR)
+    return envelope.sign_envelope(envelope.LICENSE_FILE_TYPE, envelope.canonical_json(payload), VENDOR)
 
 
 def check(data: bytes | None, domain: str = DOMAIN) -> LicenseFile:
@@ -236,3 +236,39 @@ def test_a_license_id_passes_the_license_check_exactly_when_the_allowlist_seals_
         assert v.code == "payload"
         return
     assert (v.state == "valid") == _sealable(license_id)
+
+
+# ---- the license file has its own payload type, apart from the instance's license message ----
+
+LICENSE_FILE_TYPE = "application/vnd.fluxagent.license-file.v1+json"
+TRANSITION_END = 1_814_400_000  # 2027-07-01T00:00:00Z: old-type files issued before it still verify
+
+
+def _of_type(ptype: str, **over: Any) -> bytes:
+    payload: dict[str, Any] = {"license_id": "FB-1", "bound_domain": DOMAIN, "issued_at": NOW - DAY,
+                               "expires_at": NOW + DAY, "allocations": {"servers": 500, "networks": 100}}
+    payload.update(over)
+    return envelope.sign_envelope(ptype, envelope.canonical_json(payload), VENDOR)
+
+
+def test_license_files_are_issued_with_their_own_payload_type_not_the_license_messages() -> None:
+    ptype = json.loads(lic())["payloadType"]
+    assert ptype == LICENSE_FILE_TYPE != envelope.payload_type("license")
+    assert check(_of_type(LICENSE_FILE_TYPE)).state == "valid"
+
+
+def test_a_license_file_of_the_old_type_issued_before_the_transition_end_still_verifies() -> None:
+    assert check(_of_type(envelope.payload_type("license"))).state == "valid"
+    late = _of_type(envelope.payload_type("license"), issued_at=TRANSITION_END - 1, expires_at=TRANSITION_END + DAY)
+    assert check_license(late, KEYS, DOMAIN, TRANSITION_END).state == "valid"
+
+
+def test_a_license_file_of_the_old_type_issued_after_the_transition_end_is_refused() -> None:
+    late = _of_type(envelope.payload_type("license"), issued_at=TRANSITION_END, expires_at=TRANSITION_END + DAY)
+    v = check_license(late, KEYS, DOMAIN, TRANSITION_END + 60)
+    assert (v.state, v.code) == ("invalid", "signature") and LICENSE_FILE_TYPE in v.reason
+
+
+@pytest.mark.parametrize("kind", ["heartbeat", "receipt", "credentials", "answer"])
+def test_a_vendor_signed_envelope_of_another_type_is_no_license_file(kind: str) -> None:
+    assert check(_of_type(envelope.payload_type(kind))).code == "signature"

@@ -75,7 +75,7 @@ def test_delivery_counts_read_only_new_entries_persist_and_never_shrink_when_seg
     assert counts.update() == {"heartbeat": {"delivered": 40, "retry": 2}}
     assert counts.update() == {"heartbeat": {"delivered": 40, "retry": 2}}  # nothing new, nothing added
     record = json.loads((tmp_path / COUNTS_FILE).read_text())
-    assert record["version"] == 1 and record["through_n"] == max(e.n for e in ledger.entries())
+    assert record["v"] == 1 and record["through_n"] == max(e.n for e in ledger.entries())
 
 
 def test_run_once_refreshes_metrics_prom_with_counters(tmp_path: Path) -> None:

@@ -127,7 +127,35 @@ def test_fix_record_rehashes_rewritten_files_and_drops_removed_ones(tmp_path: Pa
     assert lines == [f"pkg.py,{digest},8", "pkg-1.dist-info/RECORD,,"]
 
 
-@pytest.mark.parametrize("script", ["build-deb.sh", "smoke-deb.sh", "lock.sh"])
+@pytest.mark.parametrize("script", ["build-deb.sh", "smoke-deb.sh", "upgrade-deb.sh", "lock.sh",
+                                    "check-python-dist.sh"])
 def test_packaging_scripts_parse(script: str) -> None:
     out = run("bash", "-n", str(PACKAGING / script))
     assert out.returncode == 0, out.stderr
+
+
+def _name(requirement: str) -> str:
+    """Return the normalised distribution name of a requirement ("psycopg[binary]>=3" → "psycopg")."""
+    import re
+
+    return re.split(r"[\[<>=!~; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    import tomllib
+
+    project = tomllib.loads((PACKAGING.parent / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    wanted |= {_name(r) for extra in ("postgres", "mysql") for r in project["optional-dependencies"][extra]}
+    lock = (PACKAGING / "requirements.lock").read_text()
+    pinned = {_name(line.split("==")[0]) for line in lock.splitlines() if "==" in line and not line.startswith(" ")}
+    assert wanted <= pinned, f"run packaging/lock.sh: {sorted(wanted - pinned)} not in requirements.lock"
+    blocks: list[list[str]] = []
+    for line in lock.splitlines():
+        if "==" in line and not line.startswith(" "):
+            blocks.append([line])
+        elif blocks:
+            blocks[-1].append(line)
+    assert blocks and all(any("--hash=sha256:" in line for line in b) for b in blocks)
+    assert "psycopg-binary" not in pinned  # Debian's libpq5, not a bundled copy
+    assert not {"rich", "pygments", "markdown-it-py", "mdurl"} & pinned

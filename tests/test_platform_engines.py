@@ -199,3 +199,35 @@ def test_one_source_serves_counts_version_and_identifiers_in_any_order(platform_
         assert len(list(src.iter_networks())) == 0  # 3 servers → no ranges in this sample
     finally:
         src.close()
+
+
+def test_a_failing_query_is_described_without_the_database_values_its_error_quotes(platform_sample, sample_data):
+    if not platform_sample.startswith("postgres"):
+        pytest.skip("only PostgreSQL fails such a SELECT quoting the value (SQLite and MariaDB cast it to 0);"
+                    " the next test covers MySQL's message format")
+    src = _open(platform_sample, active_clients="SELECT CAST(email AS INTEGER) FROM clients WHERE id = 1")
+    try:
+        with pytest.raises(SourceQueryFailed) as info:
+            src.counts()
+    finally:
+        src.close()
+    email = sample_data.clients[0][2]
+    assert email not in str(info.value) and email.split("@")[0] not in str(info.value)
+    assert "platform.queries.active_clients" in str(info.value) and "characters" in str(info.value)
+
+
+def test_quoted_values_in_a_database_error_are_hidden_unless_the_query_names_them():
+    from fluxagent.sources.shaped import hide_quoted_values
+
+    sql = "SELECT CAST(email AS SIGNED) FROM clients WHERE status = 'active'"
+    for text, hidden, kept in [
+        ('invalid input syntax for type integer: "jane.doe@mail.example"', "jane.doe", None),
+        ("Truncated incorrect INTEGER value: '+49 30 1234567'", "1234567", None),
+        ('relation "clients" does not exist', None, '"clients"'),
+        ("Unknown column 'active' in 'where clause'", None, "'active'"),
+    ]:
+        shown = hide_quoted_values(text, sql)
+        if hidden:
+            assert hidden not in shown and "characters" in shown, shown
+        if kept:
+            assert kept in shown, shown

@@ -641,3 +641,15 @@ def test_standalone_prints_url_and_public_keys_then_serves_https(
             proc.terminate()
             proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+def test_a_license_file_is_never_accepted_as_the_instance_license_message() -> None:
+    key = nacl.signing.SigningKey.generate()
+    with ReferenceServer() as srv:
+        sealed = messages.seal(messages.build_license("billing.example.com", None, "unlicensed", bytes(key.verify_key)),
+                               signing_key=key, iid=str(uuid.uuid4()), aud="127.0.0.1", seq=1, now=int(time.time()),
+                               nonce=bytes(16))
+        as_file = envelope.sign_envelope("application/vnd.fluxagent.license-file.v1+json", sealed.payload, key)
+        refused = httpx.post(srv.url + "/v1/license", content=as_file)
+        assert 400 <= refused.status_code < 500, refused.text
+        assert httpx.post(srv.url + "/v1/license", content=sealed.envelope).status_code == 200

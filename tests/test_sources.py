@@ -133,8 +133,9 @@ def test_a_directory_or_a_non_database_file_is_a_clear_error(tmp_path):
         SqliteSource(tmp_path, Queries())
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(SourceError, match="cannot open"):
+    with pytest.raises(SourceError, match="is not a SQLite database") as info:
         SqliteSource(junk, Queries())
+    assert info.value.exit_code == 78  # the setting names the wrong file: a configuration error
     assert junk.read_bytes() == b"this is not a database" * 100
 
 

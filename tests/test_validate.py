@@ -7,8 +7,10 @@ import base64
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,12 +152,12 @@ def test_offline_skips_the_network_and_sends_nothing(site: Site) -> None:
     assert site.server.received == []
 
 
-def test_wrong_ca_fails_the_tls_line_with_exit_1(site: Site, tmp_path: Path) -> None:
+def test_wrong_ca_fails_the_tls_line_with_exit_78_a_configuration_error(site: Site, tmp_path: Path) -> None:
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     site.write(ca_bundle=str(other))
     code, out, _ = site.validate()
-    assert code == 1, out
+    assert code == 78, out
     assert "not trusted by server.ca_bundle" in line(out, "fail", "tls")
     assert "set server.ca_bundle" in out
     assert site.server.received == []
@@ -279,3 +281,70 @@ def test_no_secret_key_material_reaches_the_output(site: Site) -> None:
     assert code == 0
     for s in secrets:
         assert s.hex() not in out and base64.b64encode(s).decode() not in out
+
+
+# ---- a proxy or server dripping its answer a byte at a time meets each check's overall deadline,
+# ---- not a per-read timeout that every new byte resets
+
+DRIP_EVERY = 0.2  # well inside the 1 s connect_timeout the site uses, so no single read ever times out
+
+
+@contextmanager
+def dripper(first: bytes, then: bytes, *, read_request: bool) -> Iterator[int]:
+    """A loopback server that answers `first`, then one byte of `then` every DRIP_EVERY s; yields its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                if read_request:
+                    got = b""
+                    while b"\r\n\r\n" not in got and not stop.is_set():
+                        piece = conn.recv(4096)
+                        if not piece:
+                            return
+                        got += piece
+                conn.sendall(first)
+                for i in range(len(then)):
+                    if stop.wait(DRIP_EVERY):
+                        return
+                    conn.sendall(then[i:i + 1])
+            except OSError:
+                return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_proxy_dripping_its_connect_answer_fails_the_proxy_check_within_its_deadline(site: Site) -> None:
+    with dripper(b"HTTP/1.1 200 ", b"x" * 100_000, read_request=True) as port:
+        site.write(proxy=f"http://127.0.0.1:{port}")
+        code, out, elapsed = site.validate(env={"NO_PROXY": ""})
+    assert code == 69, out
+    assert "no answer in time" in line(out, "fail", "proxy")
+    assert elapsed < 1 + 1 + 8, out  # dns/tcp, the proxy's own second, start-up
+
+
+def test_a_server_dripping_its_tls_handshake_fails_the_tls_check_within_its_deadline(site: Site) -> None:
+    # a TLS handshake record announcing 16 KiB, then its body one byte at a time
+    with dripper(b"\x16\x03\x03\x40\x00", b"\x02\x00\x3f\xf0\x03\x03" + b"\x00" * 100_000, read_request=False) as port:
+        site.write(url=f"https://localhost:{port}")
+        code, out, elapsed = site.validate()
+    assert code == 69, out
+    assert "no answer in time" in line(out, "fail", "tls")
+    assert elapsed < 1 + 1 + 8, out

@@ -41,16 +41,28 @@ def main_options(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c", help="Config file [env FLUXAGENT_CONFIG; default /etc/fluxagent/fluxagent.toml]"
+            "--config", "-c", help="Config file [env FLUXAGENT_CONFIG; default /etc/fluxagent/fluxagent.toml]",
+            readable=False,  # the config loader says what is wrong with the file (78), as for FLUXAGENT_CONFIG
         ),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log debug events too (log.level = debug for this run).")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Log warnings and errors only (log.level = warning for this run).")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Global options."""
     from fluxagent.config import DEFAULT_PATH
+    from fluxagent.logs import LEVEL_ENV
 
+    if verbose and quiet:
+        raise typer.BadParameter("--verbose and --quiet exclude each other", param_hint="-v/-q")
+    if verbose or quiet:  # in the environment, so every process this one starts logs at the same level
+        os.environ[LEVEL_ENV] = "debug" if verbose else "warning"
     env = os.environ.get("FLUXAGENT_CONFIG", "").strip()
     ctx.obj = Path(config) if config else Path(env) if env else DEFAULT_PATH
 

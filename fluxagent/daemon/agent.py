@@ -10,7 +10,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -23,7 +23,7 @@ from fluxagent.daemon.control import DaemonUpdates
 from fluxagent.daemon.metrics import MetricsWriter
 from fluxagent.daemon.notify import Notifier
 from fluxagent.delivery import Deps, Engine, FlushResult
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNAVAILABLE, FluxError
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_IOERR, EXIT_OK, EXIT_UNAVAILABLE, FluxError
 from fluxagent.kinds import SCHEDULED
 from fluxagent.schema.approval import load_policy
 from fluxagent.schema.policy import Policy
@@ -39,13 +39,18 @@ LICENSE_FILE_POLL = 300.0  # a replaced license file shows in license-status.jso
 
 
 
-def once_exit_code(result: FlushResult, source_failures: int) -> int:
-    """Return `run --once`'s exit code: 0 all delivered, 69 server unavailable, 1 rejected or not built."""
+def once_exit_code(result: FlushResult, source_codes: Iterable[int]) -> int:
+    """Return `run --once`'s exit code: 0 all delivered; else the worst of the failures' own codes
+    (docs/OPERATOR.md, "Exit codes"): 78, 74, then 69 server unavailable, then 1 rejected or not built."""
+    codes = set(source_codes)
     if result.retry is not None:
-        return EXIT_UNAVAILABLE
-    if result.rejected or source_failures:
-        return EXIT_CHECK_FAILED
-    return EXIT_OK
+        codes.add(EXIT_CONFIG if result.retry.config else EXIT_UNAVAILABLE)
+    if result.rejected:
+        codes.add(EXIT_CHECK_FAILED)
+    for code in (EXIT_CONFIG, EXIT_IOERR, EXIT_UNAVAILABLE):
+        if code in codes:
+            return code
+    return EXIT_CHECK_FAILED if codes else EXIT_OK
 
 
 class StopDeadline(BaseException):
@@ -158,7 +163,7 @@ class Agent:
     def once(self) -> int:
         """Run one full cycle (license, heartbeat, digest, spool flush); return the exit code."""
         result = self.engine.cycle(self.clock(), SCHEDULED)
-        code = once_exit_code(result, len(self.engine.source_errors))
+        code = once_exit_code(result, self.engine.source_exit_codes)
         self.metrics.write(self.cfg, self.clock())  # a cron-driven `run --once` keeps metrics.prom current too
         self.log.info("run.once_done", delivered=len(result.delivered), rejected=len(result.rejected),
                       pending=self.engine.spool.depth(), exit_code=code)

@@ -22,7 +22,7 @@ _pending: set[int] = set()
 
 
 def daemon_config(argv: Sequence[str], env: Mapping[str, str]) -> Path | None:
-    """Return the config path when argv is exactly `[--config PATH | -c PATH] run` (the daemon), else None."""
+    """Return the config path when argv is exactly `[--config PATH | -c PATH] [-v | -q] run` (the daemon), else None."""
     config: str | None = None
     args = list(argv)
     while args and args[0] != "run":
@@ -31,6 +31,8 @@ def daemon_config(argv: Sequence[str], env: Mapping[str, str]) -> Path | None:
             config = args.pop(0)
         elif opt.startswith("--config="):
             config = opt.partition("=")[2]
+        elif opt in ("-v", "--verbose", "-q", "--quiet"):
+            continue
         else:
             return None
     if args != ["run"]:

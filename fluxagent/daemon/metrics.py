@@ -164,7 +164,7 @@ class DeliveryCounts:
                 per_kind[outcome] = per_kind.get(outcome, 0) + 1
             self.through_n = new[0][0]
             state.write_json(self.state_dir / COUNTS_FILE,
-                             {"version": COUNTS_VERSION, "through_n": self.through_n, "counts": self.counts},
+                             {"v": COUNTS_VERSION, "through_n": self.through_n, "counts": self.counts},
                              mode=0o644)
         return self.counts
 

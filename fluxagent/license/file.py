@@ -17,6 +17,7 @@ from fluxagent.wire.messages import LICENSE_ID_SHAPE, is_license_id
 MAX_LICENSE_BYTES = 256 * 1024
 ISSUED_AHEAD_TOLERANCE = 300  # seconds a license may look issued in the future (clock drift)
 ALLOCATION_KEYS = ("servers", "networks")
+LEGACY_UNTIL_TEXT = "2027-07-01"  # envelope.LEGACY_LICENSE_FILES_UNTIL, for people
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,17 @@ def check_license(data: bytes | None, vendor_keys: tuple[bytes, ...], bound_doma
     if not vendor_keys:
         return _bad("no_keys", "server.vendor_keys is empty: the license cannot be verified")
     try:
-        opened = envelope.open_envelope(data, vendor_keys, envelope.LICENSE_TYPE)
+        ptype = envelope.parse_envelope(data)[0]
+        legacy = ptype == envelope.LICENSE_TYPE  # a file issued before license files had their own type
+        opened = envelope.open_envelope(data, vendor_keys, ptype if legacy else envelope.LICENSE_FILE_TYPE)
     except EnvelopeError as exc:
         return _bad("signature", f"license signature: {exc.message}")
     p: dict[str, Any] = opened.obj
     lid, dom, issued, expires = p.get("license_id"), p.get("bound_domain"), p.get("issued_at"), p.get("expires_at")
+    if legacy and not (isinstance(issued, int) and issued < envelope.LEGACY_LICENSE_FILES_UNTIL):
+        return _bad("signature", f"license file has the license message's payload type {ptype!r}, accepted only"
+                    f" for files issued before {LEGACY_UNTIL_TEXT}: ask the vendor for a file of type"
+                    f" {envelope.LICENSE_FILE_TYPE!r}")
     if not isinstance(lid, str) or not lid:
         return _bad("payload", "license payload lacks a license_id")
     if not is_license_id(lid):  # the license message could not carry it: refuse it here, not at seal time

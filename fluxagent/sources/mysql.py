@@ -27,7 +27,7 @@ from fluxagent.errors import (
     SourceWriteRefused,
 )
 from fluxagent.sources.dburl import Target, password_for, scrub
-from fluxagent.sources.shaped import BATCH, ShapedSource, check_width
+from fluxagent.sources.shaped import BATCH, ShapedSource, check_width, hide_quoted_values
 
 AUTH_CODES = {1044, 1045, 1698, 1251}  # access denied (db / user), unix_socket plugin, auth protocol
 MISSING_CODES = {1049}  # unknown database
@@ -60,6 +60,7 @@ def connect_error(exc: pymysql.Error, target: Target, secret: str | None) -> Sou
 def query_error(name: str, sql: str, exc: pymysql.Error, secret: str | None) -> SourceError:
     """Translate a failed query: refused write, lost server, timeout, or any other failure."""
     code, text = _code_text(exc, secret)
+    text = hide_quoted_values(text, sql)  # the database's values, never quoted
     where = f"platform.queries.{name}"
     if code in READ_ONLY_CODES:
         return SourceWriteRefused(f"{where} tried to change the database and was refused by the read-only "

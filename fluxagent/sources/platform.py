@@ -22,7 +22,14 @@ from fluxagent.errors import (
     SourceWriteRefused,
 )
 from fluxagent.facts import Counts
-from fluxagent.sources.shaped import BATCH, COUNT_QUERIES, ShapedSource, check_count, check_width
+from fluxagent.sources.shaped import (
+    BATCH,
+    COUNT_QUERIES,
+    ShapedSource,
+    check_count,
+    check_width,
+    hide_quoted_values,
+)
 
 __all__ = ["BATCH", "COUNT_QUERIES", "PlatformSource", "SqliteSource", "check_count", "open_platform"]
 
@@ -94,7 +101,7 @@ def _read_only_authorizer(action: int, *_args: object) -> int:
 
 def _sqlite_error(name: str, sql: str, exc: sqlite3.Error) -> SourceError:
     """Translate a query's sqlite3 error: refused writes apart from other failures."""
-    text = str(exc)
+    text = hide_quoted_values(str(exc), sql)  # the database's values, never quoted
     if "not authorized" in text or "authorization denied" in text or "readonly database" in text:
         return SourceWriteRefused(f"platform.queries.{name} tried to change the database and was refused "
                                   f"(read-only): {text} (query {sql!r})")
@@ -108,6 +115,13 @@ class SqliteSource(ShapedSource):
         self.path, self.queries = path, queries
         if not path.is_file():
             raise SourceDatabaseMissing(f"platform.database: {path} does not exist or is not a file")
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:  # a setup problem like a missing file (78), not a failing query (1)
+            raise SourceConfigError(
+                f"platform.database: cannot read {path}: {exc.strerror or exc}",
+                hint="let the user fluxagent runs as read it: add that user to the group owning the file") from exc
         uri = f"file:{quote(str(path.absolute()))}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
@@ -116,6 +130,10 @@ class SqliteSource(ShapedSource):
             self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             # mode=ro still lets ATTACH / VACUUM INTO create files elsewhere: allow reads only
             self.conn.set_authorizer(_read_only_authorizer)
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):  # the configured file is something else: fix the setting
+                raise SourceConfigError(f"platform.database: {path} is not a SQLite database") from exc
+            raise SourceError(f"platform.database: cannot open {path} read-only: {exc}") from exc
         except sqlite3.Error as exc:
             raise SourceError(f"platform.database: cannot open {path} read-only: {exc}") from exc
 

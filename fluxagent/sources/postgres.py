@@ -24,7 +24,7 @@ from fluxagent.errors import (
     SourceWriteRefused,
 )
 from fluxagent.sources.dburl import Target, password_for, scrub
-from fluxagent.sources.shaped import BATCH, ShapedSource, check_width
+from fluxagent.sources.shaped import BATCH, ShapedSource, check_width, hide_quoted_values
 
 _AUTH_HINTS = ("password authentication failed", "no password supplied", "authentication failed",
                "role \"", "no pg_hba.conf entry", "permission denied for database")
@@ -52,7 +52,7 @@ def connect_error(exc: psycopg.Error, target: Target, secret: str | None) -> Sou
 
 def query_error(name: str, sql: str, exc: psycopg.Error, secret: str | None) -> SourceError:
     """Translate a failed query: refused write, lost server, or any other failure."""
-    text = _first_line(exc, secret)
+    text = hide_quoted_values(_first_line(exc, secret), sql)  # the database's values, never quoted
     where = f"platform.queries.{name}"
     if exc.sqlstate == "25006":
         return SourceWriteRefused(f"{where} tried to change the database and was refused by the read-only "

@@ -8,6 +8,7 @@ identifiers with the same checks and messages on SQLite, PostgreSQL and MySQL/Ma
 from __future__ import annotations
 
 import ipaddress
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from decimal import Decimal
@@ -49,6 +50,25 @@ def check_count(name: str, sql: str, rows: list[tuple[Any, ...]]) -> int:
     if value > MAX_COUNT:
         raise SourceShapeError(f"{where} returned a number over 2^53; not a plausible count")
     return value
+
+
+_QUOTED = re.compile(r"""(["'`])(.*?)\1""")
+
+
+def hide_quoted_values(text: str, sql: str) -> str:
+    """Return a database error text with every quoted part the query does not itself contain described.
+
+    Servers quote the offending value in some errors (`invalid input syntax for type integer:
+    "jane@…"`); names the query holds (tables, columns, its own literals) stay, so the error still
+    says where it went wrong. Pure.
+    """
+    low = sql.lower()
+
+    def hide(m: re.Match[str]) -> str:
+        quote, inner = m.group(1), m.group(2)
+        return m.group(0) if inner.lower() in low else f"{quote}<{len(inner)} characters>{quote}"
+
+    return _QUOTED.sub(hide, text)
 
 
 def check_width(name: str, description: Any, width: int) -> None:

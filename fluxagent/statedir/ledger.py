@@ -307,7 +307,7 @@ class Ledger:
         except ValueError:
             return  # keep everything rather than anchor to a damaged entry; verify reports it
         # Anchor first: a crash before the unlinks leaves segments that _finish_drop removes.
-        write_json(self.directory / ANCHOR, {"n": first.n, "prev": first.prev})
+        write_json(self.directory / ANCHOR, {"v": 1, "n": first.n, "prev": first.prev})
         for p in segs[:drop]:
             p.unlink()
         fsutil.fsync_dir(self.directory)

@@ -243,7 +243,7 @@ class Spool:
 
     def _save_counters(self) -> str | None:
         try:
-            write_json(self.directory / "counters.json", self._counters)
+            write_json(self.directory / "counters.json", {"v": 1, **self._counters})  # 0.1.0 wrote no "v"
         except StateError as exc:
             return exc.message
         return None

@@ -27,4 +27,4 @@ def make_license(
             "allocations": {"servers": servers, "networks": networks},
         }
     )
-    return envelope.sign_envelope(envelope.LICENSE_TYPE, payload, vendor_key) + b"\n"
+    return envelope.sign_envelope(envelope.LICENSE_FILE_TYPE, payload, vendor_key) + b"\n"

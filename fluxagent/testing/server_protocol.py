@@ -261,7 +261,7 @@ def build_receipt(
     elif mutate == "wrong_aud":
         obj["aud"] = str(uuid.uuid4())
     elif mutate == "wrong_type":
-        ptype = envelope.LICENSE_TYPE
+        ptype = envelope.LICENSE_FILE_TYPE
     elif mutate == "unpinned":
         signing_key = nacl.signing.SigningKey.generate()
     payload = envelope.canonical_json(obj)

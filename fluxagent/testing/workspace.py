@@ -53,6 +53,7 @@ def make_workspace(
     a password in its URL moves to a 0600 password file, so the config holds none.
     """
     t = time.time() if now is None else now
+    root = root.absolute()  # the config names its files by absolute path (relative ones depend on the cwd)
     root.mkdir(parents=True, exist_ok=True)
     data = sample.generate()
     platform: dict[str, str] = {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fluxagent.errors import FluxError, LockHeld, ServerUnavailable, StateError
+from fluxagent.errors import EXIT_CONFIG, FluxError, LockHeld, ServerUnavailable, StateError
 from fluxagent.statedir import state
 from fluxagent.timefmt import utc_iso
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # imported where used: the helpers' local answers (list, eras
     from fluxagent.delivery import Engine
     from fluxagent.statedir.identity import Identity
     from fluxagent.transport import Transport
+    from fluxagent.wire.receipts import Retry
 
 Clock = Callable[[], float]
 # The registry the server last issued credentials for (no secret): docker and git ask a credential
@@ -40,7 +41,7 @@ class CredentialsError(FluxError):
 def remember_registry(state_dir: Path, registry: str) -> None:
     """Record the registry the server issued credentials for; raises StateError."""
     if known_registry(state_dir) != registry:
-        state.write_json(state_dir / REGISTRY_FILE, {"registry": registry}, mode=0o644)
+        state.write_json(state_dir / REGISTRY_FILE, {"v": 1, "registry": registry}, mode=0o644)
 
 
 def known_registry(state_dir: Path) -> str | None:
@@ -104,8 +105,8 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
 
     flushed = engine.flush()
     if flushed.retry is not None:
-        raise ServerUnavailable(f"cannot reach the licensing server: {flushed.retry.reason}",
-                                hint="check `fluxagent validate`; credentials need the server")
+        raise _unavailable(flushed.retry, f"cannot reach the licensing server: {flushed.retry.reason}",
+                           "check `fluxagent validate`; credentials need the server")
     sent_mono, sent_wall = mono(), engine.deps.clock()  # taken before sending: the lifetime runs from here
     issued: list[Credential] = []
 
@@ -126,7 +127,16 @@ def fetch(engine: Engine, mono: Clock) -> Credential:
         return cred
     if isinstance(outcome, Rejected):
         raise CredentialsError(f"the server refused update credentials: {outcome.reason}")
-    raise ServerUnavailable(f"no update credentials: {outcome.reason}", hint="try again later")
+    raise _unavailable(outcome, f"no update credentials: {outcome.reason}", "try again later")
+
+
+def _unavailable(retry: Retry, message: str, hint: str) -> ServerUnavailable:
+    """Return the error for a failed request: 69, or 78 when the cause is this machine's setup (untrusted CA)."""
+    exc = ServerUnavailable(message, hint="set server.ca_bundle to the CA that issued the server's certificate"
+                            if retry.config else hint)
+    if retry.config:
+        exc.exit_code = EXIT_CONFIG
+    return exc
 
 
 class CredentialCache:

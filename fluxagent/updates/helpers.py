@@ -126,7 +126,7 @@ def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
     except OSError:
         owner = None  # write_json says what is wrong with the state dir
     state.write_json(state_dir / APT_STATE_FILE, {
-        "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
+        "v": 1, "path": str(path), "expires_boottime": cred.expires_mono, "boot_id": boot,
         "expires_at": utc_iso(cred.expires_utc)}, owner=owner)
     try:
         fsutil.atomic_write(path, apt_entry(cred), mode=0o600)

@@ -1,8 +1,9 @@
 """The network steps of `validate`: DNS, TCP, proxy tunnel and TLS to the server, each with a deadline.
 
 They take the path the transport takes (the same proxy choice and the same CA), one step at a
-time, so a failure names the step that broke. Each blocking step is bounded by
-server.connect_timeout (the budget httpx gives connecting, TLS included).
+time, so a failure names the step that broke. Each step as a whole is bounded by
+server.connect_timeout (the budget httpx gives connecting, TLS included), however slowly the
+other side drips its answer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 from fluxagent.config import ServerConfig
-from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError
+from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError
 from fluxagent.transport import _tls_context, proxy_for
 from fluxagent.validate.check import Check, fail, ok
 from fluxagent.wire.http import redact_url
@@ -70,10 +71,17 @@ def tunnel(sock: socket.socket, host: str, port: int, proxy: str, deadline: floa
     if parts.username is not None:
         cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         head += f"Proxy-Authorization: Basic {base64.b64encode(cred).decode()}\r\n"
+    # one deadline for the whole exchange: a per-read timeout would restart with every byte a
+    # dripping proxy sends, and 16 KiB one byte at a time is hours
+    end = time.monotonic() + deadline
     sock.settimeout(deadline)
     sock.sendall((head + "\r\n").encode())
     reply = b""
     while b"\r\n\r\n" not in reply:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer to CONNECT within {deadline:g}s")
+        sock.settimeout(left)
         piece = sock.recv(4096)
         if not piece or len(reply) > MAX_PROXY_REPLY:
             raise ConnectionError("the proxy closed the connection without answering CONNECT")
@@ -103,7 +111,7 @@ def _tls(sock: socket.socket, server: ServerConfig, host: str) -> Check:
             cert = tls.getpeercert() or {}
     except ssl.SSLCertVerificationError as exc:
         return fail("tls", f"certificate of {host} not trusted by {trust}: {exc.verify_message or exc.reason}",
-                    "set server.ca_bundle to the CA that issued the server's certificate", EXIT_CHECK_FAILED)
+                    "set server.ca_bundle to the CA that issued the server's certificate", EXIT_CONFIG)
     except (OSError, ssl.SSLError) as exc:
         return fail("tls", f"TLS handshake with {host} failed: {_why(exc, server.connect_timeout)}",
                     "check that server.url points at the license server's HTTPS port", EXIT_UNAVAILABLE)

@@ -111,7 +111,8 @@ def check_database(cfg: Config, lic: LicenseFile) -> Check:
         finally:
             src.close()
     except FluxError as exc:
-        return fail("database", exc.message, exc.hint or "check platform.database and the platform queries")
+        return fail("database", exc.message, exc.hint or "check platform.database and the platform queries",
+                    exc.exit_code)  # the code `preview` and `run --once` give the same failure
     shown = (f"{counts.active_clients} active clients, {counts.total_users} users,"
              f" {counts.servers_total} servers")
     allowed = (lic.allocations or {}).get("servers")

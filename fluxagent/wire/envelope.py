@@ -17,7 +17,12 @@ from fluxagent.errors import EnvelopeError
 
 TYPE_PREFIX = "application/vnd.fluxagent."
 RECEIPT_TYPE = "application/vnd.fluxagent.receipt.v1+json"
+# The vendor's license file has its own type (docs/PROTOCOL.md §5), never the instance's license message's.
+LICENSE_FILE_TYPE = "application/vnd.fluxagent.license-file.v1+json"
+# What license files carried before they got their own type: the license message's type. Accepted for
+# a license file only if issued before LEGACY_LICENSE_FILES_UNTIL (a transition; PROTOCOL §5).
 LICENSE_TYPE = "application/vnd.fluxagent.license.v1+json"
+LEGACY_LICENSE_FILES_UNTIL = 1_814_400_000  # 2027-07-01T00:00:00Z
 # DSSE allows several signatures; a vendor rotating keys needs two. Each one is tried against every
 # pinned key, so an unbounded list from a hostile server would be an unbounded Ed25519 bill.
 MAX_SIGNATURES = 8

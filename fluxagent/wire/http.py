@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from fluxagent.errors import ServerUnavailable
+from fluxagent.errors import EXIT_CONFIG, ServerUnavailable
 
 # "connect", "dns" and "tls" fail before any byte of the request left the machine; every other kind
 # (e.g. "broken": the connection reset while the answer was awaited) may follow a request the server got.
@@ -20,11 +20,16 @@ NOT_SENT_KINDS: tuple[Kind, ...] = ("connect", "dns", "tls")
 class TransportError(ServerUnavailable):
     """A request that got no usable HTTP response; `kind` says why, the message names the URL."""
 
-    def __init__(self, kind: Kind, url: str, detail: str, *, status: int | None = None) -> None:
+    def __init__(self, kind: Kind, url: str, detail: str, *, status: int | None = None, config: bool = False) -> None:
         super().__init__(f"{redact_url(url)}: {detail}")
         self.kind: Kind = kind
         self.url = url
         self.status = status
+        # a problem of this machine's setup (server certificate not trusted by server.ca_bundle or the
+        # system store), not of the network: exit 78, and the daemon says so once and retries slowly
+        self.config = config
+        if config:
+            self.exit_code = EXIT_CONFIG
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ from fluxagent.wire.http import NOT_SENT_KINDS, HttpResponse, TransportError, pa
 from fluxagent.wire.messages import Sealed
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Update credentials are short-lived by contract (docs/PROTOCOL.md §4): a receipt granting more is
+# a bad receipt, never credentials that outlive their purpose on this machine.
+MAX_CREDENTIALS_TTL = 86400
 SECRET_KEYS = frozenset({"secret"})
 _MAX_INT = 2**53
 
@@ -55,6 +58,7 @@ class Retry:
     reason: str
     status: int | None
     sent: bool = True  # False when no connection was made (connect, DNS, TLS): nothing left the machine
+    config: bool = False  # the cause is this machine's setup (an untrusted server certificate), not the network
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ def classify(
     """
     if isinstance(response, TransportError):
         sent = response.kind not in NOT_SENT_KINDS  # anything later may have reached the server
-        return Retry(None, f"{response.kind}: {response.message}", response.status, sent)
+        return Retry(None, f"{response.kind}: {response.message}", response.status, sent, response.config)
     status = response.status
     if not 100 <= status <= 599:  # not an HTTP status: says nothing about the message (a proxy, a broken server)
         return Retry(None, f"protocol: server answered status {status}, which HTTP does not define",
@@ -178,7 +182,8 @@ _BODIES: dict[str, dict[str, tuple[bool, Callable[[Any], bool], str]]] = {
         "username": (True, _word, "a non-empty string without spaces"),
         "secret": (True, _word, "a non-empty string without spaces"),
         "registry": (True, _word, "a non-empty string without spaces"),
-        "expires_in": (True, _positive, "positive seconds"),
+        "expires_in": (True, lambda v: _positive(v) and v <= MAX_CREDENTIALS_TTL,
+                       f"positive seconds, at most {MAX_CREDENTIALS_TTL} (24 h)"),
     },
 }
 
