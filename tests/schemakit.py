@@ -1,5 +1,6 @@
-"""Test-only registry versions, passed in as values: v1 as shipped, a v2 with the delta digest
-fields, and two v3s adding a heartbeat field (optional, and required)."""
+"""Registry versions passed in as values: v1 as shipped; v2 = v1 plus the delta digest fields (the
+shipped v2 once it exists, the same fields as a test-only value before); two test-only v3s adding
+a heartbeat field (optional, and required)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ DELTA_FIELDS = (
     Field("digest", "added_networks", "tokens", DIGEST, "network tokens added since base"),
     Field("digest", "removed_networks", "tokens", DIGEST, "network tokens removed since base"),
 )
-V2 = Version(2, V1.fields + DELTA_FIELDS)
+V2 = shipped().find("v2") or Version(2, V1.fields + DELTA_FIELDS)
 OPEN_INVOICES = Field("heartbeat", "counts.open_invoices", "uint", HEARTBEAT, "number of open invoices")
 V3_OPTIONAL = Version(3, (*V2.fields, OPEN_INVOICES))
 V3_REQUIRED = Version(3, (*V2.fields, replace(OPEN_INVOICES, required=True)))

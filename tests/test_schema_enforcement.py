@@ -95,7 +95,7 @@ def test_v1_approved_v2_running_run_once_sends_no_v2_field_and_digests_full_or_u
     assert_only_v1_on_the_wire(server)
     pending = log.events("schema.approval_pending")
     assert len(pending) == 1 and pending[0]["approved"] == "v1" and pending[0]["running"] == "v2"
-    assert pending[0]["withheld"] == [f"digest {p}" for p in V2_ONLY]
+    assert sorted(pending[0]["withheld"]) == sorted(f"digest {p}" for p in V2_ONLY)
 
 
 def test_v1_approved_v2_running_preview_marks_the_pending_approval(site: Any) -> None:
@@ -179,7 +179,8 @@ def test_a_v3_that_requires_a_new_heartbeat_field_holds_heartbeat_back_with_one_
 def test_status_validate_and_metrics_show_a_pending_approval(site: Any) -> None:
     ws, _server, clock = site
     st = collect_status(ws.cfg, clock.now, policy_of=loader(UP_TO_V2))
-    assert st["schema"]["pending"] is True and st["schema"]["withheld"] == [f"digest body.{p}" for p in V2_ONLY]
+    assert st["schema"]["pending"] is True
+    assert sorted(st["schema"]["withheld"]) == sorted(f"digest body.{p}" for p in V2_ONLY)
     assert "APPROVAL PENDING, 5 field(s) withheld" in status_text(st)
     assert "fluxagent_schema_pending 1" in metrics.render(st).splitlines()
     check, policy = check_schema(ws.cfg, loader(UP_TO_V2))
