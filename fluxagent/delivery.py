@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +32,7 @@ from fluxagent.statedir.spool import Entry, Spool, SpoolFull, TooBig
 from fluxagent.timefmt import utc_stamp
 from fluxagent.transport import Transport, send
 from fluxagent.wire import messages
+from fluxagent.wire.http import HttpResponse, TransportError
 from fluxagent.wire.messages import Message, Sealed
 from fluxagent.wire.receipts import Delivered, Rejected, Retry, classify
 
@@ -141,6 +143,7 @@ class Engine:
             self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
         for e in self._spool.opened.dropped:
             self._ledger_entry(now, "dropped", e, outcome="dropped", detail="spool bound")
+        self._debug_proxy()
         self._log("agent.state_opened", spool=self._spool.depth(), torn_ledger_bytes=self._ledger.torn_bytes,
                   quarantined=len(self._spool.opened.quarantined), schedule_reset=self._schedule.reset_reason)
 
@@ -224,6 +227,9 @@ class Engine:
     def _log(self, event: str, **kw: Any) -> None:
         self._emit("info", event, kw)
 
+    def _debug(self, event: str, **kw: Any) -> None:
+        self._emit("debug", event, kw)
+
     def _warn(self, event: str, **kw: Any) -> None:
         self._emit("warning", event, kw)
 
@@ -266,7 +272,10 @@ class Engine:
     def due(self, now: float) -> list[str]:
         """Return the scheduled kinds whose timer has expired (never scheduled counts as due)."""
         self._clamp_schedule(now)  # the clock can jump back under a running daemon too
-        return [k for k in SCHEDULED if (self._schedule.kind(k).next_due or 0) <= now]
+        due = [k for k in SCHEDULED if (self._schedule.kind(k).next_due or 0) <= now]
+        self._debug("schedule.due", due=due, next_in={
+            k: int((self._schedule.kind(k).next_due or now) - now) for k in SCHEDULED if k not in due})
+        return due
 
     def next_wake(self, now: float) -> float:
         """Return when the loop must wake next: the earliest timer, or the retry time of a non-empty spool."""
@@ -391,13 +400,32 @@ class Engine:
         if kind in SCHEDULED:
             due = next_due(now, interval_of(self._cfg, kind), self._cfg.schedule.jitter, self._deps.rng)
             self._schedule = self._schedule.with_kind(kind, replace(self._schedule.kind(kind), next_due=due))
+            self._debug("schedule.next_due", kind=kind, next_in=int(due - now),
+                        interval=int(interval_of(self._cfg, kind)))
 
     # ---- send ----
+
+    def _send(self, url: str, body: bytes) -> HttpResponse | TransportError:
+        """Post body to url through the transport within the request deadline; log status and time (debug)."""
+        start = time.perf_counter()
+        response = send(self._deps.transport, url, body, deadline=self._cfg.server.request_deadline)
+        ms = round((time.perf_counter() - start) * 1000, 1)
+        endpoint = url[len(self._cfg.server.url):] if url.startswith(self._cfg.server.url) else "?"
+        if isinstance(response, TransportError):
+            self._debug("http.failed", endpoint=endpoint, kind=response.kind, ms=ms)
+        else:
+            self._debug("http.response", endpoint=endpoint, status=response.status, bytes=len(response.body), ms=ms)
+        return response
+
+    def _debug_proxy(self) -> None:
+        """Log the proxy the transport uses (debug), password redacted."""
+        self._debug("http.proxy", proxy=getattr(self._deps.transport, "proxy", None) or "none")
 
     def reconfigure(self, cfg: Config, transport: Transport) -> None:
         """Take a reloaded config (same state dir) and its transport."""
         self._cfg = cfg
         self._deps.transport = transport
+        self._debug_proxy()
         self._spool.max_messages, self._spool.max_bytes = cfg.spool.max_messages, cfg.spool.max_bytes
 
     def flush(self, now_fn: Callable[[], float] | None = None, *,
@@ -410,7 +438,7 @@ class Engine:
                 return result
             sealed = sealed_of(entry)
             url = self._cfg.server.url + entry.endpoint
-            response = send(self._deps.transport, url, entry.envelope, deadline=self._cfg.server.request_deadline)
+            response = self._send(url, entry.envelope)
             now = clock()
             outcome = classify(sealed, response, self._cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
             if isinstance(outcome, Retry):
@@ -494,8 +522,7 @@ class Engine:
         sealed = messages.seal(message, signing_key=self._ident.signing_key, iid=self._ident.instance_id,
                                aud=self._cfg.server.audience, seq=seq, now=int(self._deps.clock()),
                                nonce=self._deps.nonce(16))
-        response = send(self._deps.transport, self._cfg.server.url + sealed.endpoint, sealed.envelope,
-                        deadline=self._cfg.server.request_deadline)
+        response = self._send(self._cfg.server.url + sealed.endpoint, sealed.envelope)
         now = self._deps.clock()
         outcome = classify(sealed, response, self._cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
         if isinstance(outcome, Delivered):

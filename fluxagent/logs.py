@@ -110,6 +110,12 @@ def get(name: str = "fluxagent") -> Any:
     return structlog.get_logger(name)
 
 
+def debug(event: str, **kw: Any) -> None:
+    """Log a debug event, only once configure() ran (a library caller, or `preview`, gets no log lines)."""
+    if _stream:
+        get().debug(event, **kw)
+
+
 def current_stream() -> TextIO | None:
     """Return the stream the last configure() chose (None before the first), for a reload."""
     return _stream[0] if _stream else None

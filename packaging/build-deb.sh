@@ -15,6 +15,7 @@
 # commit give the same .deb bytes.
 #
 # Needs: python3.X-venv of the target release, dpkg, binutils (strip), git (for the default date).
+# Network: only PyPI, for the files pinned in packaging/requirements.lock and build-requirements.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$PWD
@@ -75,7 +76,11 @@ fi
 $PY -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --no-compile --require-hashes --no-deps --only-binary :all: \
     -r packaging/requirements.lock
-"$VENV/bin/python" -m pip wheel -q --no-deps -w "$BUILD/wheel" "$BUILD/src"
+# fluxagent's own wheel, built by the locked backend (no build isolation: nothing unpinned is fetched)
+$PY -m venv "$BUILD/tools"
+"$BUILD/tools/bin/python" -m pip install -q --require-hashes --no-deps --only-binary :all: \
+    -r packaging/build-requirements.lock
+"$BUILD/tools/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$BUILD/wheel" "$BUILD/src"
 "$VENV/bin/python" -m pip install -q --no-compile --no-deps "$BUILD"/wheel/fluxagent-*.whl
 
 # 2. generated from the installed CLI and metadata (before the venv's paths are rewritten)

@@ -175,6 +175,10 @@ def server_unreachable(s: Site) -> None:
     s.write()
 
 
+def state_dir_writable_by_others(s: Site) -> None:
+    (s.tmp / "state").chmod(0o770)
+
+
 LOCKS: list[Any] = []
 
 
@@ -198,6 +202,8 @@ TABLE: dict[str, tuple[Callable[[Site], None], int, tuple[str, ...]]] = {
     "server certificate not trusted (wrong CA)": (ca_untrusted, 78, ("validate", "run --once", "credentials")),
     "server unreachable": (server_unreachable, 69, ("validate", "run --once", "credentials")),
     "another instance holds the lock": (lock_held, 75, ("run --once", "export")),
+    "state directory writable by group or others": (state_dir_writable_by_others, 78,
+                                                    ("validate", "run --once", "credentials", "export")),
 }
 CASES = [(failure, command) for failure, (_, _, commands) in TABLE.items() for command in commands]
 

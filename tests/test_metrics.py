@@ -120,11 +120,14 @@ def node_exporter(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 def test_node_exporter_reads_the_rendered_file_without_a_scrape_error(node_exporter: tuple[Path, str]) -> None:
     textdir, url = node_exporter
-    (textdir / "fluxagent.prom").write_text(render(status()))
+    (textdir / "fluxagent.prom").write_text(render(status(), build={"version": "0.2.0", "python": "3.11.2"},
+                                                   deliveries={"heartbeat": {"delivered": 4, "retry": 1}}))
     body = httpx.get(url, timeout=10).text
     assert "node_textfile_scrape_error 0" in body
     assert 'fluxagent_license_state{state="valid"} 1' in body
     assert 'fluxagent_consecutive_failures{kind="heartbeat"} 3' in body
+    assert 'fluxagent_build_info{python="3.11.2",version="0.2.0"} 1' in body
+    assert 'fluxagent_deliveries_total{kind="heartbeat",outcome="retry"} 1' in body
 
 
 def test_node_exporter_flags_a_broken_file(node_exporter: tuple[Path, str]) -> None:

@@ -159,3 +159,13 @@ def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
     assert blocks and all(any("--hash=sha256:" in line for line in b) for b in blocks)
     assert "psycopg-binary" not in pinned  # Debian's libpq5, not a bundled copy
     assert not {"rich", "pygments", "markdown-it-py", "mdurl"} & pinned
+
+
+def test_the_build_backend_is_locked_with_hashes_too() -> None:
+    import tomllib
+
+    requires = tomllib.loads((PACKAGING.parent / "pyproject.toml").read_text())["build-system"]["requires"]
+    lock = (PACKAGING / "build-requirements.lock").read_text()
+    pinned = {_name(line.split("==")[0]) for line in lock.splitlines() if "==" in line and not line.startswith(" ")}
+    assert {_name(r) for r in requires} <= pinned
+    assert lock.count("--hash=sha256:") >= len(pinned)

@@ -58,7 +58,7 @@ def test_unit_keeps_the_settings_operators_rely_on() -> None:
     assert s["Type"] == ["notify"]
     assert s["RestartPreventExitStatus"] == ["78"]
     assert s["Restart"] == ["on-failure"]
-    assert s["ExecReload"] == ["kill -HUP $MAINPID"]
+    assert s["ExecReload"][-1] == "kill -HUP $MAINPID"
     assert s["User"] == ["fluxagent"] and "DynamicUser" not in s
     assert s["CapabilityBoundingSet"] == [""]
     assert s["MemoryDenyWriteExecute"] == ["yes"]
@@ -137,3 +137,28 @@ def test_metrics_publisher_command_copies_the_file_whole_and_world_readable(tmp_
     assert published.read_text() == "fluxagent_spool_messages 3\n"
     assert published.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in textdir.iterdir()] == ["fluxagent.prom"]
+
+
+def test_reload_checks_the_config_first_so_a_broken_file_fails_the_reload_and_the_daemon_keeps_the_old(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    check, hup = unit_settings()["ExecReload"]
+    assert hup == "kill -HUP $MAINPID"  # only reached when the check passed: systemd runs them in order
+    argv = check.split()
+    assert argv[0] == INSTALLED_EXEC and argv[1:3] == ["--config", "/etc/fluxagent/fluxagent.toml"], check
+    exe = str(Path(sys.executable).with_name("fluxagent"))
+    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
+    broken = tmp_path / "fluxagent.toml"
+    broken.write_text('[instance]\nbound_domain = "billing.example.com"\n[schedule]\nheartbeat = "often"\n')
+    done = subprocess.run([exe, "--config", str(broken), *argv[3:]], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "schedule.heartbeat" in done.stderr and str(broken) in done.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[instance]\nbound_domain = "billing.example.com"\nstate_dir = "/nonexistent/state"\n')
+    done = subprocess.run([exe, "--config", str(good), *argv[3:]], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr  # the config alone: no state dir, no identity needed
+    assert str(good) in done.stdout

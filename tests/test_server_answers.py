@@ -41,6 +41,26 @@ BODIES = [b"", b"null", b"[]", b"{", b'{"error": 5}', b'{"error": "' + b"x" * 50
           b'{"payloadType": "application/vnd.fluxagent.receipt.v1+json", "payload": "!!", "signatures": 7}']
 
 
+# framing and header trouble that no well-formed response helper would produce
+RAW_ODD = [
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(5000)) + b"Content-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, gzip\r\nContent-Length: 2\r\n\r\nab",
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: \xff\xfe\r\nContent-Length: 2\r\n\r\nab",
+    b"HTTP/1.1 429 X\r\nRetry-After: \xff\xfe\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 302 X\r\nLocation: \xff\xfe://\x00\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/2 200 OK\r\n\r\n", b"FOO/1.1 200 OK\r\n\r\n", b"HTTP/1.1 200\r\n\r\n", b"\r\n\r\n", b"",
+    b"HTTP/1.1 200 OK\n\nbare newlines",
+]
+
+
 def _sealed(seq: int) -> messages.Sealed:
     msg = messages.build_heartbeat("4.2.0", "billing.example", Counts(1, 2, 3))
     return messages.seal(msg, signing_key=INSTANCE, iid=str(uuid.uuid4()), aud="127.0.0.1", seq=seq,
@@ -57,7 +77,7 @@ def _odd_answers() -> list[bytes]:
             response(200, [("Content-Encoding", "gzip")], b"not gzip"), response(200, [("X-\u00ff", "\u00ff")]),
             response("2OO"), response("-1"), response("+200"), response(" 200"), response("200.0"),
             response(0), response("000"), response(1000), response(99999999999999999999)]
-    return out
+    return out + RAW_ODD
 
 
 def _drive(server: RawServer, count: int, tmp_path: Path) -> list[tuple[Retry | Rejected, int]]:

@@ -241,6 +241,19 @@ def validate(
     raise typer.Exit(code)
 
 
+@app.command("check-config")
+def check_config(ctx: typer.Context) -> None:
+    """Check the config file alone and exit: 0 it loads, 78 it does not (the unit's ExecReload runs this first).
+
+    Fast and read-only: it loads no identity, opens no state, database or network.
+    """
+    try:
+        load_config(ctx)
+    except FluxError as exc:
+        raise fail(exc) from None
+    typer.echo(f"config {ctx.obj}: ok")
+
+
 @app.command()
 def demo(
     workspace: Annotated[Path | None, typer.Option(help="Keep the workspace here instead of a temp dir")] = None,

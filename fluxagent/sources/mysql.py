@@ -161,7 +161,7 @@ class MysqlSource(ShapedSource):
 
     def iter_servers(self) -> Iterator[tuple[Any, ...]]:
         """Yield (hostname, ip_address) of every inventory server, streamed (MySQL has no address types)."""
-        return self._stream("servers", self.queries.servers, 2)
+        return self._rows_streamed("servers", self.queries.servers, 2)
 
     def close(self) -> None:
         """Close the connection."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+from fluxagent import logs
 from fluxagent.config import Queries
 from fluxagent.errors import SourceShapeError
 from fluxagent.facts import Counts
@@ -99,18 +101,33 @@ class ShapedSource(ABC):
     def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
         """Yield every row of sql (width columns, checked first); raises SourceError."""
 
+    def _rows(self, name: str, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """`_fetch`, with a debug event: the query's name, its row count and time (never a value)."""
+        start = time.perf_counter()
+        rows = self._fetch(name, sql, limit)
+        logs.debug("db.query", name=name, rows=len(rows), ms=round((time.perf_counter() - start) * 1000, 1))
+        return rows
+
+    def _rows_streamed(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
+        """`_stream`, with a debug event once the rows are through: name, row count and time."""
+        start, n = time.perf_counter(), 0
+        for row in self._stream(name, sql, width):
+            n += 1
+            yield row
+        logs.debug("db.query", name=name, rows=n, ms=round((time.perf_counter() - start) * 1000, 1))
+
     def counts(self) -> Counts:
         """Return the three aggregate counts; raises SourceError naming the failing query."""
         values = {}
         for name in COUNT_QUERIES:
             sql = getattr(self.queries, name)
-            values[name] = check_count(name, sql, self._fetch(name, sql, 2))
+            values[name] = check_count(name, sql, self._rows(name, sql, 2))
         return Counts(**values)
 
     def version(self) -> str:
         """Return the platform version from the settings table; raises SourceError."""
         sql = self.queries.version
-        rows = self._fetch("version", sql, 2)
+        rows = self._rows("version", sql, 2)
         if len(rows) != 1 or len(rows[0]) != 1 or not isinstance(rows[0][0], str):
             raise SourceShapeError(
                 f"platform.queries.version ({sql!r}) must return one text value, got {len(rows)} rows",
@@ -120,12 +137,12 @@ class ShapedSource(ABC):
 
     def iter_servers(self) -> Iterator[tuple[Any, ...]]:
         """Yield (hostname, ip_address) of every inventory server, streamed."""
-        for hostname, ip in self._stream("servers", self.queries.servers, 2):
+        for hostname, ip in self._rows_streamed("servers", self.queries.servers, 2):
             yield hostname, as_text(ip)
 
     def iter_networks(self) -> Iterator[object]:
         """Yield every inventory CIDR, streamed."""
-        for row in self._stream("networks", self.queries.networks, 1):
+        for row in self._rows_streamed("networks", self.queries.networks, 1):
             yield as_text(row[0])
 
     @abstractmethod
