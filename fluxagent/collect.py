@@ -39,6 +39,7 @@ class Built:
     error: FluxError | None = None
     skipped: Counter[str] = field(default_factory=Counter)
     withheld: tuple[str, ...] = ()
+    tokens: TokenSet | None = None  # a digest's token set: stored when spooled, the next delta's base
 
 
 def _host_reader(cfg: HostConfig) -> HostFacts:
@@ -104,12 +105,15 @@ def gather(
     last_acked_root: str | None = None,
     license_state: str | None = None,
     world: World | None = None,
+    base: TokenSet | None = None,
     policy: Policy | None = None,
 ) -> list[Built]:
     """Build the messages of kinds from live sources; a failing kind carries its error, the rest go on.
 
-    policy: what the operator approved; fields it withholds are left out, and a kind it holds back
-    carries a SchemaHeld error without being built (None: the running registry, unnarrowed).
+    base: the token set of last_acked_root, for a digest delta (None: no delta, full or unchanged).
+    policy: what the operator approved; fields it withholds are left out (a digest delta is not built
+    unless `base` is approved), and a kind it holds back carries a SchemaHeld error without being
+    built (None: the running registry, unnarrowed).
     """
     world = world or World()
     results = {k: Built(k) for k in kinds}
@@ -119,6 +123,8 @@ def gather(
             results[k].error = SchemaHeld(policy.hold_reason(k), hint="see `fluxagent schema --diff`; "
                                           "`sudo fluxagent schema --approve` lets it be sent")
         kinds = [k for k in kinds if k not in held]
+        if not policy.allows("digest", "base"):
+            base = None  # no delta unless approved: the digest goes full, or unchanged
     platform: PlatformSource | None = None
     host: HostFacts | None = None
     try:
@@ -144,7 +150,8 @@ def gather(
                 def digest() -> Message:
                     toks = tokens_for(platform, host, ident.digest_key)
                     results["digest"].skipped.update(toks.skipped)
-                    return messages.build_digest(toks, key_id(ident.digest_key), last_acked_root)
+                    results["digest"].tokens = toks
+                    return messages.build_digest(toks, key_id(ident.digest_key), last_acked_root, base=base)
                 _guard(results["digest"], digest)
         if "credentials" in kinds:
             results["credentials"].message = messages.build_credentials()

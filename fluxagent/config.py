@@ -208,8 +208,10 @@ class SpoolConfig:
     max_messages: int = field(default=2000, metadata=key(
         int_range(10, 1_000_000), "Most unsent messages kept; when full, the oldest heartbeat is dropped "
         "(and counted)."))
-    max_bytes: int = field(default=20_000_000, metadata=key(
-        size_range(64 * 1024, 10 * 2**30), "Most bytes of unsent messages kept, with the same rule."))
+    max_bytes: int = field(default=64_000_000, metadata=key(
+        size_range(64 * 1024, 10 * 2**30), "Most bytes of unsent messages kept, with the same rule. A message "
+        "larger than this is not sent (and said so once): the default holds the full digest of ~1.3 million "
+        "inventory servers and ranges."))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ arguments, so tests drive days of outage in milliseconds.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +18,7 @@ from typing import Any
 from fluxagent import collect
 from fluxagent.config import Config
 from fluxagent.errors import EXIT_CHECK_FAILED, AllowlistError, FluxError, SchemaHeld, StateError
+from fluxagent.identifiers import TokenSet, key_id
 from fluxagent.kinds import LICENSE_STATES, SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
@@ -25,15 +26,15 @@ from fluxagent.license.state import Contact, Receipt, Status
 from fluxagent.schema import approval as schema_approval
 from fluxagent.schema.policy import Policy
 from fluxagent.schema.record import note_policy
-from fluxagent.statedir import state
+from fluxagent.statedir import digestset, state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.statedir.spool import Entry, Spool, SpoolFull, TooBig
 from fluxagent.timefmt import utc_stamp
-from fluxagent.transport import Transport, send
+from fluxagent.transport import Body, Transport, send
 from fluxagent.wire import messages
 from fluxagent.wire.http import HttpResponse, TransportError
-from fluxagent.wire.messages import Message, Sealed
+from fluxagent.wire.messages import Message, Sealed, ledger_summary
 from fluxagent.wire.receipts import Delivered, Rejected, Retry, classify
 
 BACKOFF_BASE = 30.0
@@ -51,6 +52,9 @@ CONFIG_ERROR_RETRY = 900.0  # an untrusted server certificate: retried this rare
 OUTAGE_SUMMARY_EVERY = 6 * 3600.0  # one warning when an outage starts, then a summary this often
 LICENSE_STATUS_FILE = license_store.FILE
 SPOOL_ENTRY_OVERHEAD = 512  # the spool entry's own fields around the envelope
+# need_full or a refused delta make the next digest full, at most this long after the last full one:
+# a server answering need_full to everything gets a full digest an hour, not one per answer
+FULL_DIGEST_PACE = 3600
 
 # Event names per kind, written out so that grep finds each one.
 SENT_EVENT = {"license": "license.sent", "heartbeat": "heartbeat.sent", "digest": "digest.sent",
@@ -82,9 +86,23 @@ def backoff(failures: int, rng: random.Random, base: float = BACKOFF_BASE, cap: 
 
 
 def sealed_of(entry: Entry) -> Sealed:
-    """Return the Sealed view of a spool entry (what `classify` checks the receipt against)."""
-    payload = entry.payload
-    return Sealed(entry.kind, entry.endpoint, payload, json.loads(payload), entry.envelope)
+    """Return what `classify` checks a receipt against: kind, payload hash, iid and nonce of the entry.
+
+    A digest's payload is not read back (it can be tens of MB; the ledger keeps its summary), the
+    payload of any other kind is (the ledger keeps it).
+    """
+    obj = {"iid": entry.iid, "nonce": entry.nonce, "seq": entry.seq}
+    payload = b"" if entry.summary is not None else entry.payload
+    return Sealed(entry.kind, entry.endpoint, payload, obj, b"", summary=entry.summary, sha256=entry.payload_sha256)
+
+
+def digest_root_of(sealed: Sealed) -> str | None:
+    """Return the root a sealed digest carries (from its summary, else its payload object)."""
+    root = (sealed.summary or {}).get("root")
+    if root is None:
+        body = sealed.obj.get("body")
+        root = body.get("root") if isinstance(body, dict) else None
+    return root if isinstance(root, str) else None
 
 
 @dataclass
@@ -236,16 +254,27 @@ class Engine:
     def _error(self, event: str, **kw: Any) -> None:
         self._emit("error", event, kw)
 
-    def record(self, now: float, event: str, kind: str, *, endpoint: str, seq: int, payload: bytes, outcome: str,
-               http_status: int | None = None, receipt_sha256: str | None = None, detail: str | None = None) -> None:
-        """Append one entry to the ledger; raises StateError."""
+    def record(self, now: float, event: str, kind: str, *, endpoint: str, seq: int, payload: bytes | None,
+               outcome: str, http_status: int | None = None, receipt_sha256: str | None = None,
+               detail: str | None = None, payload_sha256: str | None = None,
+               summary: dict[str, Any] | None = None) -> None:
+        """Append one entry to the ledger; raises StateError.
+
+        A digest is recorded by its payload hash and list sizes (`summary`), never its lists: they
+        would make ledger lines of tens of MB. Given a digest payload, record() summarizes it.
+        """
+        if kind == "digest" and payload is not None and summary is None:
+            summary, payload_sha256, payload = ledger_summary(payload), hashlib.sha256(payload).hexdigest(), None
         self._ledger.append(now=int(now), event=event, kind=kind, outcome=outcome, endpoint=endpoint, seq=seq,
-                            payload=payload, http_status=http_status, receipt_sha256=receipt_sha256, detail=detail)
+                            payload=payload, payload_sha256=payload_sha256, summary=summary,
+                            http_status=http_status, receipt_sha256=receipt_sha256, detail=detail)
 
     def _ledger_entry(self, now: int, event: str, e: Entry, *, outcome: str, http_status: int | None = None,
                       receipt_sha256: str | None = None, detail: str | None = None) -> None:
-        self.record(now, event, e.kind, endpoint=e.endpoint, seq=e.seq, payload=e.payload, outcome=outcome,
-                    http_status=http_status, receipt_sha256=receipt_sha256, detail=detail)
+        self.record(now, event, e.kind, endpoint=e.endpoint, seq=e.seq,
+                    payload=None if e.summary is not None else e.payload, payload_sha256=e.payload_sha256,
+                    summary=e.summary, outcome=outcome, http_status=http_status, receipt_sha256=receipt_sha256,
+                    detail=detail)
 
     def _note_source(self, kind: str, entry: dict[str, Any] | None) -> None:
         """Record (or clear) why kind is not being sent, where `status` reads it."""
@@ -297,10 +326,13 @@ class Engine:
             self._log("license.registration_pending", spool=self._spool.depth())
         policy = self.current_policy(now)
         license_state = self.license_status(now).state if "license" in kinds else None
-        built = collect.gather(self._cfg, self._ident, kinds, now=now,
-                               last_acked_root=None if force_full else self._schedule.last_acked_root,
+        acked_root = None if force_full else self._schedule.last_acked_root
+        # the acknowledged set is read only when a delta may be sent (approved); else full or unchanged
+        base = self._digest_base(acked_root) if "digest" in kinds and policy.allows("digest", "base") else None
+        built = collect.gather(self._cfg, self._ident, kinds, now=now, last_acked_root=acked_root,
                                license_state=license_state if license_state in LICENSE_STATES else None,
-                               world=self._deps.world, policy=policy)
+                               world=self._deps.world, base=base, policy=policy)
+        base = None
         out: list[Sealed] = []
         for b in built:
             if b.skipped:
@@ -324,6 +356,11 @@ class Engine:
             if b.kind in self._source_state:
                 self._note_source(b.kind, None)
             seq = sealed.obj["seq"]
+            if b.tokens is not None and sealed.summary is not None:
+                self._store_pending(b.tokens, sealed.summary)
+                if sealed.summary.get("full"):
+                    self._schedule = replace(self._schedule, last_full_at=int(now))
+            b.tokens = None  # a million tokens are 16 MB: let them go once stored
             put = self._spool.put(sealed, int(now))
             for e in put.superseded:
                 self._ledger_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
@@ -334,7 +371,7 @@ class Engine:
                 self._warn("spool.counters_unsaved", error=put.counters_error)
             # only now: a seq or spool write that failed (disk full) leaves the kind due, retried soon
             self._advance(b.kind, now)
-            self._log(SPOOLED_EVENT[b.kind], seq=seq, bytes=len(sealed.envelope))
+            self._log(SPOOLED_EVENT[b.kind], seq=seq, bytes=sealed.envelope_size)
             out.append(sealed)
         self._save_schedule()
         return out
@@ -354,7 +391,7 @@ class Engine:
 
         try:
             sealed = seal(self._seq.peek(floor))
-            self._spool.check_room(kind, len(sealed.envelope) + SPOOL_ENTRY_OVERHEAD)
+            self._spool.check_room(kind, sealed.envelope_size + SPOOL_ENTRY_OVERHEAD)
         except (AllowlistError, SpoolFull) as exc:
             if (self._source_state.get(kind) or {}).get("code") != exc.code:  # once, not every interval
                 event = "digest.too_big_for_spool" if isinstance(exc, TooBig) else NOT_SENT_EVENT[kind]
@@ -395,6 +432,48 @@ class Engine:
             note_policy(self._cfg.instance.state_dir, self._ledger, policy, int(now), self._log, self._warn)
         return policy
 
+    def _digest_base(self, acked_root: str | None) -> TokenSet | None:
+        """Return the acknowledged token set when it is that of acked_root under this digest key, else None."""
+        if acked_root is None:
+            return None
+        found = digestset.acked(self._cfg.instance.state_dir)
+        if found is None or found.root != acked_root or found.key_id != key_id(self._ident.digest_key):
+            return None  # missing, corrupt, another root or another key: full, never a wrong delta
+        return found.tokens
+
+    def _store_pending(self, tokens: TokenSet, summary: dict[str, Any]) -> None:
+        """Keep the token set of the digest about to be spooled, to become the base once acknowledged."""
+        if summary.get("root") == self._schedule.last_acked_root:
+            return  # unchanged: the acknowledged set is this one already
+        try:
+            digestset.write_pending(self._cfg.instance.state_dir, str(summary["key_id"]), str(summary["root"]),
+                                    tokens)
+        except OSError as exc:
+            raise StateError(f"cannot store the digest token set in {self._cfg.instance.state_dir}:"
+                             f" {exc.strerror or exc}; the message was not queued",
+                             hint="check free space and permissions of the state directory") from exc
+
+    def _full_digest_next(self, now: float, why: str) -> None:
+        """Make the next digest full (no base), due at most once per FULL_DIGEST_PACE: never a loop."""
+        try:
+            digestset.forget(self._cfg.instance.state_dir)
+        except OSError as exc:
+            raise StateError(f"cannot remove the acknowledged digest set: {exc.strerror or exc}") from exc
+        last = self._schedule.last_full_at
+        due = int(now) if last is None else max(int(now), last + FULL_DIGEST_PACE)
+        ks = self._schedule.digest
+        self._schedule = replace(self._schedule.with_kind("digest", replace(ks, next_due=due)), last_acked_root=None)
+        self._log("digest.full_requested", reason=why, due_in=int(due - now))
+        self._save_schedule()
+
+    def _acknowledge_digest(self, root: str | None) -> None:
+        """Keep the token set of an acknowledged root as the next delta's base (else none: full next)."""
+        try:
+            if root is not None and root != self._schedule.last_acked_root:  # unchanged: the set stays
+                digestset.acknowledge(self._cfg.instance.state_dir, root)
+        except OSError as exc:
+            raise StateError(f"cannot store the acknowledged digest set: {exc.strerror or exc}") from exc
+
     def _advance(self, kind: str, now: float) -> None:
         """Set the next due time of a scheduled kind after it was produced (or its source failed)."""
         if kind in SCHEDULED:
@@ -405,7 +484,7 @@ class Engine:
 
     # ---- send ----
 
-    def _send(self, url: str, body: bytes) -> HttpResponse | TransportError:
+    def _send(self, url: str, body: Body) -> HttpResponse | TransportError:
         """Post body to url through the transport within the request deadline; log status and time (debug)."""
         start = time.perf_counter()
         response = send(self._deps.transport, url, body, deadline=self._cfg.server.request_deadline)
@@ -438,7 +517,7 @@ class Engine:
                 return result
             sealed = sealed_of(entry)
             url = self._cfg.server.url + entry.endpoint
-            response = self._send(url, entry.envelope)
+            response = self._send(url, entry.body())
             now = clock()
             outcome = classify(sealed, response, self._cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
             if isinstance(outcome, Retry):
@@ -456,6 +535,8 @@ class Engine:
                 if entry.kind == "license":
                     why = f"HTTP {outcome.status}: {outcome.reason}"[:200]
                     self.refresh_license(now, Contact("rejected", now, now, why))
+                if entry.kind == "digest" and (entry.summary or {}).get("base"):
+                    self._full_digest_next(now, f"the server refused a delta: {outcome.reason}"[:200])
                 result.rejected.append((entry, outcome))
                 continue
             self._ledger_delivered(sealed, outcome, now, event="sent")
@@ -544,9 +625,11 @@ class Engine:
 
     def _ledger_delivered(self, sealed: Sealed, d: Delivered, now: float, *, event: str,
                           detail: str | None = None) -> None:
+        digest = sealed.summary is not None
         self.record(now, event, sealed.kind, endpoint=sealed.endpoint, seq=int(sealed.obj["seq"]),
-                    payload=sealed.payload, outcome="delivered", http_status=d.status,
-                    receipt_sha256=d.receipt_sha256, detail=detail)
+                    payload=None if digest else sealed.payload,
+                    payload_sha256=sealed.payload_sha256 if digest else None, summary=sealed.summary,
+                    outcome="delivered", http_status=d.status, receipt_sha256=d.receipt_sha256, detail=detail)
 
     def _apply_receipt(self, sealed: Sealed, d: Delivered, now: float, *, source: str) -> None:
         kind = sealed.kind
@@ -568,10 +651,11 @@ class Engine:
             ks, last_sent=int(now), next_due=due, consecutive_failures=0, last_error=None, server_interval=asked))
         if kind == "digest":
             if d.receipt_body.get("need_full"):
-                self._schedule = replace(self._schedule, last_acked_root=None)
-                self._schedule = self._schedule.with_kind("digest", replace(self._schedule.digest, next_due=int(now)))
+                self._full_digest_next(now, "the server asked for a full digest (need_full)")
             else:
-                self._schedule = replace(self._schedule, last_acked_root=sealed.obj["body"]["root"])
+                root = digest_root_of(sealed)
+                self._acknowledge_digest(root)
+                self._schedule = replace(self._schedule, last_acked_root=root)
         if kind == "license":
             self.write_license_status(d, now, source=source)
         else:
@@ -639,8 +723,9 @@ class Engine:
             return FlushResult(retry=Retry(self._server_wait - now, f"retry_after: the server asked to wait until"
                                            f" {until}", None, sent=False))
         result = self.flush()
-        if any(e.kind == "digest" and d.receipt_body.get("need_full") for e, d in result.delivered):
-            self.produce(["digest"], self._deps.clock(), force_full=True)  # the server asked for the lists
+        now = self._deps.clock()
+        if "digest" in self.due(now) and any(e.kind == "digest" for e, _ in result.delivered + result.rejected):
+            self.produce(["digest"], now, force_full=True)  # the server asked for the lists (paced)
             more = self.flush()
             result.delivered += more.delivered
             result.rejected += more.rejected

@@ -99,7 +99,7 @@ def run_demo(where: Path | None, echo: Echo, database: str | None = None) -> int
             failed |= not res.ok
 
             needles = sample.personal_data(d)
-            blobs = [(f"{s.kind} preview envelope", s.envelope) for s in sealed]
+            blobs = [(f"{s.kind} preview envelope", b"".join(s.envelope_chunks())) for s in sealed]
             blobs += [(f"request {i + 1} to {r.endpoint}", r.body) for i, r in enumerate(received)]
             hits = sample.scan(blobs, needles)
             total = sum(len(b) for _, b in blobs)

@@ -6,6 +6,7 @@ tests check them against the `ipaddress` reference behaviour.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 import re
@@ -164,16 +165,18 @@ class TokenList:
     Hot loops append to `buckets[token[0]]` directly.
     """
 
-    __slots__ = ("buckets",)
+    __slots__ = ("buckets", "finished")
 
     def __init__(self, tokens: Iterable[bytes] = ()) -> None:
         self.buckets = [bytearray() for _ in range(256)]
+        self.finished = False
         for t in tokens:
             self.append(t)
 
     def append(self, tok: bytes) -> None:
         """Add a 16-byte token."""
         self.buckets[tok[0]] += tok
+        self.finished = False
 
     def finish(self) -> None:
         """Sort and deduplicate in place."""
@@ -181,6 +184,27 @@ class TokenList:
             if bucket:
                 toks = {bytes(bucket[j:j + TOKEN_BYTES]) for j in range(0, len(bucket), TOKEN_BYTES)}
                 self.buckets[i] = bytearray(b"".join(sorted(toks)))
+        self.finished = True
+
+    @classmethod
+    def from_sorted(cls, packed: bytes | memoryview) -> TokenList:
+        """Return the finished list of packed sorted unique 16-byte tokens (as `packed()` gives them)."""
+        out = cls()
+        view = memoryview(packed)
+        n = len(view) // TOKEN_BYTES
+        lo = 0
+        for first in range(256):  # the tokens of each first byte are one run of the sorted array
+            hi = bisect.bisect_left(range(n), first + 1, lo, key=lambda j: view[j * TOKEN_BYTES])
+            out.buckets[first] = bytearray(view[lo * TOKEN_BYTES:hi * TOKEN_BYTES])
+            lo = hi
+        out.finished = True
+        return out
+
+    def packed(self) -> Iterator[memoryview]:
+        """Yield the sorted tokens as packed runs (one per first byte); finish() first."""
+        for bucket in self.buckets:
+            if bucket:
+                yield memoryview(bucket)
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.buckets) // TOKEN_BYTES
@@ -198,6 +222,22 @@ class TokenList:
         """Update hash object h with every token in order (no per-token objects)."""
         for bucket in self.buckets:
             h.update(bucket)
+
+
+def diff(old: TokenList, new: TokenList) -> tuple[TokenList, TokenList]:
+    """Return (added, removed): the finished lists of tokens in new but not old, and in old but not new."""
+    added, removed = TokenList(), TokenList()
+    for i, (a, b) in enumerate(zip(old.buckets, new.buckets, strict=True)):
+        if a == b:
+            continue
+        # one first byte at a time: the per-token objects live only as long as one bucket's set
+        sa, sb = bytes(a), bytes(b)
+        olds = {sa[j:j + TOKEN_BYTES] for j in range(0, len(sa), TOKEN_BYTES)}
+        news = {sb[j:j + TOKEN_BYTES] for j in range(0, len(sb), TOKEN_BYTES)}
+        added.buckets[i] = bytearray(b"".join(sorted(news - olds)))
+        removed.buckets[i] = bytearray(b"".join(sorted(olds - news)))
+    added.finished = removed.finished = True
+    return added, removed
 
 
 @dataclass

@@ -57,6 +57,10 @@ class Pending:
         payload = envelope.parse_envelope(self.envelope)[1]
         return Sealed(self.kind, self.endpoint, payload, json.loads(payload), self.envelope)
 
+    def read_envelope(self) -> bytes:
+        """Return the exact request envelope (as a spool entry does)."""
+        return self.envelope
+
     @property
     def req(self) -> str:
         """Return `sha256:<hex>` of the request payload, as receipts name it."""
@@ -67,7 +71,7 @@ def build_bundle(entries: Sequence[Entry | Pending], *, signing_key: Any, iid: s
     """Return the bundle: a DSSE envelope (instance key) over the exact request envelopes. Pure."""
     payload = envelope.canonical_json({
         "v": 1, "iid": iid, "aud": aud, "ts": now,
-        "messages": [{"endpoint": e.endpoint, "envelope": e.envelope.decode()} for e in entries]})
+        "messages": [{"endpoint": e.endpoint, "envelope": e.read_envelope().decode()} for e in entries]})
     return envelope.sign_envelope(BUNDLE_TYPE, payload, signing_key) + b"\n"
 
 
@@ -111,7 +115,7 @@ def commit_export(engine: Engine, entries: Sequence[Entry], now: float, where: s
     """After the bundle is written: move its entries from the spool to pending, ledgering each."""
     pending = load_pending(engine)
     known = {p.seq for p in pending}
-    pending += [Pending(e.kind, e.endpoint, e.seq, e.envelope, int(now)) for e in entries if e.seq not in known]
+    pending += [Pending(e.kind, e.endpoint, e.seq, e.read_envelope(), int(now)) for e in entries if e.seq not in known]
     save_pending(engine, pending)
     for e in entries:
         engine.record(now, "exported", e.kind, outcome="exported", endpoint=e.endpoint, seq=e.seq,

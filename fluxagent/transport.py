@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -28,16 +29,43 @@ from fluxagent.wire.http import HttpResponse, TransportError, redact_url
 
 USER_AGENT = f"fluxagent/{__version__}"
 _GZIP_SLACK = 64 * 1024  # gzip of incompressible data is slightly larger than the data
+FILE_CHUNK = 256 * 1024
 
 
 
 
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A request body read from a file in chunks (a spooled digest of tens of MB is never held whole)."""
+
+    path: Path
+    offset: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            left = self.size
+            while left > 0:
+                chunk = f.read(min(FILE_CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{self.path} is shorter than its recorded size")
+                left -= len(chunk)
+                yield chunk
+
+
+Body = bytes | FileBody
 
 
 class Transport(Protocol):
     """POST body to url within `deadline` seconds; return the response or raise TransportError."""
 
-    def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse: ...
+    def __call__(self, url: str, body: Body, *, deadline: float) -> HttpResponse: ...
 
     def close(self) -> None:
         """Release pooled connections; the transport is not used afterwards."""
@@ -49,7 +77,7 @@ class Plain:
     def __init__(self, fn: Callable[..., HttpResponse]) -> None:
         self._fn = fn
 
-    def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse:
+    def __call__(self, url: str, body: Body, *, deadline: float) -> HttpResponse:
         return self._fn(url, body, deadline=deadline)
 
     def close(self) -> None:
@@ -57,7 +85,7 @@ class Plain:
 
 
 def send(
-    transport: Transport, url: str, body: bytes, *, deadline: float
+    transport: Transport, url: str, body: Body, *, deadline: float
 ) -> HttpResponse | TransportError:
     """Return the transport's response, or the TransportError it raised (what `classify` takes)."""
     try:
@@ -147,6 +175,17 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
+# OpenSSL verify codes meaning "no trusted CA vouches for this certificate": the CA this machine trusts
+# (server.ca_bundle or the system store) is the wrong one, a configuration error. An expired certificate
+# or one for another host name is the server's problem, an outage like any other.
+UNTRUSTED_ISSUER_CODES = frozenset({2, 18, 19, 20, 21})  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT{,_LOCALLY}, …
+
+
+def untrusted_issuer(exc: ssl.SSLCertVerificationError) -> bool:
+    """Return whether a certificate verification failed because no trusted CA issued it (a config error)."""
+    return exc.verify_code in UNTRUSTED_ISSUER_CODES
+
+
 def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportError:
     """Return the TransportError for an httpx/OS exception raised while requesting url."""
     via = f" via proxy {redact_url(proxy)}" if proxy else ""
@@ -164,7 +203,8 @@ def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportEr
             return TransportError("dns", url, f"cannot resolve the host name{via}: {c.strerror}")
         if isinstance(c, ssl.SSLCertVerificationError):
             why = c.verify_message or c.reason
-            return TransportError("tls", url, f"TLS certificate not trusted: {why}", config=True)
+            return TransportError("tls", url, f"TLS certificate not trusted: {why}",
+                                  config=untrusted_issuer(c))
         # an SSL error after the handshake (e.g. EOF without close_notify) is a broken connection
         if isinstance(c, ssl.SSLError) and isinstance(exc, httpx.ConnectError):
             return TransportError("tls", url, f"TLS handshake failed: {c.reason or c}")
@@ -229,7 +269,7 @@ class HttpxTransport:
             shown = redact_url(self._proxy or "")
             raise ConfigError([f"{source}: {shown}: unusable: {exc}"]) from None
 
-    def __call__(self, url: str, body: bytes, *, deadline: float) -> HttpResponse:
+    def __call__(self, url: str, body: Body, *, deadline: float) -> HttpResponse:
         """POST body to url on the configured server within deadline s; raises TransportError."""
         if _origin(url) != self._origin:
             raise ValueError(f"{redact_url(url)} is not on the configured server")
@@ -267,7 +307,7 @@ class HttpxTransport:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, job: _Job, url: str, body: bytes, deadline: float) -> None:
+    def _run(self, job: _Job, url: str, body: Body, deadline: float) -> None:
         try:
             job.response = self._post(url, body, deadline, job.cancelled)
         except Exception as exc:  # handed to the caller's thread, which raises it
@@ -276,7 +316,7 @@ class HttpxTransport:
             job.done.set()
 
     def _post(
-        self, url: str, body: bytes, deadline: float, cancelled: threading.Event
+        self, url: str, body: Body, deadline: float, cancelled: threading.Event
     ) -> HttpResponse:
         end = time.monotonic() + deadline
         # each blocking step is bounded by the deadline too, so an abandoned worker ends soon
@@ -287,7 +327,10 @@ class HttpxTransport:
             return cancelled.is_set() or time.monotonic() > end
 
         try:
-            with self._client.stream("POST", url, content=body, timeout=timeout) as resp:
+            # a file body goes out in chunks with its length announced (no chunked encoding)
+            sized = {"Content-Length": str(len(body))} if isinstance(body, FileBody) else None
+            content = iter(body) if isinstance(body, FileBody) else body
+            with self._client.stream("POST", url, content=content, headers=sized, timeout=timeout) as resp:
                 if 300 <= resp.status_code < 400:
                     target = _origin_text(resp.headers.get("location", ""))
                     raise TransportError(

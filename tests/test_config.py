@@ -55,7 +55,7 @@ def test_minimal_config_gets_documented_defaults(write_config):
     assert cfg.schedule.digest == 86400
     assert cfg.schedule.offline_grace == 14 * 86400
     assert cfg.server.url.startswith("https://")
-    assert cfg.spool.max_bytes == 20_000_000
+    assert cfg.spool.max_bytes == 64_000_000
     assert cfg.host.exclude_interfaces == ("lo", "docker*", "veth*", "br-*")
     assert cfg.source == path
 

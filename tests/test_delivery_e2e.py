@@ -4,6 +4,7 @@ real CONNECT proxy, and across a simulated 72-hour outage (injected clock, no re
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import time
@@ -62,9 +63,13 @@ def test_run_once_over_https_delivers_every_kind_with_verified_receipts_and_reco
     sent = [e for e in ledger_entries(ws.cfg) if e.event == "sent"]
     assert [e.kind for e in sent] == KINDS
     assert all(e.receipt_sha256 and e.http_status == 200 for e in sent)
-    # the ledger holds the exact payload bytes the server received
-    assert [(e.payload or "").encode() for e in sent] == [
-        base64.b64decode(json.loads(r.body)["payload"]) for r in https_server.received]
+    # the ledger holds the exact payload bytes the server received; a digest by their hash and list sizes
+    payloads = [base64.b64decode(json.loads(r.body)["payload"]) for r in https_server.received]
+    assert [(e.payload or "").encode() for e in sent[:2]] == payloads[:2]
+    assert sent[2].payload is None and sent[2].payload_sha256 == hashlib.sha256(payloads[2]).hexdigest()
+    body = json.loads(payloads[2])["body"]
+    assert sent[2].summary == {**body, "servers": len(body["servers"]), "networks": len(body["networks"]),
+                               "payload_bytes": len(payloads[2])}
     lic = state.read_json(ws.cfg.instance.state_dir / "license-status.json")
     assert lic is not None and (lic["state"], lic["license_id"]) == ("valid", "FB-DEMO-0001")
     assert Spool(ws.cfg.instance.state_dir / "spool", 10, 10**6).depth() == 0

@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 
 import nacl.signing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fluxagent.identifiers import TokenSet, add_machine, add_networks, add_servers, key_id
-from fluxagent.wire import messages
+from fluxagent.wire import envelope, messages
+from fluxagent.wire.stream import sign_stream
 
 SIGNING = nacl.signing.SigningKey(b"\x21" * 32)
 DIGEST_KEY = bytes(range(32))
@@ -55,3 +58,30 @@ def test_full_digest_of_an_empty_inventory_keeps_its_v1_bytes() -> None:
     sealed = full_digest(TokenSet().finish())
     assert hashlib.sha256(sealed.payload).hexdigest() == EMPTY_PAYLOAD_SHA256
     assert hashlib.sha256(sealed.envelope).hexdigest() == EMPTY_ENVELOPE_SHA256
+
+
+def test_a_digest_too_large_to_hold_whole_streams_exactly_the_bytes_of_the_list_based_encoder() -> None:
+    tokens = inventory(12_000)
+    sealed = full_digest(tokens)
+    assert sealed.streamed is not None and sealed.envelope == b""  # kept as a stream, never whole
+    body = {"full": True, "key_id": key_id(DIGEST_KEY), "root": tokens.root,
+            "servers": tokens.servers.hex(), "networks": tokens.networks.hex()}
+    obj = {"v": 1, "aud": SEAL["aud"], "iid": IID, "seq": SEAL["seq"], "ts": SEAL["now"],
+           "nonce": "AAECAwQFBgcICQoLDA0ODw", "body": body}
+    payload = envelope.canonical_json(obj)
+    expected = envelope.sign_envelope(envelope.payload_type("digest"), payload, SIGNING)
+    assert sealed.payload_size == len(payload) and sealed.payload_sha256 == hashlib.sha256(payload).hexdigest()
+    assert sealed.envelope_size == len(expected)
+    assert b"".join(sealed.envelope_chunks()) == expected
+    assert sealed.summary == {"full": True, "key_id": key_id(DIGEST_KEY), "root": tokens.root,
+                              "servers": len(tokens.servers), "networks": len(tokens.networks),
+                              "payload_bytes": len(payload)}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=64), st.lists(st.binary(max_size=300), max_size=8))
+def test_the_signature_over_a_stream_is_the_ed25519_signature_of_the_whole_message(
+    seed: bytes, header: bytes, chunks: list[bytes]
+) -> None:
+    whole = nacl.signing.SigningKey(seed).sign(header + b"".join(chunks)).signature
+    assert sign_stream(seed, header, lambda: iter(chunks)) == whole

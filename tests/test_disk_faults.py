@@ -117,9 +117,11 @@ def test_full_disk_when_recording_a_delivery_keeps_the_message_and_records_it_af
     engine = make_engine(cfg, Events(), clock)
     engine.cycle(clock(), ["license"])
     server.inject(Fault.status(503))
-    engine.produce(["digest"], clock())  # a digest ledger line is larger than a page: it needs space
+    engine.produce(["digest"], clock())
     assert engine.flush().retry is not None
     ledger_before = snapshot(cfg.instance.state_dir / "ledger")
+    # ledger lines are short; a line that starts a new segment needs a block of its own
+    engine.ledger.max_segment_bytes = 1
     filler = fill(small_fs)
     clock.now += 60
     with pytest.raises(StateError) as info:

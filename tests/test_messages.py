@@ -76,6 +76,11 @@ def test_every_registered_path_is_produced_by_some_builder():
     produced = set()
     for kind, msg in _messages().items():
         produced |= {(kind, p) for p in _paths(_seal(msg).obj)}
+    base, now = TokenSet(), TokenSet()
+    add_servers(base, [(f"n{i}.example.net", None) for i in range(20)], DIGEST_KEY)
+    add_servers(now, [(f"n{i}.example.net", None) for i in range(1, 21)], DIGEST_KEY)
+    delta = messages.build_digest(now.finish(), key_id(DIGEST_KEY), base.finish().root, base=base)
+    produced |= {("digest", p) for p in _paths(_seal(delta).obj)}
     for f in messages.REGISTRY:
         if f.kind == "*":
             assert all((k, f.path) in produced for k in messages.KINDS), f.path

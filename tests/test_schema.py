@@ -27,7 +27,7 @@ SCHEMA_DIR = Path(shipped_mod.__file__).resolve().parent
 # Golden values: a change here means every operator has to approve again. Never edit them to make a
 # test pass; add a new version file instead (python -m fluxagent.schema.shipped).
 V1_FINGERPRINT = "sha256:b215a009700a41d1dba622a9640e3c16f5795032293c86ef566c32806a58f1d0"
-V2_TEST_FINGERPRINT = "sha256:9120fd9d592ef64a09da72aeb118b8ce8f5894dea9bdf2b3bc806a9e91a3bfc1"
+V2_FINGERPRINT = "sha256:9120fd9d592ef64a09da72aeb118b8ce8f5894dea9bdf2b3bc806a9e91a3bfc1"
 
 
 def test_shipped_v1_has_its_golden_fingerprint() -> None:
@@ -35,8 +35,11 @@ def test_shipped_v1_has_its_golden_fingerprint() -> None:
     assert shipped().versions[0].fingerprint == V1_FINGERPRINT
 
 
-def test_the_fingerprint_algorithm_is_stable_on_a_test_only_version() -> None:
-    assert V2.fingerprint == V2_TEST_FINGERPRINT
+def test_shipped_v2_is_v1_plus_the_delta_digest_fields_with_its_golden_fingerprint() -> None:
+    v2 = shipped().find("v2")
+    assert v2 is not None and v2 == V2 and v2.fingerprint == V2_FINGERPRINT
+    # the fingerprint depends on kind, path, type and item only: the same fields, worded otherwise, match
+    assert Version(2, (*V1.fields, *DELTA_FIELDS)).fingerprint == V2_FINGERPRINT
 
 
 def test_the_running_registry_is_the_newest_version_file_or_the_test_says_how_to_add_one() -> None:
@@ -186,7 +189,7 @@ def test_an_approval_not_owned_by_root_is_refused_when_running_as_root(workspace
     with pytest.raises(ConfigError, match=r"owned by uid \d+, not root") as info:
         read_approval(path, shipped(), euid=0)
     assert "chown root:root" in (info.value.hint or "")
-    assert read_approval(path, shipped(), euid=path.stat().st_uid).version == shipped().versions[0]
+    assert read_approval(path, shipped(), euid=path.stat().st_uid).version == shipped().newest
 
 
 def test_approve_writes_a_0644_file_naming_the_fingerprint_who_and_when(tmp_path: Path) -> None:
@@ -239,7 +242,18 @@ def test_schema_approve_and_diff_from_the_command_line(tmp_path: Path) -> None:
     d = json.loads(run_cli("--config", cfg, "schema", "--diff", "v1", "v1", "--json").stdout)
     assert d["added"] == [] and d["removed"] == [] and d["from"]["fingerprint"] == V1_FINGERPRINT
     notice = run_cli("--config", cfg, "schema", "--notice")
-    assert notice.returncode == 0 and notice.stdout == ""  # nothing wider awaits approval
+    assert notice.returncode == 0 and "schema v2 sends 5 more field(s) than the approved v1" in notice.stdout
+    shown = run_cli("--config", cfg, "schema")
+    assert shown.returncode == 0 and "PENDING" in shown.stdout
+    assert next(ln for ln in shown.stdout.splitlines() if "body.added_servers" in ln).endswith("WITHHELD")
+    d = json.loads(run_cli("--config", cfg, "schema", "--diff", "--json").stdout)  # approved -> running
+    assert (d["from"]["name"], d["to"]["name"], d["widens"]) == ("v1", "v2", True)
+    assert {f["path"] for f in d["added"]} == {f"body.{f.path}" for f in DELTA_FIELDS}
+    assert all(f["item"] == "Infrastructure digest" for f in d["added"])
+    assert run_cli("--config", cfg, "schema", "--approve").returncode == 0  # the newest
+    after = json.loads(run_cli("--config", cfg, "schema", "--json").stdout)
+    assert after["approved"]["name"] == "v2" and after["pending"] is False
+    assert run_cli("--config", cfg, "schema", "--notice").stdout == ""  # nothing wider awaits approval
 
 
 def test_v3_is_a_test_only_value_not_a_shipped_file() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import nacl.signing
 import pytest
 from agentkit import ledger_entries, make_agent, payload_of, wire
-from conftest import fixed_world
+from conftest import fixed_world, run_cli
 from schemakit import DELTA_FIELDS, OPEN_INVOICES, UP_TO_V2, V1, V2, V3_OPTIONAL, V3_REQUIRED, loader
 from support.capture import LogCapture
 from support.clock import Clock
@@ -23,8 +24,9 @@ from fluxagent.errors import AllowlistError, SchemaHeld
 from fluxagent.facts import Counts
 from fluxagent.report.preview import preview_json, preview_text
 from fluxagent.report.status import status_text
-from fluxagent.schema.approval import approval_path, approve, load_policy
+from fluxagent.schema.approval import approval_path, approve, load_policy, write_approval
 from fluxagent.schema.policy import Policy
+from fluxagent.schema.shipped import shipped
 from fluxagent.schema.versions import Catalog
 from fluxagent.statedir import identity
 from fluxagent.status import collect_status
@@ -44,7 +46,9 @@ def site(tmp_path: Path) -> Iterator[tuple[Workspace, ReferenceServer, Clock]]:
     clock = Clock(T0)
     keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
     with ReferenceServer(signing_keys=keys, clock=clock) as server:
-        ws = wire(tmp_path / "ws", server, keys, now=T0)  # approves v1, as `init` does
+        ws = wire(tmp_path / "ws", server, keys, now=T0)
+        # an instance installed when v1 was the newest: its operator approved v1
+        write_approval(approval_path(ws.root / "fluxagent.toml"), V1, by="root", via="fluxagent init", now=int(T0))
         yield ws, server, clock
 
 
@@ -104,10 +108,41 @@ def test_v1_approved_v2_running_preview_marks_the_pending_approval(site: Any) ->
     assert p.failures == [] and p.policy.pending
     text = preview_text(p.sealed, ws.cfg.server.url, withheld=p.withheld, policy=p.policy)
     assert text.startswith("schema: running v2 is wider than the approved v1: 5 field(s) are WITHHELD")
-    doc = json.loads(preview_json(p.sealed, ws.cfg.server.url, withheld=p.withheld, policy=p.policy))
+    doc = json.loads(b"".join(preview_json(p.sealed, ws.cfg.server.url, withheld=p.withheld, policy=p.policy)))
     assert all(m["schema_pending"] for m in doc)
     for s in p.sealed:
         assert not any(f'"{path}"'.encode() in s.payload for path in V2_ONLY)
+
+
+def add_server(ws: Workspace, n: int) -> None:
+    """Add one server to the workspace's platform database (a small inventory change)."""
+    with sqlite3.connect(ws.cfg.platform.database.removeprefix("sqlite:///")) as db:
+        db.execute("INSERT INTO servers (hostname, ip_address, location, status) VALUES (?, ?, 'rack 9', 'active')",
+                   (f"added-{n}.example.net", f"198.51.100.{n}"))
+
+
+def test_with_v1_approved_a_changed_inventory_goes_full_and_after_approving_v2_as_a_delta(site: Any) -> None:
+    ws, server, clock = site
+    agent_cycle = lambda: cycle(ws, clock, shipped())  # noqa: E731  the shipped versions, the real approval file
+    assert agent_cycle() == 0
+    for n in (1, 2):  # v1 approved: a small change still goes as a full digest, never a delta
+        add_server(ws, n)
+        clock.now += 25 * 3600
+        assert agent_cycle() == 0
+    assert_only_v1_on_the_wire(server)
+    proc = run_cli("--config", str(ws.root / "fluxagent.toml"), "schema", "--approve", "v2")
+    assert proc.returncode == 0, proc.stderr
+    add_server(ws, 3)
+    clock.now += 25 * 3600
+    assert agent_cycle() == 0
+    digests = [payload_of(r)["body"] for r in server.received if r.endpoint == "/v1/digest"]
+    assert [d["full"] for d in digests] == [True, True, True, False]
+    delta = digests[-1]
+    assert delta["base"] == digests[-2]["root"] and len(delta["added_servers"]) == 1
+    assert delta["removed_servers"] == delta["added_networks"] == delta["removed_networks"] == []
+    assert all(r.status == 200 for r in server.received)  # the reference server applied the delta
+    approvals = [e.detail for e in ledger_entries(ws.cfg) if e.event == "schema_approved"]
+    assert [d.split()[0] for d in approvals if d] == ["v1", "v2"]
 
 
 def test_after_approving_v2_the_approval_is_ledgered_once_and_nothing_is_pending(site: Any) -> None:
@@ -186,6 +221,7 @@ def test_status_validate_and_metrics_show_a_pending_approval(site: Any) -> None:
     check, policy = check_schema(ws.cfg, loader(UP_TO_V2))
     assert check.level == "warn" and "wider than approved v1" in check.reason and policy is not None
     assert exit_code([check]) == 0  # a warning, not a failure
+    approve(approval_path(ws.root / "fluxagent.toml"), UP_TO_V2, "v2", via="test", now=int(clock.now))
     now_ok = collect_status(ws.cfg, clock.now)
     assert now_ok["schema"]["pending"] is False and "fluxagent_schema_pending 0" in metrics.render(now_ok)
     approval_path(ws.root / "fluxagent.toml").unlink()

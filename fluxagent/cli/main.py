@@ -106,11 +106,17 @@ def preview(
         p = build(cfg, kinds)
     except FluxError as exc:
         raise fail(exc) from None
-    render = preview_json if as_json else preview_text
-    typer.echo(render(p.sealed, cfg.server.url, withheld=p.withheld, policy=p.policy))
-    if as_json and p.policy.pending:
-        typer.echo(f"fluxagent: {pending_note(p.policy)}", err=True)
-    failures = p.failures
+    sealed, failures = p.sealed, p.failures
+    if as_json:
+        out = sys.stdout.buffer
+        # streamed: a large digest is never whole
+        for chunk in preview_json(sealed, cfg.server.url, withheld=p.withheld, policy=p.policy):
+            out.write(chunk)
+        out.flush()
+        if p.policy.pending:
+            typer.echo(f"fluxagent: {pending_note(p.policy)}", err=True)
+    else:
+        typer.echo(preview_text(sealed, cfg.server.url, withheld=p.withheld, policy=p.policy))
     for k, err in failures:
         typer.echo(f"fluxagent: {k} would not be sent: {err.code} error: {err}", err=True)
     # the first failure's own exit code: 69 database unreachable, 78 credentials/settings, 1 query

@@ -183,10 +183,10 @@ def _offline_engine(cfg: Config) -> Iterator[Engine]:
     from fluxagent.delivery import Deps, Engine
     from fluxagent.statedir import identity
     from fluxagent.statedir.lock import instance_lock
-    from fluxagent.transport import Plain
+    from fluxagent.transport import Body, Plain
     from fluxagent.wire.http import HttpResponse, TransportError
 
-    def no_network(url: str, body: bytes, *, deadline: float) -> HttpResponse:
+    def no_network(url: str, body: Body, *, deadline: float) -> HttpResponse:
         raise TransportError("connect", url, "an offline exchange sends nothing")
 
     logs.configure(cfg.log.format, cfg.log.level, stream=sys.stderr)

@@ -27,5 +27,8 @@ def ledger_lines(entries: list[LedgerEntry]) -> str:
 def ledger_entry_text(e: LedgerEntry) -> str:
     """Return one entry in full, with its exact payload, for people."""
     head = json.dumps({k: v for k, v in e.as_dict().items() if k != "payload"}, indent=2, sort_keys=True)
+    if e.payload is None and e.summary is not None:
+        return (f"{head}\npayload not kept: a digest is recorded by its payload_sha256 and the sizes of its"
+                " token lists (summary above)")
     payload = e.payload if e.payload is not None else "(none)"
     return f"{head}\nexact payload ({len((e.payload or '').encode())} bytes):\n{payload}"

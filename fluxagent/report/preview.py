@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from fluxagent.identifiers import TokenList
 from fluxagent.wire.messages import REGISTRY, Sealed
 
 if TYPE_CHECKING:
@@ -43,6 +46,8 @@ def _leaves(obj: dict[str, Any], base: str = "") -> list[tuple[str, Any]]:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, TokenList):
+        value = [t.hex() for t in itertools.islice(value, 3)] + [""] * max(0, len(value) - 3)
     if isinstance(value, list):
         if not value:
             return "[] (empty)"
@@ -79,7 +84,7 @@ def preview_text(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str
         w1 = min(max(len(r[1]) for r in rows), 60)
         lines = [
             f"{s.kind}  →  POST {server_url}{s.endpoint}",
-            f"  payload {len(s.payload)} bytes, sha256 {s.payload_sha256}; envelope {len(s.envelope)} bytes",
+            f"  payload {s.payload_size} bytes, sha256 {s.payload_sha256}; envelope {s.envelope_size} bytes",
             f"  {'field':<{w0}}  {'value':<{w1}}  clause 08 item",
         ]
         for path, shown, item in rows:
@@ -93,25 +98,41 @@ def preview_text(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str
 
 
 def preview_json(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str, tuple[str, ...]] | None = None,
-                 policy: Policy | None = None) -> str:
-    """Return the `preview --json` document: one object per message (docs/OPERATOR.md, "Commands").
+                 policy: Policy | None = None) -> Iterator[bytes]:
+    """Yield the `preview --json` document in pieces: one object per message (docs/OPERATOR.md, "Commands").
 
     Each object also says which body paths were withheld and whether a wider schema awaits approval.
+
+    A streamed digest's payload is shown as its exact (compact) payload text, and every envelope
+    is produced piece by piece, so the document is never whole in memory.
     """
-    return json.dumps(
-        [
-            {
-                "kind": s.kind,
-                "endpoint": s.endpoint,
-                "url": f"{server_url}{s.endpoint}",
-                "payload": s.obj,
-                "payload_sha256": s.payload_sha256,
-                "envelope": s.envelope.decode("ascii"),
-                "withheld": list((withheld or {}).get(s.kind, ())),
-                "schema_pending": bool(policy is not None and policy.pending),
-            }
-            for s in sealed
-        ],
-        indent=2,
-        ensure_ascii=False,
-    )
+    yield b"["
+    for i, s in enumerate(sealed):
+        doc = {
+            "kind": s.kind,
+            "endpoint": s.endpoint,
+            "url": f"{server_url}{s.endpoint}",
+            "payload": _PAYLOAD if s.streamed else s.obj,
+            "payload_sha256": s.payload_sha256,
+            "envelope": _ENVELOPE,
+            "withheld": list((withheld or {}).get(s.kind, ())),
+            "schema_pending": bool(policy is not None and policy.pending),
+        }
+        text = json.dumps(doc, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+        yield (b"," if i else b"") + b"\n  "
+        for part in _SPLIT.split(text):
+            if part == f'"{_PAYLOAD}"' and s.streamed:
+                yield from s.streamed.payload_chunks()
+            elif part == f'"{_ENVELOPE}"':
+                yield b'"'
+                for chunk in s.envelope_chunks():  # envelope text holds no backslash: quotes are all to escape
+                    yield chunk.replace(b'"', b'\\"')
+                yield b'"'
+            else:
+                yield part.encode()
+    yield b"\n]\n"
+
+
+_PAYLOAD = "@@fluxagent-payload@@"
+_ENVELOPE = "@@fluxagent-envelope@@"
+_SPLIT = re.compile(f'("{_PAYLOAD}"|"{_ENVELOPE}")')

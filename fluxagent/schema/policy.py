@@ -7,7 +7,6 @@ approval, because only fields both versions list are allowed.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,13 +61,16 @@ class Policy:
         return any(f.kind == kind and f.path == path for f in self.allowed)
 
     def apply(self, message: Message) -> tuple[Message, tuple[str, ...]]:
-        """Return message without its withheld body fields, and their paths (`body.<path>`)."""
-        drop = [f.path for f in self.withheld if f.kind == message.kind]
-        if not drop:
-            return message, ()
-        body = copy.deepcopy(message.body)
-        removed = tuple(f"body.{p}" for p in sorted(drop, key=len, reverse=True) if _pop(body, p))
-        return (Message(message.kind, body), tuple(sorted(removed))) if removed else (message, ())
+        """Return message without its withheld body fields, and their paths (`body.<path>`).
+
+        Only the objects on a removed path are copied (a digest's token lists never are).
+        """
+        drop = sorted((f.path for f in self.withheld if f.kind == message.kind and _has(message.body, f.path)),
+                      key=len, reverse=True)
+        body = message.body
+        for path in drop:
+            body = _without(body, path.split("."))
+        return (Message(message.kind, body), tuple(sorted(f"body.{p}" for p in drop))) if drop else (message, ())
 
     def hold_reason(self, kind: str) -> str:
         """Return the sentence saying why kind is held back (call only when held_back(kind))."""
@@ -77,13 +79,21 @@ class Policy:
                 f"{self.approved.name} does not allow")
 
 
-def _pop(body: dict[str, Any], path: str) -> bool:
-    """Remove a dotted path from body; return whether it was there."""
-    *parents, leaf = path.split(".")
+def _has(body: dict[str, Any], path: str) -> bool:
     node: Any = body
-    for p in parents:
-        node = node.get(p) if isinstance(node, dict) else None
-    if isinstance(node, dict) and leaf in node:
-        del node[leaf]
-        return True
-    return False
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _without(obj: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Return a copy of obj without the dotted path keys; only the objects along the path are copied."""
+    head, rest = keys[0], keys[1:]
+    out = dict(obj)
+    if not rest:
+        out.pop(head, None)
+    elif isinstance(out.get(head), dict):
+        out[head] = _without(out[head], rest)
+    return out

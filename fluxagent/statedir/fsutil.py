@@ -7,6 +7,7 @@ import os
 import pwd
 import secrets
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from fluxagent.errors import StateDirUnsafe
@@ -38,9 +39,10 @@ def _named(exc: OSError, path: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(path))
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False,
-                 owner: tuple[int, int] | None = None) -> None:
-    """Write data to path atomically with exactly `mode` (umask ignored); raises OSError naming path.
+def atomic_write(path: Path, data: bytes | Iterable[bytes | memoryview], *, mode: int = 0o600,
+                 exclusive: bool = False, owner: tuple[int, int] | None = None) -> None:
+    """Write data (bytes, or its pieces) to path atomically with exactly `mode` (umask ignored); raises
+    OSError naming path.
 
     With exclusive=True the final rename refuses to replace an existing file (FileExistsError).
     owner (uid, gid), for root only: the file belongs to that user from its first byte (the service
@@ -56,10 +58,11 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool 
         if owner is not None:
             os.fchown(fd, *owner)
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+            view = memoryview(piece)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     except BaseException:
         os.close(fd)

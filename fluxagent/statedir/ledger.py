@@ -56,6 +56,7 @@ class LedgerEntry:
     receipt_sha256: str | None
     detail: str | None
     hash: str
+    summary: dict[str, Any] | None = None  # a digest: its fields with each token list as its length
 
     def as_dict(self) -> dict[str, Any]:
         """Return the entry's fields (including hash) as a JSON-ready dict."""
@@ -96,14 +97,24 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
 }
 
 
+def _summary(v: Any) -> bool:
+    return isinstance(v, dict) and len(v) <= 16 and all(
+        isinstance(k, str) and len(k) <= 32 and (_is_int(x) or isinstance(x, bool) or
+                                                  (isinstance(x, str) and len(x) <= 64))
+        for k, x in v.items())
+
+
 def parse_line(line: bytes) -> LedgerEntry:
     """Return the entry of one line (without newline); raises ValueError saying what is wrong."""
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError("not valid JSON") from None
-    if not isinstance(obj, dict) or set(obj) != set(_CHECKS):
+    # `summary` came later: lines written before it have every other field and verify as they did
+    if not isinstance(obj, dict) or set(obj) - {"summary"} != set(_CHECKS):
         raise ValueError("not a ledger entry (wrong fields)")
+    if "summary" in obj and not _summary(obj["summary"]):
+        raise ValueError("invalid summary")
     bad = [k for k, check in _CHECKS.items() if not check(obj[k])]
     if bad:
         raise ValueError(f"invalid {', '.join(bad)}")
@@ -230,6 +241,7 @@ class Ledger:
         receipt: bytes | None = None,
         receipt_sha256: str | None = None,
         detail: str | None = None,
+        summary: dict[str, Any] | None = None,
     ) -> LedgerEntry:
         """Append one durable entry (payload bytes kept, receipt only hashed); raises StateError.
 
@@ -254,6 +266,8 @@ class Ledger:
             "receipt_sha256": receipt_sha256,
             "detail": None if detail is None else detail[:MAX_DETAIL],
         }  # fmt: skip
+        if summary is not None:
+            obj["summary"] = summary
         line = encode_json(obj)
         entry = parse_line(line[:-1])  # refuses bad words/values before anything is written
         try:
@@ -291,6 +305,8 @@ class Ledger:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)  # leave no torn line behind
                     os.fsync(fd)
+                    if size == 0:
+                        os.unlink(seg)  # nor an empty segment this append had just started
                 raise
         finally:
             os.close(fd)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,17 @@ from typing import Any
 from fluxagent.errors import EnvelopeError, FluxError, StateError
 from fluxagent.statedir import fsutil
 from fluxagent.statedir.state import encode_json, read_json, write_json
+from fluxagent.transport import Body, FileBody
 from fluxagent.wire.envelope import parse_envelope
-from fluxagent.wire.messages import Sealed
+from fluxagent.wire.messages import Sealed, digest_summary
 
 SUPERSEDING = ("license", "digest")
 COUNTERS = ("superseded", "dropped_overflow", "corrupt")
 _NAME = re.compile(r"^(\d{20})-([a-z]+)\.json$")
 _FIELDS = {"kind", "endpoint", "seq", "payload_sha256", "envelope", "spooled_at"}
+_STREAMED_FIELDS = {"v", "kind", "endpoint", "seq", "payload_sha256", "spooled_at", "iid", "nonce", "summary",
+                    "envelope_bytes"}
+_STREAMED_MAGIC = b"fluxagent-spool/2 "  # starts a large entry's header line; a whole-JSON entry starts with "{"
 Writer = Callable[[int, bytes], int]
 
 
@@ -50,7 +55,12 @@ class TooBig(SpoolFull):
 
 @dataclass(frozen=True)
 class Entry:
-    """One spooled message: what it is, the exact envelope to send, and its file."""
+    """One spooled message: what it is, the exact envelope to send, and its file.
+
+    A large message (a streamed digest) is stored as a header line followed by the raw envelope;
+    its `envelope` is then empty here and `offset` says where it starts in the file, so it is
+    sent from the file (`body()`) and never held whole.
+    """
 
     kind: str
     endpoint: str
@@ -60,11 +70,27 @@ class Entry:
     path: Path
     size: int
     spooled_at: int
+    iid: str = ""
+    nonce: str = ""
+    summary: dict[str, Any] | None = None
+    offset: int = 0
 
     @property
     def payload(self) -> bytes:
-        """Return the exact payload bytes inside the envelope."""
-        return parse_envelope(self.envelope)[1]
+        """Return the exact payload bytes inside the envelope (reads the file of a large entry)."""
+        return parse_envelope(self.read_envelope())[1]
+
+    def read_envelope(self) -> bytes:
+        """Return the whole envelope text; raises OSError for a large entry whose file went away."""
+        if not self.offset:
+            return self.envelope
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read()
+
+    def body(self) -> Body:
+        """Return the request body to send: the envelope bytes, or the file part that holds them."""
+        return FileBody(self.path, self.offset, self.size - self.offset) if self.offset else self.envelope
 
 
 @dataclass(frozen=True)
@@ -101,6 +127,44 @@ def _round_up(size: int) -> int:
     return (size // 1_000_000 + 2) * 1_000_000
 
 
+def _decode_streamed(path: Path, m: re.Match[str], head: bytes, size: int) -> Entry:
+    """Return the large entry whose header line is head and whose file has size bytes; raises ValueError."""
+    try:
+        doc = json.loads(head)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("header is not valid JSON") from None
+    if not isinstance(doc, dict) or set(doc) != _STREAMED_FIELDS or doc["v"] != 2:
+        raise ValueError("header has the wrong fields")
+    if doc["seq"] != int(m[1]) or doc["kind"] != m[2]:
+        raise ValueError("seq or kind differ from the file name")
+    texts = ("endpoint", "iid", "nonce", "payload_sha256")
+    if not all(isinstance(doc[k], str) for k in texts) or not isinstance(doc["spooled_at"], int):
+        raise ValueError("a header field has the wrong type")
+    if not (doc["summary"] is None or isinstance(doc["summary"], dict)):
+        raise ValueError("summary is not an object")
+    offset = len(_STREAMED_MAGIC) + len(head) + 1
+    if doc["envelope_bytes"] != size - len(head) - 1:  # written whole to tmp/ and renamed: a short one is damaged
+        raise ValueError("the file is not as long as its header says")
+    return Entry(m[2], doc["endpoint"], doc["seq"], doc["payload_sha256"], b"", path, offset + doc["envelope_bytes"],
+                 doc["spooled_at"], doc["iid"], doc["nonce"], doc["summary"], offset)
+
+
+def _read_entry(path: Path) -> Entry:
+    """Return the entry in the file at path; raises ValueError if it is not whole, OSError."""
+    m = _NAME.match(path.name)
+    if not m:
+        raise ValueError("not a spool entry name")
+    with open(path, "rb") as f:
+        first = f.read(len(_STREAMED_MAGIC))
+        if first == _STREAMED_MAGIC:
+            head = f.readline(64 * 1024)
+            if not head.endswith(b"\n"):
+                raise ValueError("header line is not terminated")
+            size = os.fstat(f.fileno()).st_size
+            return _decode_streamed(path, m, head[:-1], size - len(first))
+        return _decode(path, first + f.read())
+
+
 def _decode(path: Path, data: bytes) -> Entry:
     """Return the entry stored in data under path's name; raises ValueError if it is not whole."""
     m = _NAME.match(path.name)
@@ -131,9 +195,13 @@ def _decode(path: Path, data: bytes) -> Entry:
         raise ValueError("payload is not JSON") from None
     if not isinstance(obj, dict) or obj.get("seq") != doc["seq"]:
         raise ValueError("payload is not a message with the entry's seq")
+    body = obj.get("body")
+    summary = digest_summary(body) if m[2] == "digest" and isinstance(body, dict) else None
+    if summary is not None:
+        summary["payload_bytes"] = len(payload)
     return Entry(
         m[2], doc["endpoint"], doc["seq"], doc["payload_sha256"], envelope, path, len(data),
-        doc["spooled_at"],
+        doc["spooled_at"], str(obj.get("iid", "")), str(obj.get("nonce", "")), summary,
     )  # fmt: skip
 
 
@@ -192,7 +260,7 @@ class Spool:
     def _read(self, path: Path) -> Entry | None:
         """Return the entry at path, or None after moving a corrupt one to bad/ (counted)."""
         try:
-            return _decode(path, path.read_bytes())
+            return _read_entry(path)
         except FileNotFoundError:
             pass  # removed behind our back: nothing to send
         except (OSError, ValueError):
@@ -270,36 +338,48 @@ class Spool:
         seq: Any = sealed.obj.get("seq")
         if not isinstance(seq, int) or seq < 1 or any(m.seq == seq for m in self._index):
             raise StateError(f"cannot spool {sealed.kind}: seq {seq!r} missing or already queued")
-        doc = {
-            "kind": sealed.kind, "endpoint": sealed.endpoint, "seq": seq,
-            "payload_sha256": sealed.payload_sha256, "envelope": sealed.envelope.decode(),
-            "spooled_at": now,
-        }  # fmt: skip
-        data = encode_json(doc)
-        self.check_room(sealed.kind, len(data))
+        iid, nonce = str(sealed.obj.get("iid", "")), str(sealed.obj.get("nonce", ""))
+        offset = 0
+        if sealed.streamed is not None:
+            head = _STREAMED_MAGIC + encode_json({
+                "v": 2, "kind": sealed.kind, "endpoint": sealed.endpoint, "seq": seq,
+                "payload_sha256": sealed.payload_sha256, "spooled_at": now, "iid": iid, "nonce": nonce,
+                "summary": sealed.summary, "envelope_bytes": sealed.envelope_size,
+            })  # fmt: skip
+            offset, size = len(head), len(head) + sealed.envelope_size
+            chunks: Iterable[bytes] = itertools.chain((head,), sealed.envelope_chunks())
+        else:
+            data = encode_json({
+                "kind": sealed.kind, "endpoint": sealed.endpoint, "seq": seq,
+                "payload_sha256": sealed.payload_sha256, "envelope": sealed.envelope.decode(),
+                "spooled_at": now,
+            })  # fmt: skip
+            size, chunks = len(data), (data,)
+        self.check_room(sealed.kind, size)
         supersedes = sealed.kind in SUPERSEDING
         superseded = [m for m in self._index if supersedes and m.kind == sealed.kind]
-        dropped = self._plan_overflow([m for m in self._index if m not in superseded], 1, len(data))
+        dropped = self._plan_overflow([m for m in self._index if m not in superseded], 1, size)
         assert dropped is not None  # check_room said it fits
         path = self._new / f"{seq:020d}-{sealed.kind}.json"
-        self._store(path, data)
+        self._store(path, chunks)
         sup, drop = self._discard(superseded, dropped)
-        bisect.insort(self._index, _Meta(seq, sealed.kind, path, len(data)), key=lambda m: m.seq)
+        bisect.insort(self._index, _Meta(seq, sealed.kind, path, size), key=lambda m: m.seq)
         entry = Entry(
             sealed.kind, sealed.endpoint, seq, sealed.payload_sha256, sealed.envelope, path,
-            len(data), now,
+            size, now, iid, nonce, sealed.summary, offset,
         )  # fmt: skip
         return PutResult(entry, sup, drop, self._save_counters())
 
-    def _store(self, path: Path, data: bytes) -> None:
-        """Write data to tmp/, fsync, rename to path, fsync new/; on error leave no trace."""
+    def _store(self, path: Path, chunks: Iterable[bytes]) -> None:
+        """Write chunks to tmp/, fsync, rename to path, fsync new/; on error leave no trace."""
         tmp, placed = self._tmp / f"{path.name}.{secrets.token_hex(8)}", False
         try:
             fd = fsutil.create_new(tmp)  # an unpredictable name, never through a link
             try:
-                done = 0
-                while done < len(data):
-                    done += self._write(fd, data[done:])
+                for data in chunks:
+                    done = 0
+                    while done < len(data):
+                        done += self._write(fd, data[done:])
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -183,6 +183,9 @@ class Schedule:
     digest: KindSchedule = field(default_factory=KindSchedule)
     last_acked_root: str | None = None
     reset_reason: str | None = field(default=None, compare=False)
+    # when the last full digest was spooled: a full one the server asks for (need_full, a refused
+    # delta) comes at most an hour after it
+    last_full_at: int | None = None
 
     def kind(self, name: str) -> KindSchedule:
         """Return the KindSchedule of name ("license", "heartbeat" or "digest"); raises KeyError."""
@@ -195,7 +198,8 @@ class Schedule:
         """Return a copy with the schedule of kind name replaced; raises KeyError."""
         parts = {k: ks if k == name else self.kind(k) for k in SCHEDULED}
         self.kind(name)
-        return Schedule(parts["license"], parts["heartbeat"], parts["digest"], self.last_acked_root)
+        return replace(self, license=parts["license"], heartbeat=parts["heartbeat"], digest=parts["digest"],
+                       reset_reason=None)
 
 
 def _opt_int(obj: dict[str, Any], key: str) -> int | None:
@@ -253,7 +257,8 @@ def load_schedule(state_dir: Path) -> Schedule:
         root = obj.get("last_acked_root")
         if root is not None and not isinstance(root, str):
             raise _Corrupt("last_acked_root is not a string or null")
-        return Schedule(kinds["license"], kinds["heartbeat"], kinds["digest"], root)
+        return Schedule(kinds["license"], kinds["heartbeat"], kinds["digest"], root,
+                        last_full_at=_opt_int(obj, "last_full_at"))
     except _Corrupt as exc:
         return Schedule(reset_reason=f"{path}: {exc}; started a fresh schedule")
     except OSError as exc:
@@ -263,6 +268,8 @@ def load_schedule(state_dir: Path) -> Schedule:
 def save_schedule(state_dir: Path, schedule: Schedule) -> None:
     """Atomically write schedule to `<state_dir>/schedule.json`; raises StateError."""
     obj: dict[str, Any] = {"v": 1, "last_acked_root": schedule.last_acked_root}
+    if schedule.last_full_at is not None:
+        obj["last_full_at"] = schedule.last_full_at
     for name in SCHEDULED:
         ks = schedule.kind(name)
         obj[name] = {

@@ -197,6 +197,14 @@ class ReferenceServer:
         """Return the update credentials issued so far."""
         return self.verifier.credentials()
 
+
+    def forget_digests(self) -> None:
+        """Drop every instance's digest token set, as a server that lost its state would."""
+        self.verifier.forget_digests()
+
+    def digest_tokens(self, iid: str) -> tuple[str | None, list[str], list[str]]:
+        """Return (root, servers, networks) the server holds for instance iid."""
+        return self.verifier.digest_tokens(iid)
     def credentials_valid(self, username: str, secret: str) -> bool:
         """Return whether these update credentials were issued and are unexpired (server clock)."""
         return self.verifier.credentials_valid(username, secret)

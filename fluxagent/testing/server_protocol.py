@@ -22,6 +22,9 @@ from fluxagent.errors import AllowlistError, EnvelopeError
 from fluxagent.kinds import KIND_BY_ENDPOINT
 from fluxagent.wire import envelope, messages
 
+FULL_LISTS = ("servers", "networks")
+DELTA_LISTS = messages.DELTA_LISTS
+
 
 @dataclass
 class LicensePolicy:
@@ -61,6 +64,9 @@ class Instance:
     accepted: dict[int, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     nonces: dict[str, int] = field(default_factory=dict)
     last_root: str | None = None
+    # the token lists of last_root, sorted: the base the next delta applies to
+    servers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class Verifier:
         self.credentials_ttl = credentials_ttl
         self.registry = registry
         self.instances: dict[str, Instance] = {}
+        self.always_need_full = False  # a fault for tests: answer need_full to every digest
         self.issued_credentials: list[IssuedCredential] = []
         self._lock = threading.RLock()
 
@@ -211,14 +218,33 @@ class Verifier:
         }
 
     def _digest(self, body: dict[str, Any], inst: Instance) -> bool:
-        if ("servers" in body, "networks" in body) != (body["full"], body["full"]):
-            raise Rejected(422, "digest_shape", "full digests carry both lists, others neither")
-        if not body["full"]:
-            return bool(body["root"] != inst.last_root)
-        if digest_root(body["servers"], body["networks"]) != body["root"]:
+        """Apply a digest to the instance's token set; return need_full. Raises Rejected (422)."""
+        shape = digest_shape(body)
+        if shape == "unchanged":
+            return self.always_need_full or bool(body["root"] != inst.last_root)
+        if shape == "full":
+            servers, networks = body["servers"], body["networks"]
+        else:
+            if body["base"] != inst.last_root or self.always_need_full:
+                return True  # a base this server does not hold (lost state, another server): send it all
+            servers = apply_delta(inst.servers, body["added_servers"], body["removed_servers"])
+            networks = apply_delta(inst.networks, body["added_networks"], body["removed_networks"])
+        if digest_root(servers, networks) != body["root"]:
             raise Rejected(422, "digest_root", "root does not match the token lists")
-        inst.last_root = body["root"]
-        return False
+        inst.last_root, inst.servers, inst.networks = body["root"], servers, networks
+        return self.always_need_full
+
+    def forget_digests(self) -> None:
+        """Drop every instance's digest token set, as a server that lost its state would."""
+        with self._lock:
+            for inst in self.instances.values():
+                inst.last_root, inst.servers, inst.networks = None, [], []
+
+    def digest_tokens(self, iid: str) -> tuple[str | None, list[str], list[str]]:
+        """Return (root, servers, networks) held for instance iid; raises KeyError for an unknown one."""
+        with self._lock:
+            inst = self.instances[iid]
+            return inst.last_root, list(inst.servers), list(inst.networks)
 
     def credentials(self) -> list[IssuedCredential]:
         """Return a snapshot of the update credentials issued so far."""
@@ -275,6 +301,30 @@ def build_receipt(
     return signed
 
 
+def digest_shape(body: dict[str, Any]) -> str:
+    """Return "full", "unchanged" or "delta" for a digest body of one of those forms; raises Rejected (422)."""
+    lists = {k for k in (*FULL_LISTS, *DELTA_LISTS, "base") if k in body}
+    if body["full"] and lists == set(FULL_LISTS):
+        return "full"
+    if not body["full"] and not lists:
+        return "unchanged"
+    if not body["full"] and lists == {*DELTA_LISTS, "base"}:
+        return "delta"
+    raise Rejected(422, "digest_shape", "a full digest carries servers and networks, a delta base and the four"
+                   " added/removed lists, an unchanged one no list")
+
+
+def apply_delta(tokens: list[str], added: list[str], removed: list[str]) -> list[str]:
+    """Return the sorted tokens after removing `removed` (all present) and adding `added` (all absent).
+
+    Raises Rejected (422 digest_root) when the delta does not fit the base it names.
+    """
+    have = set(tokens)
+    if not have.issuperset(removed) or not have.isdisjoint(added):
+        raise Rejected(422, "digest_root", "the delta removes tokens the base lacks or adds ones it holds")
+    return sorted(have.difference(removed).union(added))
+
+
 def digest_root(servers: list[str], networks: list[str]) -> str:
     """Return the digest root of two sorted lists of hex tokens.
 
@@ -285,8 +335,7 @@ def digest_root(servers: list[str], networks: list[str]) -> str:
     h = hashlib.blake2b(person=b"fa1-root", digest_size=32)
     for tokens in (servers, networks):
         h.update(len(tokens).to_bytes(8, "big"))
-        for t in tokens:
-            h.update(bytes.fromhex(t))
+        h.update(bytes.fromhex("".join(tokens)))
     return h.hexdigest()
 
 

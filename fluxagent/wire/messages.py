@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,10 @@ import nacl.signing
 
 from fluxagent.errors import AllowlistError
 from fluxagent.facts import Counts, is_version
-from fluxagent.identifiers import TokenSet, canonical_hostname
+from fluxagent.identifiers import TokenList, TokenSet, canonical_hostname, diff
 from fluxagent.kinds import ENDPOINTS, KINDS, LICENSE_STATES
 from fluxagent.wire import envelope
+from fluxagent.wire.stream import Streamed, list_json_size, seal_streamed
 
 LICENSE = "License validation"
 HEARTBEAT = "Heartbeat metrics"
@@ -59,7 +61,11 @@ def _public_key(v: Any) -> bool:
 
 
 def _tokens(v: Any) -> bool:
-    return isinstance(v, list) and all(_hex(32)(t) for t in v) and all(a < b for a, b in itertools.pairwise(v))
+    if isinstance(v, TokenList):  # packed, sorted and deduplicated by finish(): valid by construction
+        return v.finished
+    # one regex over the joined list rather than one per token: a full digest holds a million
+    return (isinstance(v, list) and all(isinstance(t, str) and len(t) == 32 for t in v)
+            and (not v or bool(_HEX.match("".join(v)))) and all(a < b for a, b in itertools.pairwise(v)))
 
 
 # value type name → (description for people, validator)
@@ -128,6 +134,17 @@ REGISTRY: tuple[Field, ...] = (
     Field("digest", "servers", "tokens", DIGEST, "keyed hashes of server identifiers"),
     Field("digest", "networks", "tokens", DIGEST, "keyed hashes of network ranges"),
 )
+# ---- digest deltas (docs/PROTOCOL.md "Digest deltas"): kept as one block, added to the v1 fields ----
+DIGEST_DELTA: tuple[Field, ...] = (
+    Field("digest", "base", "root", DIGEST, "the acknowledged root a delta applies to"),
+    Field("digest", "added_servers", "tokens", DIGEST, "keyed hashes of servers added since `base`"),
+    Field("digest", "removed_servers", "tokens", DIGEST, "keyed hashes of servers removed since `base`"),
+    Field("digest", "added_networks", "tokens", DIGEST, "keyed hashes of network ranges added since `base`"),
+    Field("digest", "removed_networks", "tokens", DIGEST, "keyed hashes of network ranges removed since `base`"),
+)
+REGISTRY = REGISTRY + DIGEST_DELTA
+# ---- end of digest deltas ----
+
 _BY_KIND: dict[str, dict[str, Field]] = {kind: {f.path: f for f in REGISTRY if f.kind == kind} for kind in KINDS}
 _COMMON: dict[str, Field] = {f.path: f for f in REGISTRY if f.kind == "*"}
 
@@ -144,19 +161,62 @@ class Message:
         return ENDPOINTS[self.kind]
 
 
+# A sealed message whose envelope is larger than this keeps it as a stream (`streamed`), never whole.
+STREAM_ABOVE = 2**20
+
+
 @dataclass(frozen=True)
 class Sealed:
-    """A sealed message: exact payload bytes, decoded payload and the envelope text to send."""
+    """A sealed message: exact payload bytes, decoded payload and the envelope text to send.
+
+    A large digest is `streamed` instead: `payload` and `envelope` are then empty, `obj` holds the
+    token lists packed, and `envelope_chunks()` produces the envelope. `summary` is what the ledger
+    records of a digest instead of its lists.
+    """
 
     kind: str
     endpoint: str
     payload: bytes
     obj: dict[str, Any]
     envelope: bytes
+    streamed: Streamed | None = None
+    summary: dict[str, Any] | None = None
+    sha256: str = ""
 
     @property
     def payload_sha256(self) -> str:
-        return hashlib.sha256(self.payload).hexdigest()
+        if self.sha256:
+            return self.sha256
+        return self.streamed.sha256 if self.streamed else hashlib.sha256(self.payload).hexdigest()
+
+    @property
+    def payload_size(self) -> int:
+        return self.streamed.size if self.streamed else len(self.payload)
+
+    @property
+    def envelope_size(self) -> int:
+        return self.streamed.envelope_size if self.streamed else len(self.envelope)
+
+    def envelope_chunks(self) -> Iterator[bytes]:
+        """Yield the envelope text in pieces (one piece unless streamed)."""
+        if self.streamed:
+            yield from self.streamed.envelope_chunks()
+        else:
+            yield self.envelope
+
+
+def digest_summary(body: dict[str, Any]) -> dict[str, Any]:
+    """Return a digest body with each token list replaced by its length: what the ledger keeps."""
+    return {k: (len(v) if isinstance(v, list | TokenList) else v) for k, v in body.items()}
+
+
+def ledger_summary(payload: bytes) -> dict[str, Any] | None:
+    """Return the summary of a digest payload (its body's summary and the payload size), None if unreadable."""
+    try:
+        body = json.loads(payload).get("body")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return {**digest_summary(body), "payload_bytes": len(payload)} if isinstance(body, dict) else None
 
 
 def check_allowlist(kind: str, payload: dict[str, Any], fields: Iterable[Field] | None = None) -> None:
@@ -224,9 +284,21 @@ def seal(
         "body": message.body,
     }
     check_allowlist(message.kind, payload_obj, fields)
+    ptype = envelope.payload_type(message.kind)
+    summary = digest_summary(message.body) if message.kind == "digest" else None
+    if any(isinstance(v, TokenList) for v in message.body.values()):
+        st = seal_streamed(ptype, payload_obj, signing_key)
+        if summary is not None:
+            summary["payload_bytes"] = st.size
+        if st.envelope_size > STREAM_ABOVE:
+            return Sealed(message.kind, message.endpoint, b"", payload_obj, b"", st, summary, st.sha256)
+        payload, env = b"".join(st.payload_chunks()), b"".join(st.envelope_chunks())
+        return Sealed(message.kind, message.endpoint, payload, json.loads(payload), env, summary=summary)
     payload = envelope.canonical_json(payload_obj)
-    env = envelope.sign_envelope(envelope.payload_type(message.kind), payload, signing_key)
-    return Sealed(message.kind, message.endpoint, payload, payload_obj, env)
+    env = envelope.sign_envelope(ptype, payload, signing_key)
+    if summary is not None:
+        summary["payload_bytes"] = len(payload)
+    return Sealed(message.kind, message.endpoint, payload, payload_obj, env, summary=summary)
 
 
 # ---- builders: pure, values in, Message out ----
@@ -260,18 +332,37 @@ def build_heartbeat(platform_version: str, hostname: str, counts: Counts) -> Mes
     )
 
 
-def build_digest(tokens: TokenSet, key_id: str, last_acked_root: str | None, *, force_full: bool = False) -> Message:
-    """Return the digest; without lists when its root equals the last acknowledged one (unless forced).
+DELTA_LISTS = ("added_servers", "removed_servers", "added_networks", "removed_networks")
 
-    `tokens` must be finished (sorted, deduplicated).
+
+def build_digest(
+    tokens: TokenSet,
+    key_id: str,
+    last_acked_root: str | None,
+    *,
+    force_full: bool = False,
+    base: TokenSet | None = None,
+) -> Message:
+    """Return the digest: unchanged (no lists) when its root is the last acknowledged one, a delta
+    against `base` (the token set of that root) when that is under half the full form, else full.
+
+    `tokens` and `base` must be finished (sorted, deduplicated).
     """
     root = tokens.root
-    full = force_full or root != last_acked_root
-    body: dict[str, Any] = {"key_id": key_id, "root": root, "full": full}
-    if full:
-        body["servers"] = tokens.servers.hex()
-        body["networks"] = tokens.networks.hex()
-    return Message("digest", body)
+    if not force_full and root == last_acked_root:
+        return Message("digest", {"key_id": key_id, "root": root, "full": False})
+    if not force_full and base is not None and last_acked_root is not None:
+        added_servers, removed_servers = diff(base.servers, tokens.servers)
+        added_networks, removed_networks = diff(base.networks, tokens.networks)
+        lists = dict(zip(DELTA_LISTS, (added_servers, removed_servers, added_networks, removed_networks),
+                         strict=True))
+        delta_size = sum(list_json_size(len(v)) for v in lists.values()) + 100  # "base" and the longer keys
+        full_size = list_json_size(len(tokens.servers)) + list_json_size(len(tokens.networks))
+        if 2 * delta_size < full_size:
+            return Message("digest", {"key_id": key_id, "root": root, "full": False, "base": last_acked_root,
+                                      **lists})
+    return Message("digest", {"key_id": key_id, "root": root, "full": True,
+                              "servers": tokens.servers, "networks": tokens.networks})
 
 
 def build_credentials() -> Message:
