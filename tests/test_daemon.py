@@ -18,6 +18,7 @@ from agentkit import Daemon, NotifySocket, clean_env, delivered, rewrite, sent_s
 from conftest import run_cli
 from netutil import closed_port
 
+from fluxagent.schema.shipped import shipped
 from fluxagent.statedir.state import encode_json
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.workspace import Workspace
@@ -257,7 +258,7 @@ def test_log_lists_entries_shows_one_exact_payload_and_verifies_the_chain(
     code, out, _err = cli(ws, "log")
     assert code == 0
     rows = out.splitlines()
-    assert len(rows) == 4 and "schema_approved" in rows[0] and "(v1 sha256:" in rows[0]
+    assert len(rows) == 4 and "schema_approved" in rows[0] and f"({shipped().newest.name} sha256:" in rows[0]
     assert all(" sent " in r and "delivered http 200" in r for r in rows[1:])
     code, out, _err = cli(ws, "log", "3")
     assert code == 0
