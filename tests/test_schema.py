@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -300,3 +302,11 @@ def test_postinst_approves_once_v1_on_upgrade_the_installed_version_on_install_a
     again = subprocess.run(["sh", str(script), "configure", "0.2.0"], capture_output=True, text=True, env=env,
                            stdin=subprocess.DEVNULL, timeout=60, check=False)
     assert again.returncode == 0 and json.loads((config.parent / FILE).read_text())["by"] == "the operator"
+
+
+def test_the_version_files_are_package_data_so_an_installed_fluxagent_knows_them() -> None:
+    pyproject = tomllib.loads((SCHEMA_DIR.parent.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["fluxagent"]
+    for f in SCHEMA_DIR.glob("v*.json"):
+        rel = f.relative_to(SCHEMA_DIR.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} would not ship: add it to package-data"
