@@ -21,6 +21,8 @@ from fluxagent.delivery import Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_IOERR, EXIT_OK, EXIT_UNAVAILABLE, FluxError
 from fluxagent.kinds import SCHEDULED
 from fluxagent.license import record as license_store
+from fluxagent.schema.approval import load_policy
+from fluxagent.schema.policy import Policy
 from fluxagent.statedir import fsutil, identity, state
 from fluxagent.statedir.fsutil import check_state_dir
 from fluxagent.statedir.lock import instance_lock
@@ -73,14 +75,19 @@ class Agent:
     """The agent's work on one state dir (under its lock): `step` does what is due, `once` a full cycle."""
 
     def __init__(self, cfg: Config, *, transport_factory: Callable[[Config], Transport] | None = None,
-                 clock: Callable[[], float] = time.time, quiet_open: bool = False) -> None:
-        """quiet_open: do not log opening the state (a worker after the first one of a daemon)."""
+                 clock: Callable[[], float] = time.time, quiet_open: bool = False,
+                 approval: Callable[[Config], Policy] | None = None) -> None:
+        """quiet_open: do not log opening the state (a worker after the first one of a daemon);
+        approval: the registry versions as values (tests); default: the approval file."""
         self.cfg = cfg
         self.clock = clock
         self.log = logs.get()
         self.ident = identity.load(cfg.instance.state_dir)
         self.transport = (transport_factory or (lambda c: HttpxTransport(c.server)))(cfg)
-        self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=None if quiet_open else self.log))
+        deps = Deps(self.transport, clock, log=None if quiet_open else self.log)
+        if approval is not None:
+            deps.approval = approval
+        self.engine = Engine(cfg, self.ident, deps)
         self.engine.deps.log = self.log
         opened = self.engine.spool.opened
         if quiet_open and (self.engine.ledger.torn_bytes or opened.quarantined or self.engine.schedule.reset_reason):
@@ -110,8 +117,10 @@ class Agent:
         return code
 
     def status_line(self) -> str:
-        """Return the systemd STATUS text for this agent's state dir, now."""
-        return status_line(self.cfg, self.clock(), self.engine.deps.world.read_license)
+        """Return the systemd STATUS text for this agent's state dir, now (and a schema awaiting approval)."""
+        policy = self.engine.policy
+        pending = f"; schema {policy.running.name} awaits approval" if policy is not None and policy.pending else ""
+        return status_line(self.cfg, self.clock(), self.engine.deps.world.read_license) + pending
 
     def step(self, should_stop: Callable[[], bool] = lambda: False) -> float:
         """Do whatever is due now; return seconds until the next wake-up.
@@ -163,6 +172,7 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
     logs.configure(cfg.log.format, cfg.log.level, stream=log_stream)
     check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
     identity.load(cfg.instance.state_dir)  # fail with 78 before taking the lock
+    load_policy(cfg)  # and without an approved schema version: nothing could be sent
     with instance_lock(cfg.instance.state_dir):
         # temp files a kill left behind; nothing else writes the state dir while the lock is held
         stray = fsutil.remove_stray_temp(cfg.instance.state_dir)

@@ -107,6 +107,9 @@ def check(path: Path, previous: str | None, report: Reporter) -> int:
 
         check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
         identity.load(cfg.instance.state_dir)  # fail with 78 before the supervisor takes the lock
+        from fluxagent.schema.approval import load_policy
+
+        load_policy(cfg)  # and without an approved schema version: nothing could be sent
         assert raw is not None
         report("config", ok=True, text=raw.decode("utf-8"), values=values(cfg),
                status=status_line(cfg, time.time()))
