@@ -175,6 +175,17 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
+# OpenSSL verify codes meaning "no trusted CA vouches for this certificate": the CA this machine trusts
+# (server.ca_bundle or the system store) is the wrong one, a configuration error. An expired certificate
+# or one for another host name is the server's problem, an outage like any other.
+UNTRUSTED_ISSUER_CODES = frozenset({2, 18, 19, 20, 21})  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT{,_LOCALLY}, …
+
+
+def untrusted_issuer(exc: ssl.SSLCertVerificationError) -> bool:
+    """Return whether a certificate verification failed because no trusted CA issued it (a config error)."""
+    return exc.verify_code in UNTRUSTED_ISSUER_CODES
+
+
 def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportError:
     """Return the TransportError for an httpx/OS exception raised while requesting url."""
     via = f" via proxy {redact_url(proxy)}" if proxy else ""
@@ -192,7 +203,8 @@ def translate(exc: Exception, url: str, proxy: str | None = None) -> TransportEr
             return TransportError("dns", url, f"cannot resolve the host name{via}: {c.strerror}")
         if isinstance(c, ssl.SSLCertVerificationError):
             why = c.verify_message or c.reason
-            return TransportError("tls", url, f"TLS certificate not trusted: {why}", config=True)
+            return TransportError("tls", url, f"TLS certificate not trusted: {why}",
+                                  config=untrusted_issuer(c))
         # an SSL error after the handshake (e.g. EOF without close_notify) is a broken connection
         if isinstance(c, ssl.SSLError) and isinstance(exc, httpx.ConnectError):
             return TransportError("tls", url, f"TLS handshake failed: {c.reason or c}")

@@ -94,7 +94,9 @@ complete() { _FLUXAGENT_COMPLETE="source_$1" "$VENV/bin/python" "$VENV/bin/fluxa
 install -d "$ROOT/usr/share/bash-completion/completions" "$ROOT/usr/share/zsh/vendor-completions" \
     "$ROOT/usr/share/fish/vendor_completions.d"
 complete bash > "$ROOT/usr/share/bash-completion/completions/fluxagent"
-complete zsh > "$ROOT/usr/share/zsh/vendor-completions/_fluxagent"
+# zsh autoloads _fluxagent from its fpath: `#compdef` must be the first line, and the file's body
+# (run on the first Tab) must complete too, not only define the function for the next Tab
+{ complete zsh | sed '/./,$!d'; echo '_fluxagent_completion "$@"'; } > "$ROOT/usr/share/zsh/vendor-completions/_fluxagent"
 complete fish > "$ROOT/usr/share/fish/vendor_completions.d/fluxagent.fish"
 install -d "$DOC"
 "$VENV/bin/python" packaging/copyright.py "$VENV/$SITE_REL" "$PREFIX/$SITE_REL" > "$DOC/copyright"

@@ -69,8 +69,13 @@ echo "$got"
 [ "$got" = "complete -o default -F _fluxagent_completion fluxagent" ] || fail "bash completion: $got"
 words=$(cd / && COMP_WORDS="fluxagent cre" COMP_CWORD=1 _FLUXAGENT_COMPLETE=complete_bash fluxagent)
 [ "$words" = "credentials" ] || fail "bash completion of 'fluxagent cre' gave: $words"
-[ -s /usr/share/zsh/vendor-completions/_fluxagent ] || fail "no zsh completion"
-[ -s /usr/share/fish/vendor_completions.d/fluxagent.fish ] || fail "no fish completion"
+got=$(zsh -fc 'fpath=(/usr/share/zsh/vendor-completions $fpath); autoload -U compinit; compinit -u -D; print -r -- $_comps[fluxagent]')
+[ "$got" = _fluxagent ] || fail "zsh does not autoload the completion of fluxagent: '$got'"
+fish_home=$(mktemp -d)   # fish keeps history and variables under $HOME
+got=$(HOME=$fish_home fish -c 'complete -C"fluxagent cre"' | cut -f1)
+rm -rf "$fish_home"
+[ "$got" = credentials ] || fail "fish completion of 'fluxagent cre' gave: '$got'"
+echo "zsh: _comps[fluxagent]=_fluxagent; fish: 'fluxagent cre' → credentials"
 zcat /usr/share/doc/fluxagent/changelog.Debian.gz | head -n 1 | grep -qF "($(dpkg-query -W -f='${Version}' fluxagent))" \
     || fail "changelog.Debian.gz does not name this version"
 

@@ -221,3 +221,34 @@ def test_the_operator_guide_lists_every_failure_of_the_table_with_its_code() -> 
     rows = {m[0].strip(): int(m[1]) for m in re.findall(r"^\| ([^|]+?) \| (\d+) \|", section, re.M)}
     for failure, (_, code, _) in TABLE.items():
         assert rows.get(failure) == code, f"docs/OPERATOR.md, Exit codes: no row {failure!r} with {code}"
+
+
+# ---- the daemon meets an untrusted server certificate: said once, as a configuration error, retried slowly ----
+
+
+def test_daemon_says_an_untrusted_server_certificate_once_as_a_config_error_and_retries_slowly(
+    tmp_path: Path, sample_db: Path, tls: ssl.SSLContext
+) -> None:
+    from hostile import engine_config, make_engine
+    from support.capture import Events
+    from support.clock import Clock
+
+    from fluxagent.delivery import CONFIG_ERROR_RETRY
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    with ReferenceServer(ssl_context=tls) as server:
+        cfg = engine_config(tmp_path / "state", sample_db, server, ca_bundle=str(other))
+        events, clock = Events(), Clock()
+        engine = make_engine(cfg, events, clock)
+        engine.produce(["license", "heartbeat"], clock())
+        for _ in range(3):
+            result = engine.flush()
+            assert result.retry is not None and result.retry.config
+            assert engine.retry_at >= clock() + CONFIG_ERROR_RETRY  # slowly, not on the 30 s backoff
+            clock.advance(CONFIG_ERROR_RETRY + 1)
+        assert len(events.named("delivery.config_error")) == 1  # said once
+        (said,) = events.named("delivery.config_error")
+        assert "server.ca_bundle" in said["hint"] and "not trusted" in said["reason"]
+        assert "delivery.outage_started" not in events.names()
+        assert engine.spool.depth() == 2  # kept: delivered once the config is fixed

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 from fluxagent.config import ServerConfig
-from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError
-from fluxagent.transport import _tls_context, proxy_for
+from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError
+from fluxagent.transport import _tls_context, proxy_for, untrusted_issuer
 from fluxagent.validate.check import Check, fail, ok
 from fluxagent.wire.http import redact_url
 
@@ -111,7 +111,8 @@ def _tls(sock: socket.socket, server: ServerConfig, host: str) -> Check:
             cert = tls.getpeercert() or {}
     except ssl.SSLCertVerificationError as exc:
         return fail("tls", f"certificate of {host} not trusted by {trust}: {exc.verify_message or exc.reason}",
-                    "set server.ca_bundle to the CA that issued the server's certificate", EXIT_CONFIG)
+                    "set server.ca_bundle to the CA that issued the server's certificate",
+                    EXIT_CONFIG if untrusted_issuer(exc) else EXIT_CHECK_FAILED)
     except (OSError, ssl.SSLError) as exc:
         return fail("tls", f"TLS handshake with {host} failed: {_why(exc, server.connect_timeout)}",
                     "check that server.url points at the license server's HTTPS port", EXIT_UNAVAILABLE)
