@@ -169,3 +169,14 @@ def test_the_build_backend_is_locked_with_hashes_too() -> None:
     pinned = {_name(line.split("==")[0]) for line in lock.splitlines() if "==" in line and not line.startswith(" ")}
     assert {_name(r) for r in requires} <= pinned
     assert lock.count("--hash=sha256:") >= len(pinned)
+
+
+def test_a_missing_libpq_names_the_system_package_not_the_python_extra() -> None:
+    from fluxagent.sources.platform import driver_missing
+
+    # psycopg's own words when its pure-Python implementation finds no libpq (PSYCOPG_IMPL=python, libpq5 absent)
+    why = "couldn't import requested psycopg 'python' implementation: libpq library not found"
+    err = driver_missing("postgresql://db.example/fb", "psycopg", "postgres", why)
+    assert "needs libpq" in err.message and err.hint == "install it: apt install libpq5 (Debian and Ubuntu)"
+    other = driver_missing("mysql://db.example/fb", "pymysql", "mysql", "No module named 'pymysql'")
+    assert "needs the pymysql driver" in other.message and "fluxagent[mysql]" in (other.hint or "")

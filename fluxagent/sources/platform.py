@@ -52,6 +52,20 @@ def sqlite_path(url: str) -> Path:
 DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql")}  # engine: (module, extra)
 
 
+def driver_missing(shown: str, module: str, extra: str, why: str) -> SourceConfigError:
+    """Return the error for a database driver that cannot be imported (why: the ImportError's text).
+
+    psycopg without its binary extra (the Debian package's) loads the system's libpq: when that is
+    what is missing, installing the Python extra would not help.
+    """
+    if module == "psycopg" and "libpq" in why:
+        return SourceConfigError(
+            f"platform.database: {shown} needs libpq, the PostgreSQL client library, which psycopg cannot find",
+            hint="install it: apt install libpq5 (Debian and Ubuntu)")
+    return SourceConfigError(f"platform.database: {shown} needs the {module} driver, which is not installed",
+                             hint=f"install the extra: pip install 'fluxagent[{extra}]'")
+
+
 def open_platform(cfg: PlatformConfig) -> PlatformSource:
     """Open the configured platform database read-only; raises SourceError (a subclass naming the cause)."""
     scheme = urlsplit(cfg.database).scheme.lower()
@@ -63,11 +77,8 @@ def open_platform(cfg: PlatformConfig) -> PlatformSource:
     module, extra = DRIVERS[target.engine]
     try:
         importlib.import_module(module)
-    except ImportError:
-        raise SourceConfigError(
-            f"platform.database: {target.shown} needs the {module} driver, which is not installed",
-            hint=f"install the extra: pip install 'fluxagent[{extra}]'",
-        ) from None
+    except ImportError as exc:
+        raise driver_missing(target.shown, module, extra, str(exc)) from None
     if target.engine == "postgresql":
         from fluxagent.sources.postgres import PostgresSource
 
