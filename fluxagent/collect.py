@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fluxagent.config import Config, HostConfig, PlatformConfig
-from fluxagent.errors import FluxError, SourceError
+from fluxagent.errors import FluxError, SchemaHeld, SourceError
 from fluxagent.facts import VERSION_SHAPE, HostFacts, is_version
 from fluxagent.identifiers import TokenSet, add_machine, add_networks, add_servers, canonical_hostname, key_id
 from fluxagent.license.file import LicenseFile
 from fluxagent.license.record import read_license_file
+from fluxagent.schema.policy import Policy
 from fluxagent.sources.platform import PlatformSource, open_platform
 from fluxagent.statedir import identity
 from fluxagent.statedir.identity import Identity
@@ -28,12 +29,16 @@ from fluxagent.wire.messages import Message, Sealed
 
 @dataclass
 class Built:
-    """One message kind's result: the message, or the error that kept it from being built."""
+    """One message kind's result: the message, or the error that kept it from being built.
+
+    withheld: the body paths left out because the approved schema version does not allow them.
+    """
 
     kind: str
     message: Message | None = None
     error: FluxError | None = None
     skipped: Counter[str] = field(default_factory=Counter)
+    withheld: tuple[str, ...] = ()
     tokens: TokenSet | None = None  # a digest's token set: stored when spooled, the next delta's base
 
 
@@ -101,13 +106,25 @@ def gather(
     license_state: str | None = None,
     world: World | None = None,
     base: TokenSet | None = None,
+    policy: Policy | None = None,
 ) -> list[Built]:
     """Build the messages of kinds from live sources; a failing kind carries its error, the rest go on.
 
     base: the token set of last_acked_root, for a digest delta (None: no delta, full or unchanged).
+    policy: what the operator approved; fields it withholds are left out (a digest delta is not built
+    unless `base` is approved), and a kind it holds back carries a SchemaHeld error without being
+    built (None: the running registry, unnarrowed).
     """
     world = world or World()
     results = {k: Built(k) for k in kinds}
+    if policy is not None:
+        held = [k for k in kinds if policy.held_back(k)]
+        for k in held:
+            results[k].error = SchemaHeld(policy.hold_reason(k), hint="see `fluxagent schema --diff`; "
+                                          "`sudo fluxagent schema --approve` lets it be sent")
+        kinds = [k for k in kinds if k not in held]
+        if not policy.allows("digest", "base"):
+            base = None  # no delta unless approved: the digest goes full, or unchanged
     platform: PlatformSource | None = None
     host: HostFacts | None = None
     try:
@@ -141,7 +158,11 @@ def gather(
     finally:
         if platform is not None:
             platform.close()
-    return [results[k] for k in kinds]
+    if policy is not None:
+        for b in results.values():
+            if b.message is not None:
+                b.message, b.withheld = policy.apply(b.message)
+    return list(results.values())
 
 
 def _guard(built: Built, fn: Callable[[], Message]) -> None:
@@ -152,16 +173,21 @@ def _guard(built: Built, fn: Callable[[], Message]) -> None:
 
 
 def seal_all(
-    built: Sequence[Built], ident: Identity, *, aud: str, first_seq: int, now: int, nonce: Callable[[int], bytes]
+    built: Sequence[Built], ident: Identity, *, aud: str, first_seq: int, now: int, nonce: Callable[[int], bytes],
+    policy: Policy | None = None,
 ) -> list[Sealed]:
-    """Seal every built message with consecutive seq numbers from first_seq; raises AllowlistError."""
+    """Seal every built message with consecutive seq numbers from first_seq; raises AllowlistError.
+
+    policy: the allowlist check takes only the fields the approved version allows (None: the registry).
+    """
+    fields = policy.allowed if policy is not None else None
     out: list[Sealed] = []
     seq = first_seq
     for b in built:
         if b.message is None:
             continue
         out.append(messages.seal(b.message, signing_key=ident.signing_key, iid=ident.instance_id,
-                                 aud=aud, seq=seq, now=now, nonce=nonce(16)))
+                                 aud=aud, seq=seq, now=now, nonce=nonce(16), fields=fields))
         seq += 1
     return out
 
@@ -173,14 +199,38 @@ def last_seq(state_dir: Path) -> int:
     return Seq(state_dir).last()
 
 
-def build_preview(
-    cfg: Config, kinds: list[str], *, world: World | None = None, now: float | None = None
-) -> tuple[list[Sealed], list[tuple[str, FluxError]]]:
-    """Build and seal the kinds from live sources without writing anything; return sealed + failures."""
-    ident = identity.load(cfg.instance.state_dir)
+@dataclass
+class Preview:
+    """What `preview` shows: sealed messages, kinds that failed (or are held back), withheld fields."""
+
+    sealed: list[Sealed]
+    failures: list[tuple[str, FluxError]]
+    withheld: dict[str, tuple[str, ...]]
+    policy: Policy
+
+
+def preview(cfg: Config, kinds: list[str], *, world: World | None = None, now: float | None = None,
+            policy: Policy | None = None) -> Preview:
+    """Build and seal the kinds from live sources without writing anything; raises ConfigError, StateError.
+
+    policy: default the approval beside cfg's file (a missing or bad one raises ConfigError, 78).
+    """
+    from fluxagent.schema.approval import load_policy
+
+    ident = identity.load(cfg.instance.state_dir)  # a missing identity first: `init` writes both
+    pol = policy or load_policy(cfg)
     t = time.time() if now is None else now
-    built = gather(cfg, ident, kinds, now=t, world=world)
-    sealed = seal_all(built, ident, aud=cfg.server.audience,
-                              first_seq=last_seq(cfg.instance.state_dir) + 1, now=int(t), nonce=os.urandom)
+    built = gather(cfg, ident, kinds, now=t, world=world, policy=pol)
+    sealed = seal_all(built, ident, aud=cfg.server.audience, first_seq=last_seq(cfg.instance.state_dir) + 1,
+                      now=int(t), nonce=os.urandom, policy=pol)
     failures = [(b.kind, b.error) for b in built if b.error is not None]
-    return sealed, failures
+    return Preview(sealed, failures, {b.kind: b.withheld for b in built if b.withheld}, pol)
+
+
+def build_preview(
+    cfg: Config, kinds: list[str], *, world: World | None = None, now: float | None = None,
+    policy: Policy | None = None,
+) -> tuple[list[Sealed], list[tuple[str, FluxError]]]:
+    """Return `preview`'s sealed messages and failures (see `preview`)."""
+    p = preview(cfg, kinds, world=world, now=now, policy=policy)
+    return p.sealed, p.failures

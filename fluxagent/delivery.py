@@ -17,12 +17,15 @@ from typing import Any
 
 from fluxagent import collect
 from fluxagent.config import Config
-from fluxagent.errors import EXIT_CHECK_FAILED, AllowlistError, FluxError, StateError
+from fluxagent.errors import EXIT_CHECK_FAILED, AllowlistError, FluxError, SchemaHeld, StateError
 from fluxagent.identifiers import TokenSet, key_id
 from fluxagent.kinds import LICENSE_STATES, SCHEDULED
 from fluxagent.license import record as license_store
 from fluxagent.license import state as licensing
 from fluxagent.license.state import Contact, Receipt, Status
+from fluxagent.schema import approval as schema_approval
+from fluxagent.schema.policy import Policy
+from fluxagent.schema.record import note_policy
 from fluxagent.statedir import digestset, state
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.ledger import Ledger
@@ -112,6 +115,8 @@ class Deps:
     nonce: Callable[[int], bytes] = field(default_factory=lambda: random.SystemRandom().randbytes)
     world: collect.World = field(default_factory=collect.World)
     log: Any = None
+    # what the operator approved to be sent, read before each produce (tests pass their own versions)
+    approval: Callable[[Config], Policy] = schema_approval.load_policy
 
 
 @dataclass
@@ -143,9 +148,14 @@ class Engine:
         self._outage_since: float | None = None
         self._outage_summary_at: float = 0.0
         self._last_skew: float = 0.0
-        self._source_errors: dict[str, str] = {}
         self._source_exit: dict[str, int] = {}  # the exit code of each failing kind's error (run --once)
         self._source_state = state.load_source_errors(sd)  # persisted for `status`
+        # a kind held back for a schema approval stays so until the operator acts: said once, not by
+        # every later run or restart (a failing source, which may recover by itself, is said again)
+        self._source_errors: dict[str, str] = {
+            k: str(v.get("error")) for k, v in self._source_state.items() if v.get("code") == SchemaHeld.code}
+        self._policy: Policy | None = None
+        self._policy_error: str | None = None
         now = int(deps.clock())
         for e in self._spool.opened.superseded:
             self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
@@ -314,12 +324,14 @@ class Engine:
             kinds = [k for k in kinds if k != "license"]
             self._advance("license", now)
             self._log("license.registration_pending", spool=self._spool.depth())
+        policy = self.current_policy(now)
         license_state = self.license_status(now).state if "license" in kinds else None
         acked_root = None if force_full else self._schedule.last_acked_root
-        base = self._digest_base(acked_root) if "digest" in kinds else None
+        # the acknowledged set is read only when a delta may be sent (approved); else full or unchanged
+        base = self._digest_base(acked_root) if "digest" in kinds and policy.allows("digest", "base") else None
         built = collect.gather(self._cfg, self._ident, kinds, now=now, last_acked_root=acked_root,
                                license_state=license_state if license_state in LICENSE_STATES else None,
-                               world=self._deps.world, base=base)
+                               world=self._deps.world, base=base, policy=policy)
         base = None
         out: list[Sealed] = []
         for b in built:
@@ -374,7 +386,8 @@ class Engine:
 
         def seal(seq: int) -> Sealed:
             return messages.seal(message, signing_key=self._ident.signing_key, iid=self._ident.instance_id,
-                                 aud=self._cfg.server.audience, seq=seq, now=int(now), nonce=nonce)
+                                 aud=self._cfg.server.audience, seq=seq, now=int(now), nonce=nonce,
+                                 fields=self._policy.allowed if self._policy is not None else None)
 
         try:
             sealed = seal(self._seq.peek(floor))
@@ -392,6 +405,32 @@ class Engine:
             self._warn("seq.recovered", detail=self._seq.recovered)
             self._seq.recovered = None
         return sealed if seq == sealed.obj["seq"] else seal(seq)
+
+    @property
+    def policy(self) -> Policy | None:
+        """What may be sent, as last read (None before the first produce)."""
+        return self._policy
+
+    def current_policy(self, now: float) -> Policy:
+        """Return what may be sent, re-reading the approval (so an approval takes effect without a restart).
+
+        The first read raises ConfigError (78) when the approval is missing or bad; a later failure keeps
+        the last good approval and is logged once. A new approval is written to the ledger once.
+        """
+        try:
+            policy = self._deps.approval(self._cfg)
+        except FluxError as exc:
+            if self._policy is None:
+                raise
+            if self._policy_error != exc.message:
+                self._error("schema.approval_unreadable", error=exc.message, keeping=self._policy.approved.name)
+                self._policy_error = exc.message
+            return self._policy
+        self._policy_error = None
+        old, self._policy = self._policy, policy
+        if old is None or old.approved != policy.approved or old.running != policy.running:
+            note_policy(self._cfg.instance.state_dir, self._ledger, policy, int(now), self._log, self._warn)
+        return policy
 
     def _digest_base(self, acked_root: str | None) -> TokenSet | None:
         """Return the acknowledged token set when it is that of acked_root under this digest key, else None."""

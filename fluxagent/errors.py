@@ -106,6 +106,13 @@ class EnvelopeError(FluxError):
     exit_code = EXIT_CHECK_FAILED
 
 
+class SchemaHeld(FluxError):
+    """A kind needs a field the approved schema version does not allow: it waits for an approval."""
+
+    code = "schema"
+    exit_code = EXIT_CHECK_FAILED
+
+
 class ServerUnavailable(FluxError):
     code = "unavailable"
     exit_code = EXIT_UNAVAILABLE

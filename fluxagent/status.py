@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fluxagent.config import Config
-from fluxagent.errors import StateError
+from fluxagent.errors import FluxError, StateError
 from fluxagent.kinds import KINDS
 from fluxagent.license import record as license_store
+from fluxagent.schema.approval import load_policy
+from fluxagent.schema.policy import Policy
 from fluxagent.statedir import state
 from fluxagent.statedir.ledger import Ledger, parse_line
 
@@ -89,11 +92,31 @@ class LastDelivered:
         return self.last
 
 
-def collect_status(cfg: Config, now: float | None = None, *, last_delivered: LastDelivered | None = None
-                   ) -> dict[str, Any]:
+def schema_status(cfg: Config, policy_of: Callable[[Config], Policy] = load_policy) -> dict[str, Any]:
+    """Return the schema part of the status: running and approved versions, pending, withheld, any error."""
+    from fluxagent.schema.shipped import running
+
+    try:
+        policy = policy_of(cfg)
+    except FluxError as exc:
+        run = running()
+        return {"running": run.name, "running_fingerprint": run.fingerprint, "approved": None,
+                "approved_fingerprint": None, "pending": False, "withheld": [], "held_back": [],
+                "error": exc.message, "fix": exc.hint}
+    return {
+        "running": policy.running.name, "running_fingerprint": policy.running.fingerprint,
+        "approved": policy.approved.name, "approved_fingerprint": policy.approved.fingerprint,
+        "pending": policy.pending, "withheld": [f"{f.kind} body.{f.path}" for f in policy.withheld],
+        "held_back": [k for k in KINDS if policy.held_back(k)], "error": None, "fix": None,
+    }
+
+
+def collect_status(cfg: Config, now: float | None = None, *, last_delivered: LastDelivered | None = None,
+                   policy_of: Callable[[Config], Policy] = load_policy) -> dict[str, Any]:
     """Return the agent's status as a JSON-ready dict; raises StateError on unreadable state.
 
-    last_delivered: the daemon's incremental reader of the ledger (default: a full scan).
+    last_delivered: the daemon's incremental reader of the ledger (default: a full scan);
+    policy_of: reads the approved schema (a bad approval is shown, not raised).
     """
     t = time.time() if now is None else now
     sd = cfg.instance.state_dir
@@ -125,6 +148,7 @@ def collect_status(cfg: Config, now: float | None = None, *, last_delivered: Las
         "clock_skew": lic.clock_skew,
         "kinds": kinds,
         "spool": _spool_facts(sd / "spool"),
+        "schema": schema_status(cfg, policy_of),
         "state_dir": str(sd),
         "now": int(t),
     }

@@ -13,6 +13,7 @@ from support.clock import Clock
 from fluxagent import config
 from fluxagent.config import Config
 from fluxagent.delivery import Deps, Engine
+from fluxagent.schema.approval import running_approved
 from fluxagent.statedir import identity
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.testing.server import ReferenceServer
@@ -30,7 +31,8 @@ def make_engine(cfg: Config, events: Events, clock: Clock, transport: Transport 
     """Return an Engine over cfg's state dir (identity created if missing) with a real transport."""
     ident, _ = identity.ensure(cfg.instance.state_dir, now=int(clock()))
     t = transport or HttpxTransport(cfg.server, env={})
-    return Engine(cfg, ident, Deps(t, clock, rng=random.Random(7), world=fixed_world(), log=events))
+    return Engine(cfg, ident, Deps(t, clock, rng=random.Random(7), world=fixed_world(), log=events,
+                                    approval=running_approved))
 
 
 def ledger_events(state_dir: Path) -> list[str]:

@@ -18,6 +18,7 @@ from agentkit import Daemon, NotifySocket, clean_env, delivered, rewrite, sent_s
 from conftest import run_cli
 from netutil import closed_port
 
+from fluxagent.schema.shipped import shipped
 from fluxagent.statedir.state import encode_json
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.workspace import Workspace
@@ -257,17 +258,18 @@ def test_log_lists_entries_shows_one_exact_payload_and_verifies_the_chain(
     code, out, _err = cli(ws, "log")
     assert code == 0
     rows = out.splitlines()
-    assert len(rows) == 3 and all(" sent " in r and "delivered http 200" in r for r in rows)
-    code, out, _err = cli(ws, "log", "2")
+    assert len(rows) == 4 and "schema_approved" in rows[0] and f"({shipped().newest.name} sha256:" in rows[0]
+    assert all(" sent " in r and "delivered http 200" in r for r in rows[1:])
+    code, out, _err = cli(ws, "log", "3")
     assert code == 0
     received = json.loads(server.received[1].body)
     exact = base64.b64decode(received["payload"]).decode()
     assert out.rstrip("\n").endswith(f"exact payload ({len(exact)} bytes):\n{exact}")
     listed = json.loads(cli(ws, "log", "--json")[1])
     assert [(e["n"], e["event"], e["kind"]) for e in listed] == [
-        (1, "sent", "license"), (2, "sent", "heartbeat"), (3, "sent", "digest")]
+        (1, "schema_approved", "schema"), (2, "sent", "license"), (3, "sent", "heartbeat"), (4, "sent", "digest")]
     code, out, _err = cli(ws, "log", "--verify")
-    assert code == 0 and out.startswith("ledger ok: 3 entries")
+    assert code == 0 and out.startswith("ledger ok: 4 entries")
 
 
 def test_log_verify_says_where_a_tampered_ledger_breaks(ws: Workspace) -> None:

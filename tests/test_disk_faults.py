@@ -27,7 +27,9 @@ from fluxagent import config
 from fluxagent.daemon.agent import STATE_ERROR_PAUSE, Agent
 from fluxagent.daemon.notify import Notifier
 from fluxagent.errors import EXIT_CONFIG, EXIT_IOERR, StateError
+from fluxagent.schema.approval import running_approved
 from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.workspace import approve_running
 from fluxagent.transport import HttpxTransport
 
 DAY = 86400
@@ -143,7 +145,7 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
     clock = Clock()
     make_engine(cfg, Events(), clock)  # creates the identity
     with Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
-                 notifier=Notifier(env={})) as agent:
+                 notifier=Notifier(env={}), approval=running_approved) as agent:
         filler = fill(small_fs)
         assert agent.step() == STATE_ERROR_PAUSE
         filler.unlink()
@@ -156,6 +158,7 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
 def _write_config(cfg: config.Config, where: Path) -> Path:
     path = where / "fluxagent.toml"
     path.write_text(tomli_w.dumps(config.to_mapping(cfg)), encoding="utf-8")
+    approve_running(path)
     return path
 
 
@@ -292,8 +295,9 @@ def test_write_failures_from_a_file_size_limit_exit_74_keep_what_was_queued_and_
     assert queued == ["heartbeat.json", "license.json"]  # what fitted stays queued, whole
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert done.returncode == 0, done.stdout[-3000:]
-    # the queued license (it registers the instance) and heartbeat, then a new heartbeat and the digest
-    assert ledger_events(cfg.instance.state_dir) == ["sent"] * 4
+    # the approval beside the config (first read by this run), the queued license (it registers the
+    # instance) and heartbeat, then a new heartbeat and the digest
+    assert ledger_events(cfg.instance.state_dir) == ["schema_approved"] + ["sent"] * 4
 
 
 # ---- exit codes: a disk error is 74 (systemd restarts it), a permission problem 78 (a person fixes it) ----

@@ -27,10 +27,12 @@ import trustme
 from conftest import base_config
 from netutil import closed_port
 
+from fluxagent.schema.approval import approval_path
 from fluxagent.statedir import identity
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import ReferenceServer
+from fluxagent.testing.workspace import approve_running
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS: dict[str, list[str]] = {
@@ -94,6 +96,7 @@ def site(tmp_path: Path, sample_db: Path, tls: ssl.SSLContext, ca_pem: Path) -> 
         s = Site(tmp_path, doc, server, config, {}, ["--config", str(config)], [], [])
         s.write()
         identity.ensure(tmp_path / "state", now=now)
+        approve_running(config, now=now)
         try:
             yield s
         finally:
@@ -144,6 +147,10 @@ def no_identity(s: Site) -> None:
     s.write()
 
 
+def no_approval(s: Site) -> None:
+    approval_path(s.config).unlink()
+
+
 def sqlite_missing(s: Site) -> None:
     (s.tmp / "fluxbilling.db").unlink()
 
@@ -189,6 +196,7 @@ TABLE: dict[str, tuple[Callable[[Site], None], int, tuple[str, ...]]] = {
                                                            EVERY),
     "config invalid": (config_invalid, 78, EVERY),
     "no identity": (no_identity, 78, ("preview", "validate", "run --once", "credentials", "export")),
+    "no approved schema version": (no_approval, 78, ("preview", "validate", "run --once", "export")),
     "SQLite file missing": (sqlite_missing, 78, ("preview", "validate", "run --once")),
     "SQLite file unreadable": (sqlite_unreadable, 78, ("preview", "validate", "run --once")),
     "server certificate not trusted (wrong CA)": (ca_untrusted, 78, ("validate", "run --once", "credentials")),

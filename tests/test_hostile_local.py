@@ -30,6 +30,7 @@ from fluxagent.cli.main import app
 from fluxagent.delivery import LICENSE_STATUS_FILE, Deps, Engine
 from fluxagent.errors import EXIT_CONFIG, FluxError, StateError
 from fluxagent.license import record as license_store
+from fluxagent.schema.approval import running_approved
 from fluxagent.statedir import identity, state
 from fluxagent.testing import sample
 from fluxagent.testing.server import Fault, ReferenceServer
@@ -594,7 +595,7 @@ def test_any_damage_to_any_state_file_is_recovered_or_refused_and_never_regenera
     try:
         ident = identity.load(state_dir)
         engine = Engine(cfg, ident, Deps(HttpxTransport(cfg.server, env={}), Clock(), world=fixed_world(),
-                                         log=Events()))
+                                         log=Events(), approval=running_approved))
         engine.cycle(engine.deps.clock(), ["license", "heartbeat", "digest"])
     except FluxError as exc:
         assert exc.exit_code in (1, EXIT_CONFIG) and str(state_dir) in str(exc)

@@ -41,9 +41,11 @@ from fluxagent.delivery import (
     FlushResult,
 )
 from fluxagent.license import record as license_store
+from fluxagent.schema.approval import running_approved
 from fluxagent.statedir import identity, state
 from fluxagent.statedir.ledger import Ledger
 from fluxagent.testing.server import Fault, ReferenceServer
+from fluxagent.testing.workspace import approve_running
 from fluxagent.transport import HttpxTransport, Plain
 from fluxagent.wire.http import HttpResponse, parse_retry_after
 
@@ -90,7 +92,8 @@ def make_rig(tmp_path: Path, sample_db: Path, ca: trustme.CA, ca_pem: Path) -> I
         transport = HttpxTransport(cfg.server, env={})
         transports.append(transport)
         clock, events = Clock(), Events()
-        engine = Engine(cfg, ident, Deps(transport, clock, rng=random.Random(7), world=fixed_world(), log=events))
+        engine = Engine(cfg, ident, Deps(transport, clock, rng=random.Random(7), world=fixed_world(), log=events,
+                                          approval=running_approved))
         engine.produce(["license"], clock())
         return Rig(engine, server, events, clock, state_dir)
 
@@ -459,6 +462,7 @@ def test_run_once_against_a_hostile_answer_exits_69_keeps_the_message_and_delive
     rig = make_rig()
     path = tmp_path / "fluxagent.toml"
     path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.config)), encoding="utf-8")
+    approve_running(path)
     rig.server.inject(Fault.bomb(256 * 2**20))
     env = {"NO_PROXY": "127.0.0.1,localhost"}
     done = run_cli("--config", str(path), "run", "--once", env=env)
@@ -479,6 +483,7 @@ def test_validate_against_a_hostile_answer_fails_the_live_check_clearly_without_
     rig = make_rig()
     path = tmp_path / "fluxagent.toml"
     path.write_text(tomli_w.dumps(config.to_mapping(rig.engine.config)), encoding="utf-8")
+    approve_running(path)
     rig.server.inject(fault)
     done = run_cli("--config", str(path), "validate", "--json", env={"NO_PROXY": "127.0.0.1,localhost"})
     assert "Traceback" not in done.stderr

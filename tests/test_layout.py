@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fluxagent.wire",),
     ("fluxagent.transport",),
     ("fluxagent.statedir",),
+    ("fluxagent.schema",),
     ("fluxagent.license",),
     ("fluxagent.sources",),
     ("fluxagent.collect",),
@@ -42,7 +43,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # Pure modules take the outside world as arguments: none of them may import one that does I/O.
 PURE = ("fluxagent.wire", "fluxagent.identifiers", "fluxagent.license.state", "fluxagent.license.file",
-        "fluxagent.report", "fluxagent.kinds", "fluxagent.facts", "fluxagent.errors", "fluxagent.timefmt")
+        "fluxagent.report", "fluxagent.schema.versions", "fluxagent.schema.policy",
+        "fluxagent.kinds", "fluxagent.facts", "fluxagent.errors", "fluxagent.timefmt")
 IO_LIBRARIES = ("httpx", "psutil", "sqlite3", "psycopg", "pymysql", "subprocess", "fcntl", "selectors", "structlog")
 
 

@@ -26,6 +26,7 @@ from fluxagent.statedir import identity
 from fluxagent.status import collect_status
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import Fault, LicensePolicy, ReferenceServer
+from fluxagent.testing.workspace import approve_running
 from fluxagent.transport import HttpxTransport
 
 T0 = 1_760_000_000
@@ -66,7 +67,7 @@ class Setup:
         if url is not None:
             doc = config.to_mapping(cfg)
             doc["server"]["url"] = url
-            cfg = config.from_mapping(doc)
+            cfg = config.from_mapping(doc, cfg.source)  # the same file: the approval beside it applies
         return Engine(cfg, identity.load(cfg.instance.state_dir),
                       Deps(HttpxTransport(cfg.server), self.clock, world=fixed_world()))
 
@@ -95,6 +96,7 @@ def setup(tmp_path: Path, sample_db: Path, reference_server) -> Iterator[Setup]:
     path.write_text(tomli_w.dumps(doc))
     cfg = config.load(path)
     identity.ensure(cfg.instance.state_dir, now=T0)
+    approve_running(path, now=T0)
     s = Setup(cfg, server, clock, keys[0], tmp_path)
     s.write_license(expires_at=T0 + 365 * DAY)
     yield s

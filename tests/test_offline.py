@@ -58,7 +58,8 @@ def export(w: Workspace, name: str = "bundle.json") -> bytes:
 
 
 def ledger(w: Workspace) -> list[LedgerEntry]:
-    return list(Ledger(w.cfg.instance.state_dir / "ledger", readonly=True).entries())
+    """Return the ledger's message entries (not the schema approval the first produce records)."""
+    return [e for e in Ledger(w.cfg.instance.state_dir / "ledger", readonly=True).entries() if e.kind != "schema"]
 
 
 def license_shown(w: Workspace) -> tuple[str, str | None]:

@@ -31,6 +31,7 @@ from fluxagent.sources.mysql import MysqlSource
 from fluxagent.sources.platform import open_platform
 from fluxagent.statedir import identity
 from fluxagent.testing import sample
+from fluxagent.testing.workspace import approve_running
 from tests.support.dbservers import free_port
 
 SLEEP = {"postgresql": "SELECT COUNT(*) FROM pg_sleep(4)", "mariadb": "SELECT SLEEP(4)"}
@@ -170,6 +171,7 @@ def _workspace(tmp_path: Path, database: str) -> Path:
     identity.ensure(state, now=1_760_000_000)
     path = tmp_path / "fluxagent.toml"
     path.write_text(tomli_w.dumps(base_config(state, database)))
+    approve_running(path)
     return path
 
 

@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fluxagent import collect
+from fluxagent.schema.policy import Policy
+from fluxagent.schema.shipped import running, shipped
 from fluxagent.sources.platform import open_platform
 from fluxagent.statedir import identity
 from fluxagent.testing import sample
@@ -107,22 +109,29 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return make_workspace(tmp_path_factory.mktemp("privacy") / "ws", now=NOW)
 
 
-def _seal_from(ws: Workspace, db: Path) -> list[messages.Sealed]:
+def _seal_from(ws: Workspace, db: Path, policy: Policy | None = None) -> list[messages.Sealed]:
     cfg = ws.cfg
     world = fixed_world(open_platform=lambda pc: open_platform(replace(pc, database=f"sqlite:///{db}")))
     ident = identity.load(cfg.instance.state_dir)
-    built = collect.gather(cfg, ident, list(messages.KINDS), now=NOW, world=world)
+    built = collect.gather(cfg, ident, list(messages.KINDS), now=NOW, world=world, policy=policy)
     return collect.seal_all(built, ident, aud=cfg.server.audience, first_seq=1, now=NOW,
-                            nonce=lambda n: b"\x07" * n)
+                            nonce=lambda n: b"\x07" * n, policy=policy)
+
+
+# the property must hold whichever shipped version the operator approved (the newest one running)
+APPROVED = [Policy.of(running(), v) for v in shipped().versions]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
+@pytest.mark.parametrize("policy", APPROVED, ids=[f"approved-{p.approved.name}" for p in APPROVED])
 @given(data=platform_data())
-def test_no_platform_string_but_the_version_reaches_the_sealed_bytes(ws: Workspace, data: sample.SampleData) -> None:
+def test_no_platform_string_but_the_version_reaches_the_sealed_bytes(
+    ws: Workspace, data: sample.SampleData, policy: Policy
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = sample.write_sqlite(Path(tmp) / "p.db", data)
-        sealed = _seal_from(ws, db)
+        sealed = _seal_from(ws, db, policy)
     assert {s.kind for s in sealed} >= {"license", "credentials"}
     version = dict(data.settings)["version"].lower()
     for s in sealed:
@@ -141,7 +150,7 @@ def test_no_platform_string_but_the_version_reaches_the_sealed_bytes(ws: Workspa
             if any(n in f.path.lower() for f in messages.REGISTRY):
                 continue  # a platform string that happens to spell a field name ("BOUND_DOMAIN") is no leak
             assert not any(n in v for v in views), f"{needle!r} leaked into the {s.kind} message"
-        registered = {f.path for f in messages.REGISTRY if f.kind == s.kind}
+        registered = {f.path for f in policy.approved.fields if f.kind == s.kind}
         body_paths = _paths(s.obj["body"])
         assert body_paths <= registered, body_paths - registered
         assert set(s.obj) == {"v", "aud", "iid", "seq", "ts", "nonce", "body"}

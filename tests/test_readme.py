@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fluxagent.report.schema import registry_block
+from fluxagent.schema.shipped import running
 from fluxagent.wire import messages
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -17,8 +19,9 @@ def _block() -> str:
     return m.group(1)
 
 
-def test_readme_table_equals_the_registry_rendering() -> None:
-    assert _block() == messages.registry_table()
+def test_readme_table_equals_the_registry_rendering_and_names_its_schema_version() -> None:
+    assert _block() == registry_block(running())
+    assert f"Schema **v{running().number}**" in _block()
 
 
 def test_every_registry_field_appears_in_the_readme_table() -> None:

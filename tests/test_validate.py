@@ -29,6 +29,7 @@ from fluxagent.statedir.ledger import Ledger
 from fluxagent.statedir.state import Seq
 from fluxagent.testing.licenses import make_license
 from fluxagent.testing.server import LicensePolicy, ReferenceServer
+from fluxagent.testing.workspace import approve_running
 from fluxagent.validate.check import Check, exit_code
 
 LID = "FB-VAL-0001"
@@ -88,6 +89,7 @@ def site(tmp_path: Path, sample_db: Path, tls: ssl.SSLContext, ca_pem: Path, ref
     s.write()
     s.license()
     identity.ensure(s.state_dir, now=int(time.time()))
+    approve_running(s.config)
     yield s
 
 
@@ -123,7 +125,8 @@ def test_healthy_setup_passes_every_check_and_records_the_live_check_in_the_ledg
     assert "verified with server.ca_bundle" in line(out, "ok", "tls")
     assert [r.endpoint for r in site.server.received] == ["/v1/license"]
     entries = list(Ledger(site.state_dir / "ledger", readonly=True).entries())
-    assert [(e.kind, e.event, e.seq) for e in entries] == [("license", "sent", 1)]
+    # the approval `init` wrote is ledgered by the first agent run that reads it
+    assert [(e.kind, e.event, e.seq) for e in entries] == [("schema", "schema_approved", None), ("license", "sent", 1)]
     assert Seq(site.state_dir).last() == 1
     code, out, _ = site.validate()  # a second run uses the next seq: never reused
     assert code == 0, out
@@ -143,7 +146,8 @@ def test_json_output_lists_each_check_with_level_reason_fix_and_the_exit_code(si
 def test_offline_skips_the_network_and_sends_nothing(site: Site) -> None:
     code, out, _ = site.validate("--offline")
     assert code == 0, out
-    assert names(out) == ["config", "identity", "license file", "database", "network", "clock", "license state"]
+    assert names(out) == ["config", "identity", "schema", "license file", "database", "network", "clock",
+                          "license state"]
     line(out, "skip", "network")
     assert site.server.received == []
 

@@ -5,13 +5,14 @@ Modules a command needs are imported inside it, so `fluxagent --help` stays fast
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fluxagent.cli import updates  # registers `credentials`, `export`, `import` on app
+from fluxagent.cli import schema, updates  # register `schema`; `credentials`, `export`, `import` on app
 from fluxagent.cli.app import app, fail, load_config
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, FluxError, oserror_exit_code
 from fluxagent.kinds import KINDS
@@ -19,7 +20,7 @@ from fluxagent.kinds import KINDS
 if TYPE_CHECKING:
     from fluxagent.config import Config
 
-__all__ = ["app", "main", "updates"]
+__all__ = ["app", "main", "schema", "updates"]
 
 
 @app.command()
@@ -74,6 +75,7 @@ def init(
         else:
             iid, created = identity.ensure_for(sd, now=now, owner=owner[:2])
             whose = f", owned by {owner[2]} (the service user)"
+        approved = approve_on_init(path, now)
     except FluxError as exc:
         raise fail(exc) from None
     except OSError as exc:
@@ -81,6 +83,7 @@ def init(
         raise typer.Exit(oserror_exit_code(exc)) from None
     state = ", ".join(created) if created else "nothing (identity already present)"
     typer.echo(f"identity: instance {iid} in {sd}{whose}; created {state}")
+    typer.echo(approved)
     if not cfg.server.vendor_keys:
         typer.echo("note: server.vendor_keys is empty; add the vendor's public keys before `fluxagent run`")
 
@@ -94,22 +97,26 @@ def preview(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per message")] = False,
 ) -> None:
     """Show exactly what would be sent. Sends nothing, writes nothing, does not advance seq."""
-    from fluxagent.collect import build_preview
-    from fluxagent.report.preview import preview_json, preview_text
+    from fluxagent.collect import preview as build
+    from fluxagent.report.preview import pending_note, preview_json, preview_text
 
     kinds = _kinds(kind)
     try:
         cfg = load_config(ctx)
-        sealed, failures = build_preview(cfg, kinds)
+        p = build(cfg, kinds)
     except FluxError as exc:
         raise fail(exc) from None
+    sealed, failures = p.sealed, p.failures
     if as_json:
         out = sys.stdout.buffer
-        for chunk in preview_json(sealed, cfg.server.url):  # streamed: a large digest is never whole
+        # streamed: a large digest is never whole
+        for chunk in preview_json(sealed, cfg.server.url, withheld=p.withheld, policy=p.policy):
             out.write(chunk)
         out.flush()
+        if p.policy.pending:
+            typer.echo(f"fluxagent: {pending_note(p.policy)}", err=True)
     else:
-        typer.echo(preview_text(sealed, cfg.server.url))
+        typer.echo(preview_text(sealed, cfg.server.url, withheld=p.withheld, policy=p.policy))
     for k, err in failures:
         typer.echo(f"fluxagent: {k} would not be sent: {err.code} error: {err}", err=True)
     # the first failure's own exit code: 69 database unreachable, 78 credentials/settings, 1 query
@@ -275,6 +282,29 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def approve_on_init(config_path: Path, now: int) -> str:
+    """Approve the running registry version beside a new install's config; keep an existing approval.
+
+    Returns the line init prints. An existing approval file is never replaced, even a bad one (the
+    commands that use it say what is wrong); `fluxagent schema --approve` is the way to change it.
+    Not being allowed to write it (the service user beside root's config) is said, not fatal.
+    """
+    from fluxagent.schema.approval import approval_path, who, write_approval
+    from fluxagent.schema.shipped import running
+
+    target = approval_path(config_path)
+    if os.path.lexists(target):
+        return f"schema: {target} exists, left untouched (see `fluxagent schema`)"
+    version = running()
+    try:
+        write_approval(target, version, by=who(), via="fluxagent init", now=now)
+    except OSError as exc:  # e.g. the service user, who may not write beside root's config
+        return (f"schema: cannot write {target} ({exc.strerror or exc}); nothing is sent until root runs "
+                "`fluxagent schema --approve` (see `fluxagent schema`)")
+    return (f"schema: approved {version.name} ({version.fingerprint}) in {target}; "
+            "`fluxagent schema` shows what it sends")
 
 
 def write_initial_config(

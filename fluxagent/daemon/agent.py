@@ -25,6 +25,8 @@ from fluxagent.daemon.notify import Notifier
 from fluxagent.delivery import Deps, Engine, FlushResult
 from fluxagent.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_IOERR, EXIT_OK, EXIT_UNAVAILABLE, FluxError
 from fluxagent.kinds import SCHEDULED
+from fluxagent.schema.approval import load_policy
+from fluxagent.schema.policy import Policy
 from fluxagent.statedir import fsutil, identity
 from fluxagent.statedir.fsutil import check_state_dir
 from fluxagent.statedir.lock import instance_lock
@@ -130,7 +132,7 @@ class Agent:
 
     def __init__(self, cfg: Config, *, transport_factory: Callable[[Config], Transport] | None = None,
                  clock: Callable[[], float] = time.time, notifier: Notifier | None = None,
-                 stop_deadline: float = STOP_DEADLINE) -> None:
+                 stop_deadline: float = STOP_DEADLINE, approval: Callable[[Config], Policy] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
         self.notifier = notifier or Notifier()
@@ -139,7 +141,10 @@ class Agent:
         self.ident = identity.load(cfg.instance.state_dir)
         self.transport = self.transport_factory(cfg)
         self.ca_stamp = ca_stamp(cfg)
-        self.engine = Engine(cfg, self.ident, Deps(self.transport, clock, log=self.log))
+        deps = Deps(self.transport, clock, log=self.log)
+        if approval is not None:  # the registry versions as values (tests); default: the approval file
+            deps.approval = approval
+        self.engine = Engine(cfg, self.ident, deps)
         self.signals = Signals(stop_deadline)
         self.engine_lock = threading.RLock()  # the control socket's credential requests use the engine too
         self.updates: DaemonUpdates | None = None
@@ -176,7 +181,9 @@ class Agent:
         outage = " (server unreachable)" if self.engine.outage_since is not None else ""
         held = ", ".join(sorted(self.engine.source_errors))
         sources = f"; not sent: {held} (source failing, see status)" if held else ""
-        return f"license {shown}; spool {depth}{outage}{sources}"
+        policy = self.engine.policy
+        pending = f"; schema {policy.running.name} awaits approval" if policy is not None and policy.pending else ""
+        return f"license {shown}; spool {depth}{outage}{sources}{pending}"
 
     def _between_messages(self) -> bool:
         """Called before each message of a flush: it is progress, so feed the watchdog; return whether to stop."""
@@ -279,6 +286,7 @@ def run(config_path: Path, *, once: bool, log_stream: Any = None) -> int:
     logs.configure(cfg.log.format, cfg.log.level, stream=log_stream)
     check_state_dir(cfg.instance.state_dir)  # before reading keys: whose directory it is comes first
     identity.load(cfg.instance.state_dir)  # fail with 78 before taking the lock
+    load_policy(cfg)  # and without an approved schema version: nothing could be sent
     with instance_lock(cfg.instance.state_dir):
         # temp files a kill left behind; nothing else writes the state dir while the lock is held
         stray = fsutil.remove_stray_temp(cfg.instance.state_dir)

@@ -106,6 +106,13 @@ def render(status: Mapping[str, Any], *, build: Mapping[str, str] | None = None,
     out += _family("clock_skew", "gauge",
                    "1 when the local clock disagrees with the licensing server by more than 300 s.",
                    [({}, bool(status.get("clock_skew")))])
+    schema: Mapping[str, Any] = status.get("schema") or {}
+    out += _family("schema_pending", "gauge",
+                   "1 when the running registry is wider than the approved schema version (fields withheld).",
+                   [({}, bool(schema.get("pending")))])
+    out += _family("schema_approval_error", "gauge",
+                   "1 when the approved-schema file is missing or unusable (nothing is sent).",
+                   [({}, bool(schema.get("error")))])
     out += _family("metrics_timestamp_seconds", "gauge", "Unix time this file was written.",
                    [({}, status.get("now", 0))])
     return "\n".join(out) + "\n"

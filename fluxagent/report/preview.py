@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from fluxagent.identifiers import TokenList
 from fluxagent.wire.messages import REGISTRY, Sealed
+
+if TYPE_CHECKING:
+    from fluxagent.schema.policy import Policy
 
 _ITEMS = {(f.kind, f.path): f.item for f in REGISTRY}
 
@@ -58,9 +61,23 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def preview_text(sealed: list[Sealed], server_url: str) -> str:
-    """Return the human preview: per message its endpoint, every field with value and clause 08 item."""
-    blocks = []
+def pending_note(policy: Policy) -> str:
+    """Return the line saying a wider schema version awaits approval ("" when none does)."""
+    if not policy.pending:
+        return ""
+    return (f"schema: running {policy.running.name} is wider than the approved {policy.approved.name}: "
+            f"{len(policy.withheld)} field(s) are WITHHELD until approved (`fluxagent schema --diff`, "
+            "`sudo fluxagent schema --approve`)")
+
+
+def preview_text(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str, tuple[str, ...]] | None = None,
+                 policy: Policy | None = None) -> str:
+    """Return the human preview: per message its endpoint, every field with value and clause 08 item.
+
+    withheld: per kind, the body paths left out because the approved schema version does not allow
+    them; policy: the running and approved versions (a pending approval is said at the top).
+    """
+    blocks = [pending_note(policy)] if policy is not None and policy.pending else []
     for s in sealed:
         rows = [(p, _show(v), _item(s.kind, p)) for p, v in _leaves(s.obj)]
         w0 = max(len(r[0]) for r in rows)
@@ -74,12 +91,17 @@ def preview_text(sealed: list[Sealed], server_url: str) -> str:
             if len(shown) > 60:
                 shown = shown[:57] + "..."
             lines.append(f"  {path:<{w0}}  {shown:<{w1}}  {item}")
+        for path in (withheld or {}).get(s.kind, ()):
+            lines.append(f"  {path:<{w0}}  {'(WITHHELD: not in the approved schema)':<{w1}}  not sent")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-def preview_json(sealed: list[Sealed], server_url: str) -> Iterator[bytes]:
+def preview_json(sealed: list[Sealed], server_url: str, *, withheld: Mapping[str, tuple[str, ...]] | None = None,
+                 policy: Policy | None = None) -> Iterator[bytes]:
     """Yield the `preview --json` document in pieces: one object per message (docs/OPERATOR.md, "Commands").
+
+    Each object also says which body paths were withheld and whether a wider schema awaits approval.
 
     A streamed digest's payload is shown as its exact (compact) payload text, and every envelope
     is produced piece by piece, so the document is never whole in memory.
@@ -93,6 +115,8 @@ def preview_json(sealed: list[Sealed], server_url: str) -> Iterator[bytes]:
             "payload": _PAYLOAD if s.streamed else s.obj,
             "payload_sha256": s.payload_sha256,
             "envelope": _ENVELOPE,
+            "withheld": list((withheld or {}).get(s.kind, ())),
+            "schema_pending": bool(policy is not None and policy.pending),
         }
         text = json.dumps(doc, indent=2, ensure_ascii=False).replace("\n", "\n  ")
         yield (b"," if i else b"") + b"\n  "

@@ -25,6 +25,18 @@ def status_text(st: dict[str, Any]) -> str:
             err += f"\n{'':<11}NOT SENT since {relative(ns.get('since'), now)}: {ns.get('code')}: {ns.get('error')}"
         last, due = relative(v["last_delivered"], now), relative(v["next_due"], now)
         lines.append(f"{k + ':':<10} last delivered {last}; next due {due}{err}")
+    sc = st.get("schema")
+    if sc:
+        if sc.get("error"):
+            lines.append(f"schema:    running {sc['running']}; NO USABLE APPROVAL, nothing is sent: {sc['error']}")
+            if sc.get("fix"):
+                lines.append(f"{'':<11}fix: {sc['fix']}")
+        elif sc.get("pending"):
+            held = f"; held back: {', '.join(sc['held_back'])}" if sc.get("held_back") else ""
+            lines.append(f"schema:    running {sc['running']}, approved {sc['approved']}: APPROVAL PENDING, "
+                         f"{len(sc['withheld'])} field(s) withheld{held} (`fluxagent schema --diff`)")
+        else:
+            lines.append(f"schema:    running {sc['running']}, approved {sc['approved']}")
     sp = st["spool"]
     lines.append(
         f"spool:     {sp['depth']} unsent ({sp['bytes']} bytes); superseded {sp['superseded']}, "

@@ -11,6 +11,8 @@ import nacl.signing
 
 from fluxagent import config
 from fluxagent.config import Config
+from fluxagent.schema.approval import approval_path, write_approval
+from fluxagent.schema.shipped import running
 from fluxagent.statedir import identity
 from fluxagent.statedir.fsutil import atomic_write
 from fluxagent.testing import sample
@@ -27,6 +29,14 @@ class Workspace:
     cfg: Config
     vendor_keys: list[nacl.signing.SigningKey]
     data: sample.SampleData
+
+
+def approve_running(config_path: Path, *, now: int | None = None) -> Path:
+    """Approve the running registry version beside config_path, as `fluxagent init` does; return the file."""
+    path = approval_path(config_path)
+    write_approval(path, running(), by="workspace", via="fluxagent.testing.workspace",
+                   now=int(time.time()) if now is None else now)
+    return path
 
 
 def make_workspace(
@@ -81,4 +91,5 @@ def make_workspace(
     cfg_path.write_text(tomli_w.dumps(doc))
     cfg = config.load(cfg_path)
     identity.ensure(cfg.instance.state_dir, now=int(t))
+    approve_running(cfg_path, now=int(t))
     return Workspace(root, cfg, keys, data)

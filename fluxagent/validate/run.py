@@ -15,8 +15,10 @@ from pathlib import Path
 from fluxagent import config as config_mod
 from fluxagent.config import Config
 from fluxagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, FluxError, oserror_exit_code
+from fluxagent.kinds import KINDS
 from fluxagent.license import record as license_store
 from fluxagent.license.file import LicenseFile
+from fluxagent.schema.policy import Policy
 from fluxagent.statedir import identity
 from fluxagent.statedir.identity import Identity
 from fluxagent.statedir.owner import foreign_owner
@@ -120,6 +122,26 @@ def check_database(cfg: Config, lic: LicenseFile) -> Check:
     return ok("database", shown)
 
 
+def check_schema(cfg: Config, policy_of: Callable[[Config], Policy] | None = None) -> tuple[Check, Policy | None]:
+    """Return the approved-schema check (a pending wider version is a warning) and the policy when usable."""
+    from fluxagent.schema.approval import load_policy
+
+    try:
+        policy = (policy_of or load_policy)(cfg)
+    except FluxError as exc:
+        return fail("schema", exc.message, exc.hint or "see `fluxagent schema`", exc.exit_code), None
+    run, appr = policy.running, policy.approved
+    if not policy.pending:
+        same = "the running registry" if run.fingerprint == appr.fingerprint else f"covers running {run.name}"
+        return ok("schema", f"approved {appr.name} ({appr.fingerprint[:19]}…) {same}"), policy
+    held = [k for k in KINDS if policy.held_back(k)]
+    fields = ", ".join(f"{f.kind} body.{f.path}" for f in policy.withheld)
+    why = f"running {run.name} is wider than approved {appr.name}: withheld {fields}"
+    why += f"; held back: {', '.join(held)}" if held else ""
+    return Check("schema", "warn", why, "review `fluxagent schema --diff`, then `sudo fluxagent schema --approve` "
+                 "(until then the approved fields only are sent)"), policy
+
+
 def check_clock(cfg: Config, now: float) -> Check:
     """Return the clock check against the last trusted server time (a live check records a fresh one)."""
     st, stored, _ = license_store.current(cfg, now)
@@ -195,10 +217,14 @@ def run_checks(config_path: Path, *, offline: bool, transport_factory: Callable[
         return
     id_check, ident = check_identity(cfg)
     yield id_check
+    schema_check, policy = check_schema(cfg)
+    yield schema_check
     lic = license_store.read_file_verdict(cfg, clock())
     yield check_license_file(cfg, lic)
     yield check_database(cfg, lic)
-    if not offline and ident is not None:
+    if not offline and ident is not None and policy is None:
+        yield Check("license server", "skip", "not tried: nothing is sent without an approved schema version")
+    elif not offline and ident is not None:
         from fluxagent.validate.network import network_checks
 
         reachable = True

@@ -11,8 +11,9 @@ import base64
 import hashlib
 import itertools
 import json
+import operator
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +64,16 @@ def _public_key(v: Any) -> bool:
 def _tokens(v: Any) -> bool:
     if isinstance(v, TokenList):  # packed, sorted and deduplicated by finish(): valid by construction
         return v.finished
-    # one regex over the joined list rather than one per token: a full digest holds a million
-    return (isinstance(v, list) and all(isinstance(t, str) and len(t) == 32 for t in v)
-            and (not v or bool(_HEX.match("".join(v)))) and all(a < b for a, b in itertools.pairwise(v)))
+    # checks in C over the whole list rather than Python per token: a full digest holds a million
+    if not isinstance(v, list) or not set(map(type, v)) <= {str}:
+        return False
+    if not all(map((32).__eq__, map(len, v))):
+        return False
+    try:
+        joined = "".join(v).encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return not joined.translate(None, b"0123456789abcdef") and all(map(operator.lt, v, itertools.islice(v, 1, None)))
 
 
 # value type name → (description for people, validator)
@@ -99,6 +107,14 @@ class Field:
     type: str
     item: str
     meaning: str
+    # True when the kind cannot be built without this field: if the approved schema version lacks it,
+    # the kind is held back instead of sent without it (docs/OPERATOR.md, "Approving a wider schema")
+    required: bool = False
+
+    @property
+    def canonical(self) -> tuple[str, str, str, str]:
+        """The part of a field an operator approves: kind, path, type, clause 08 item (not the wording)."""
+        return (self.kind, self.path, self.type, self.item)
 
 
 REGISTRY: tuple[Field, ...] = (
@@ -211,18 +227,28 @@ def ledger_summary(payload: bytes) -> dict[str, Any] | None:
     return {**digest_summary(body), "payload_bytes": len(payload)} if isinstance(body, dict) else None
 
 
-def check_allowlist(kind: str, payload: dict[str, Any]) -> None:
-    """Raise AllowlistError unless every key path of payload is registered for kind with a valid value."""
+def check_allowlist(kind: str, payload: dict[str, Any], fields: Iterable[Field] | None = None) -> None:
+    """Raise AllowlistError unless every key path of payload is allowed for kind with a valid value.
+
+    fields: the allowed fields (default: the whole REGISTRY); the agent passes the fields both the
+    running registry and the operator's approved schema version allow.
+    """
     if kind not in _BY_KIND:
         raise AllowlistError(f"unknown message kind {kind!r}")
+    if fields is None:
+        common, by_kind = _COMMON, _BY_KIND[kind]
+    else:
+        listed = tuple(fields)
+        common = {f.path: f for f in listed if f.kind == "*"}
+        by_kind = {f.path: f for f in listed if f.kind == kind}
     problems: list[str] = []
-    _walk(payload, "", _COMMON, problems)
+    _walk(payload, "", common, problems)
     for path in _COMMON:
         if path not in payload:
             problems.append(f"{path}: missing")
     body = payload.get("body")
     if isinstance(body, dict):
-        _walk(body, "", _BY_KIND[kind], problems, prefix="body.")
+        _walk(body, "", by_kind, problems, prefix="body.")
     if problems:
         raise AllowlistError(f"{kind} payload refused by the allowlist: " + "; ".join(problems))
 
@@ -250,8 +276,12 @@ def seal(
     seq: int,
     now: int,
     nonce: bytes,
+    fields: Iterable[Field] | None = None,
 ) -> Sealed:
-    """Return the DSSE-sealed message; raises AllowlistError if any field is off the registry."""
+    """Return the DSSE-sealed message; raises AllowlistError if any field is off the allowed fields.
+
+    fields: what may be sent (default: the whole REGISTRY); see `check_allowlist`.
+    """
     payload_obj: dict[str, Any] = {
         "v": 1,
         "aud": aud,
@@ -261,7 +291,7 @@ def seal(
         "nonce": base64.urlsafe_b64encode(nonce).rstrip(b"=").decode("ascii"),
         "body": message.body,
     }
-    check_allowlist(message.kind, payload_obj)
+    check_allowlist(message.kind, payload_obj, fields)
     ptype = envelope.payload_type(message.kind)
     summary = digest_summary(message.body) if message.kind == "digest" else None
     if any(isinstance(v, TokenList) for v in message.body.values()):
@@ -348,13 +378,13 @@ def build_credentials() -> Message:
     return Message("credentials", {})
 
 
-def registry_table() -> str:
-    """Return the Markdown table of the registry (the README's "what is sent" table)."""
+def registry_table(fields: Iterable[Field] = REGISTRY) -> str:
+    """Return the Markdown table of the fields (default: the registry; the README's "what is sent" table)."""
     lines = [
         "| message | field | type | clause 08 item | meaning |",
         "|---|---|---|---|---|",
     ]
-    for f in REGISTRY:
+    for f in fields:
         kind = "every message" if f.kind == "*" else f"`{f.kind}` → `{ENDPOINTS[f.kind]}`"
         path = f.path if f.kind == "*" else f"body.{f.path}"
         lines.append(f"| {kind} | `{path}` | {TYPES[f.type][0]} | {f.item} | {f.meaning} |")
