@@ -15,6 +15,8 @@ own (wait4), wall time is compared with the import floor
    ≤ 40 bytes (each command).
 3. Steady state: 1% churn (0.5% removed, 0.5% added), then `run --once` again: the delta payload
    is ≤ 3% of the full payload's bytes (payload sizes from the ledger's digest summaries).
+4. `log --verify` after the first `run --once`: peak RSS at N within 1.1× of that at the small
+   inventory (a digest is ledgered by its hash and list sizes, so lines do not grow with N).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def run_size(work: Path, name: str, n: int, url: str, seeds: list[bytes]) -> tup
     out: dict[str, tuple[float, float, int]] = {}
     for label, cmd in commands(cfg).items():
         out[label] = measure(cmd)
+    out["log --verify"] = measure([PY, "-m", "fluxagent", "--config", str(cfg), "log", "--verify"])
     return out, work / name / "state", db
 
 
@@ -164,7 +167,7 @@ def main() -> int:
             server.wait()
     print(f"== {args.rows} identifiers (and {args.small} for the slope); import floor {floor * 1000:.0f} ms")
     print(f"  {'command':<30} {'wall':>8} {'µs/id':>7} {'peak RSS':>9} {'at small':>9} {'slope B/id':>10}")
-    for label in big:
+    for label in [k for k in big if k != "log --verify"]:
         wall, mb, code = big[label]
         us = max(0.0, wall - floor) / args.rows * 1e6
         slope = (mb - small[label][1]) * MB / (args.rows - args.small)
@@ -175,6 +178,11 @@ def main() -> int:
                            wall / floor, "≤ 3 µs/id beyond the floor", us <= 3))
         rows.append(Budget(f"{label}: memory slope", f"{slope:.1f} B/id", f"{small[label][1]:.1f} MB at {args.small}",
                            None, "≤ 40 B/id", slope <= 40))
+    (lw, lmb, lcode), (sw, smb, _) = big["log --verify"], small["log --verify"]
+    print(f"  log --verify after run --once: {lw:.2f}s {lmb:.1f}MB at {args.rows}, {sw:.2f}s {smb:.1f}MB at"
+          f" {args.small}; exit {lcode}")
+    rows.append(Budget("log --verify: peak RSS at N vs small", f"{lmb:.1f} MB", f"{smb:.1f} MB", lmb / smb,
+                       "≤ 1.1× (ledger lines do not grow with the inventory)", lmb <= 1.1 * smb and lcode == 0))
     every = {"license", "heartbeat", "digest"} <= kinds and big["run --once"][2] == 0
     print(f"  run --once delivered: {', '.join(sorted(kinds))}; exit {big['run --once'][2]}")
     rows.append(Budget("run --once: every kind delivered", ", ".join(sorted(kinds)), "", None,

@@ -11,6 +11,8 @@ and its reference side by side (interleaved runs, medians), so the ratios hold o
                                      a full cycle's CPU against preview's
   databases    bench_databases.py    SQLite, PostgreSQL and MariaDB streaming throughput and RSS
   credentials  bench_credentials.py  the docker credential helper's start-up against the floor
+  inventory    bench_inventory.py    1M identifiers: preview, preview --json, run --once (peak RSS,
+                                     µs/identifier beyond the floor, memory slope), delta size
 
 `--quick` shortens every script (fewer runs, 200k rows instead of 1M, a 10 s idle window): a
 check that the budgets are not far off, in under a minute; the full run takes a few minutes.
@@ -35,6 +37,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {  # name: (script, full 
     "delivery": ("bench_delivery.py", [], ["--idle-seconds", "10", "--runs", "3"]),
     "databases": ("bench_databases.py", [], ["--rows", "200000", "--runs", "1"]),
     "credentials": ("bench_credentials.py", [], ["--runs", "5"]),
+    "inventory": ("bench_inventory.py", [], ["--rows", "200000", "--small", "50000", "--floor-runs", "3"]),
 }
 
 

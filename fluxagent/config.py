@@ -231,6 +231,10 @@ class UpdatesConfig:
     min_remaining: float = field(default=10.0, metadata=key(
         duration_range(0, 3600), "Credentials with less lifetime left than this are not handed out; fresh ones "
         "are requested."))
+    registry: str = field(default="", metadata=key(
+        OPT_HOSTNAME, "The vendor's update registry. The docker and git helpers answer \"not found\" at once, "
+        "without asking the server, for every other host. Empty: the registry the server last issued "
+        "credentials for (until the first issuance, the server is asked)."))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,12 @@ _HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _MAC_STRIP = re.compile(r"[\s:.\-]")
 _HEX12 = re.compile(r"^[0-9a-f]{12}$")
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+# the inline paths of add_networks: exact prefix texts, their masks and their length byte
+_PREFIXES4 = {str(p): p for p in range(33)}
+_PREFIXES6 = {str(p): p for p in range(129)}
+_MASK4 = [((1 << p) - 1) << (32 - p) for p in range(33)]
+_MASK6 = [((1 << p) - 1) << (128 - p) for p in range(129)]
+_PREFIX_BYTE = [bytes((p,)) for p in range(129)]
 
 
 def canonical_hostname(value: str) -> str | None:
@@ -182,7 +188,8 @@ class TokenList:
         """Sort and deduplicate in place."""
         for i, bucket in enumerate(self.buckets):
             if bucket:
-                toks = {bytes(bucket[j:j + TOKEN_BYTES]) for j in range(0, len(bucket), TOKEN_BYTES)}
+                whole = bytes(bucket)  # slices of bytes are one object per token, of a bytearray two
+                toks = {whole[j:j + TOKEN_BYTES] for j in range(0, len(whole), TOKEN_BYTES)}
                 self.buckets[i] = bytearray(b"".join(sorted(toks)))
         self.finished = True
 
@@ -311,8 +318,23 @@ def add_networks(tokens: TokenSet, cidrs: Iterable[object], key: bytes) -> None:
     """Tokenize CIDR strings into the networks list; skip and count what does not parse."""
     buckets = tokens.networks.buckets
     net_h = _hasher("net", key)
+    pton, af4, af6, pfx_byte = socket.inet_pton, socket.AF_INET, socket.AF_INET6, _PREFIX_BYTE
     for cidr in cidrs:
-        canon = canonical_network(cidr) if cidr.__class__ is str else None
+        canon = None
+        if cidr.__class__ is str:  # inline fast paths for the common "a.b.c.d/n" and "x:y::/n"
+            addr, _, pfx = cidr.partition("/")
+            try:
+                if ":" not in addr:
+                    if (p := _PREFIXES4.get(pfx)) is not None:
+                        canon = (int.from_bytes(pton(af4, addr), "big") & _MASK4[p]).to_bytes(4, "big") + pfx_byte[p]
+                elif (p := _PREFIXES6.get(pfx)) is not None:
+                    packed = pton(af6, addr)
+                    if packed[:12] != _MAPPED_PREFIX:  # IPv4-mapped ranges take the full path below
+                        canon = (int.from_bytes(packed, "big") & _MASK6[p]).to_bytes(16, "big") + pfx_byte[p]
+            except (OSError, ValueError):
+                canon = None
+        if canon is None:
+            canon = canonical_network(cidr) if cidr.__class__ is str else None
         if canon is None:
             tokens.skipped["network_invalid"] += 1
             continue

@@ -336,3 +336,17 @@ def test_canonical_ip_agrees_with_ipaddress(text):
 def test_canonical_network_agrees_with_ip_network_strict_false(text):
     assume("[" not in text)  # bracketed addresses are an IP notation, not a network one
     assert canonical_network(text) == _ref_net(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.one_of(_network_texts(), _address_texts(), _garbage), max_size=8))
+def test_add_networks_inline_paths_give_the_tokens_of_canonical_network(texts):
+    ts = TokenSet()
+    add_networks(ts, texts, K1)
+    want = TokenSet()
+    for t in texts:
+        canon = canonical_network(t)
+        if canon is not None:
+            want.networks.append(token("net", canon, K1))
+    assert _hex(ts.finish().networks) == _hex(want.finish().networks)
+    assert ts.skipped["network_invalid"] == sum(canonical_network(t) is None for t in texts)

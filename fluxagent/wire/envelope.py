@@ -126,6 +126,21 @@ def open_envelope(data: bytes, trusted_keys: Iterable[bytes], expected_type: str
     ptype, payload, sigs = parse_envelope(data)
     if ptype != expected_type:
         raise EnvelopeError(f"envelope type is {ptype!r}, expected {expected_type!r}")
+    key = verify_parsed(ptype, payload, sigs, trusted_keys)
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise EnvelopeError("signed payload is not JSON") from None
+    if not isinstance(obj, dict):
+        raise EnvelopeError("signed payload is not a JSON object")
+    return Opened(ptype, payload, obj, key)
+
+
+def verify_parsed(ptype: str, payload: bytes, sigs: list[tuple[str, bytes]], trusted_keys: Iterable[bytes]) -> bytes:
+    """Return the trusted key that verifies one of sigs over PAE(ptype, payload); raises EnvelopeError.
+
+    For a caller that parsed the envelope already (`parse_envelope`): a large one is parsed once.
+    """
     keys = list(trusted_keys)
     if not keys:
         raise EnvelopeError("no trusted keys to verify the envelope with")
@@ -137,11 +152,5 @@ def open_envelope(data: bytes, trusted_keys: Iterable[bytes], expected_type: str
                 nacl.signing.VerifyKey(key).verify(message, sig)
             except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
                 continue
-            try:
-                obj = json.loads(payload)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                raise EnvelopeError("signed payload is not JSON") from None
-            if not isinstance(obj, dict):
-                raise EnvelopeError("signed payload is not a JSON object")
-            return Opened(ptype, payload, obj, key)
+            return key
     raise EnvelopeError("no trusted key verifies the envelope signature")
