@@ -358,6 +358,15 @@ def load(path: Path) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse(raw, path)
+
+
+def parse(raw: bytes, path: Path) -> Config:
+    """Validate config file content read from path; raises ConfigError (exit 78) naming the file.
+
+    The daemon's workers parse the text the supervisor accepted, so a file broken on disk after a
+    reload was refused does not reach them.
+    """
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a fluxagent config"])
     try:
