@@ -5,21 +5,23 @@ faults, sampling the agent process's RSS, open fds, threads and CPU from /proc. 
 
 How time is accelerated (no production knob): the schedule's intervals stay as configured (1 h
 heartbeat, 6 h license check, 24 h digest — the config refuses less than 60 s). The agent runs in
-a child process as the real `Agent.loop` — its steps, engine, spool, ledger, transport, control
-socket and signal handlers — with two things passed in the way every test passes the outside
-world in: the clock, and the `Signals` object whose `wait` skips its timeout on that clock
-instead of sleeping (bench/soakkit.py). So each wait jumps to the next wake-up, and a 3-minute run
-covers months of heartbeats, license checks, digests and backoffs over real loopback HTTP, real
-files and real signals. The reference server (this process, 127.0.0.1) reads the same clock, so
-receipts carry consistent times. Work inside a step (HTTP, fsync, slow answers) takes real time.
+a child process as the daemon's events: for each one a fresh `Agent` takes its step (engine, spool,
+ledger, license, metrics), as each worker process of `fluxagent run` does, and the wait between
+events skips its timeout on the injected clock instead of sleeping (bench/soakkit.py). So each wait
+jumps to the next wake-up, and a 3-minute run covers months of heartbeats, license checks, digests
+and backoffs over real loopback HTTP, real files and real signals. The reference server (this
+process, 127.0.0.1) reads the same clock, so receipts carry consistent times. Work inside a step
+(HTTP, fsync, slow answers) takes real time. (The resident supervisor itself, which cannot grow
+with the work, is measured by bench/bench_delivery.py; its process model by tests/test_supervisor.py.)
 
 --fault-every virtual hours after the last fault has played out (its scripted answers consumed,
 the server or database back), the next fault of a rotation is played while the agent waits:
 503 storms with and without Retry-After, 429 with absurd and HTTP-date Retry-After, slow answers,
 each kind of bad receipt, hang-ups and junk bodies, the server stopped (connections refused) for
 2 h, a SIGHUP reload (heartbeat 1 h ↔ 90 m), a SIGHUP with a bad config (the old one must stay),
-credential requests over the control socket, the SQLite platform database gone for 3 h. At the
-end the faults stop, the agent must drain its spool, then it gets SIGTERM and must exit 0.
+credential requests (SIGUSR1 to the child: a fetch as a credentials worker does), the SQLite
+platform database gone for 3 h. At the end the faults stop, the agent must drain its spool, then
+it gets SIGTERM and must exit 0.
 
 Pass criteria (exit 1 otherwise), over the samples after a warm-up (one whole fault rotation and
 a tenth of the run), split into thirds, the first and last third compared:

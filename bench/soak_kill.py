@@ -3,7 +3,8 @@
     python bench/soak_kill.py [--trials 500] [--seed N] [--keep DIR]
 
 Each trial queues a backlog (as a run during an outage would), starts `fluxagent run` against a
-reference server on 127.0.0.1, kills it after a random log line or during start-up, then checks
+reference server on 127.0.0.1, kills it (every other trial: the worker running at that moment, then
+stops the daemon with SIGTERM) after a random log line or during start-up, then checks
 that the spool, the ledger chain, `seq`, the schedule and the license status are all valid. At the
 end one `run --once` must deliver everything, and the server must have seen each seq first in
 increasing order, resent only as the exact same request. Prints a summary; exit 1 on any failure.
@@ -51,7 +52,7 @@ def main() -> int:
             env = clean_env()
             for i in range(args.trials):
                 backlog(ws.cfg, rng, heartbeats=rng.randint(0, 3))
-                trial = kill_trial(cfg_path, rng, env)
+                trial = kill_trial(cfg_path, rng, env, target="worker" if i % 2 else "supervisor")
                 soak.trials.append(trial)
                 try:
                     summary = check_state(ws.cfg)

@@ -1,5 +1,6 @@
-"""The soak's two halves: the agent child (the real `Agent.loop` on an accelerated clock) and the
-fault script the parent plays against it. See bench/soak.py for why time is accelerated this way."""
+"""The soak's two halves: the agent child (the daemon's events on an accelerated clock, a fresh
+Agent for each as a worker process has) and the fault script the parent plays against it.
+See bench/soak.py for why time is accelerated this way."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from email.utils import formatdate
 from pathlib import Path
 
 from fluxagent import config, logs
-from fluxagent.daemon import control
-from fluxagent.daemon.agent import Agent, Signals
+from fluxagent.daemon.agent import Agent
+from fluxagent.errors import FluxError
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.server_faults import RECEIPT_MUTATIONS
 from fluxagent.transport import HttpxTransport
+from fluxagent.updates.credentials import CredentialCache, fetch, monotonic
+from fluxagent.wire.http import HttpResponse
 
 HOUR = 3600.0
 
@@ -38,42 +41,86 @@ class VirtualClock:
         return self.epoch0 + (time.monotonic() - self.mono0) + self.skipped
 
 
-class AcceleratedSignals(Signals):
-    """The daemon's signal handling, except that a wait skips its timeout on the clock instead of
-    sleeping: it reports to the parent and blocks until the parent says go. Real signals sent
-    meanwhile (SIGHUP, SIGTERM) set the same flags the loop reads after any wait."""
+class AcceleratedWait:
+    """The supervisor's wait between events, except that it skips its timeout on the clock instead
+    of sleeping: it reports to the parent and blocks until the parent says go. Real signals sent
+    meanwhile set flags read after the wait: SIGHUP reload, SIGTERM stop, SIGUSR1 credentials."""
 
     def __init__(self, chan: socket.socket, clock: VirtualClock) -> None:
-        super().__init__()
         self.chan, self.clock = chan, clock
         self.reader = chan.makefile("rb")
+        self.stop = self.reload = self.credentials = False
+        signal.signal(signal.SIGTERM, self._flag("stop"))
+        signal.signal(signal.SIGINT, self._flag("stop"))
+        signal.signal(signal.SIGHUP, self._flag("reload"))
+        signal.signal(signal.SIGUSR1, self._flag("credentials"))
+
+    def _flag(self, name: str) -> Callable[[int, object], None]:
+        def handler(_sig: int, _frame: object) -> None:
+            setattr(self, name, True)
+        return handler
 
     def wait(self, timeout: float) -> None:
-        super().wait(0)  # take wake-up bytes of signals already delivered
-        if self.stop or self.reload:
+        if self.stop or self.reload or self.credentials:
             return
         self.clock.skipped += max(0.0, timeout)
         self.chan.sendall(json.dumps({"skipped": self.clock.skipped, "wait": timeout}).encode() + b"\n")
         if not self.reader.readline():
             self.stop = True  # the parent is gone: stop as on SIGTERM
-        super().wait(0)
+
+
+def reload(cfg: config.Config, cfg_path: Path) -> config.Config:
+    """What a reload's check worker does: a bad file is logged and the previous config stays."""
+    log = logs.get()
+    try:
+        new = config.load(cfg_path)
+    except FluxError as exc:
+        log.error("config.reload_failed", path=str(cfg_path), error=str(exc), keeping="previous configuration")
+        return cfg
+    log.info("config.reloaded", path=str(cfg_path))
+    return new
 
 
 def child_main(cfg_path: Path, fd: int, mono0: float, epoch0: float, log_path: Path) -> int:
-    """Run the real daemon loop on cfg_path with the accelerated clock; return its exit code."""
+    """Run the daemon's events on cfg_path with the accelerated clock, a fresh Agent per event as
+    each worker process has; return the exit code.
+
+    One transport serves every event here (a worker process builds its own and exits): this process
+    lives for the whole soak, and what it measures is the per-event code, not TLS set-up.
+    """
     chan = socket.socket(fileno=fd)
     clock = VirtualClock(mono0, epoch0)
     cfg = config.load(cfg_path)
+    transport = HttpxTransport(cfg.server, env={})  # env={}: the caller's proxy variables stay out
+
+    def shared(url: str, body: bytes, *, deadline: float) -> HttpResponse:  # an Agent's close() leaves it open
+        return transport(url, body, deadline=deadline)
     with open(log_path, "a", encoding="utf-8") as log_stream:
         logs.configure("json", cfg.log.level, stream=log_stream, env={})
+        log = logs.get()
         with instance_lock(cfg.instance.state_dir):
-            # env={}: proxy variables of the caller must not route loopback traffic elsewhere
-            agent = Agent(cfg, clock=clock, transport_factory=lambda c: HttpxTransport(c.server, env={}))
-            agent.signals = AcceleratedSignals(chan, clock)
-            try:
-                return agent.loop(cfg_path)
-            finally:
-                agent.close()
+            w = AcceleratedWait(chan, clock)
+            first = True
+            log.info("agent.started", pid=os.getpid(), state_dir=str(cfg.instance.state_dir))
+            while not w.stop:
+                with Agent(cfg, clock=clock, transport_factory=lambda _c: shared, quiet_open=not first) as agent:
+                    wait = agent.step(should_stop=lambda: w.stop)
+                    if w.credentials:
+                        w.credentials = False
+                        cache = CredentialCache(lambda: fetch(agent.engine, monotonic), monotonic,
+                                                cfg.updates.min_remaining)
+                        try:
+                            cache.get()
+                        except FluxError as exc:  # e.g. the server still backing off: refused clearly
+                            log.warning("credentials.refused", error=exc.message)
+                first = False
+                w.wait(wait)
+                if w.reload and not w.stop:
+                    w.reload = False
+                    cfg = reload(cfg, cfg_path)
+            log.info("agent.stopping")
+    transport.close()
+    return 0
 
 
 @dataclass
@@ -155,13 +202,8 @@ def reload_bad(t: Target) -> None:
 
 
 def credentials(t: Target) -> None:
-    for _ in range(3):
-        try:
-            answer = control.ask(t.state_dir, "credentials", timeout=30)
-            assert answer["username"] and answer["secret"], "credentials answer without a credential"
-            t.count("credentials answered")
-        except control.RemoteError:  # e.g. the server still backing off: refused clearly, counted
-            t.count("credentials refused")
+    os.kill(t.pid, signal.SIGUSR1)  # as a helper's request the daemon's memory cannot answer
+    t.count("credentials requested")
 
 
 def database_down(t: Target) -> None:
@@ -178,6 +220,6 @@ FAULTS: list[tuple[str, Callable[[Target], None]]] = [
     ("503 storm", storm_503), ("503 + Retry-After", storm_503_retry_after),
     ("429 absurd Retry-After", storm_429_absurd), ("429 HTTP-date", storm_429_date), ("slow answers", slow),
     ("bad receipts", bad_receipts), ("hang-ups / junk", hangups), ("server stopped", server_down),
-    ("SIGHUP reload", reload_ok), ("SIGHUP bad config", reload_bad), ("credentials over socket", credentials),
+    ("SIGHUP reload", reload_ok), ("SIGHUP bad config", reload_bad), ("credentials request", credentials),
     ("database unavailable", database_down),
 ]

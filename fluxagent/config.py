@@ -231,6 +231,10 @@ class UpdatesConfig:
     min_remaining: float = field(default=10.0, metadata=key(
         duration_range(0, 3600), "Credentials with less lifetime left than this are not handed out; fresh ones "
         "are requested."))
+    registry: str = field(default="", metadata=key(
+        OPT_HOSTNAME, "The vendor's update registry. The docker and git helpers answer \"not found\" at once, "
+        "without asking the server, for every other host. Empty: the registry the server last issued "
+        "credentials for (until the first issuance, the server is asked)."))
 
 
 @dataclass(frozen=True)
@@ -354,6 +358,15 @@ def load(path: Path) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse(raw, path)
+
+
+def parse(raw: bytes, path: Path) -> Config:
+    """Validate config file content read from path; raises ConfigError (exit 78) naming the file.
+
+    The daemon's workers parse the text the supervisor accepted, so a file broken on disk after a
+    reload was refused does not reach them.
+    """
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a fluxagent config"])
     try:

@@ -139,14 +139,17 @@ class Engine:
         self._seq = state.Seq(sd)
         self._schedule = state.load_schedule(sd)
         self._clamp_schedule(deps.clock())
-        self._failures = 0
+        # persisted: each event runs in a worker process of its own, and backoff and the outage
+        # bookkeeping (one warning per outage, then summaries) must carry over from one to the next
+        held = state.load_backoff(sd)
+        self._failures = held.failures
         # the server's Retry-After outlives the process that heard it (a restart, the next run --once);
         # one further ahead than any Retry-After we accept was heard with the clock ahead: ignored
         self._server_wait = state.load_retry_after(sd)
-        self._retry_at: float = self._server_wait
+        self._retry_at: float = max(held.retry_at, self._server_wait)
         self._retry_time(deps.clock())
-        self._outage_since: float | None = None
-        self._outage_summary_at: float = 0.0
+        self._outage_since: float | None = held.outage_since
+        self._outage_summary_at: float = held.outage_summary_at
         self._last_skew: float = 0.0
         self._source_exit: dict[str, int] = {}  # the exit code of each failing kind's error (run --once)
         self._source_state = state.load_source_errors(sd)  # persisted for `status`
@@ -340,7 +343,7 @@ class Engine:
             if b.message is None:
                 err = b.error.message if b.error else "not built"
                 code = b.error.code if b.error else "error"
-                if self._source_errors.get(b.kind) != err:  # log a failing source once, not every hour
+                if (self._source_state.get(b.kind) or {}).get("error") != err:  # once per streak, not hourly
                     self._warn(NOT_SENT_EVENT[b.kind], reason=err, code=code)
                     self._note_source(b.kind, {"error": err, "code": code, "since": int(now)})
                 self._source_errors[b.kind] = err
@@ -351,9 +354,9 @@ class Engine:
             if sealed is None:
                 self._advance(b.kind, now)  # not rebuilt before its next interval: no rescan loop
                 continue
-            if self._source_errors.pop(b.kind, None):
-                self._log(RECOVERED_EVENT[b.kind])
+            self._source_errors.pop(b.kind, None)
             if b.kind in self._source_state:
+                self._log(RECOVERED_EVENT[b.kind])
                 self._note_source(b.kind, None)
             seq = sealed.obj["seq"]
             if b.tokens is not None and sealed.summary is not None:
@@ -545,11 +548,17 @@ class Engine:
             result.delivered.append((entry, outcome))
         if self._outage_since is not None:
             self._log("delivery.recovered", outage_seconds=int(clock() - self._outage_since), attempts=self._failures)
-        self._failures, self._retry_at, self._outage_since = 0, 0.0, None
+        if self._failures or self._retry_at or self._outage_since is not None:
+            self._failures, self._retry_at, self._outage_since = 0, 0.0, None
+            self._save_backoff()
         if self._server_wait:
             self._server_wait = 0.0
             state.save_retry_after(self._cfg.instance.state_dir, 0.0)
         return result
+
+    def _save_backoff(self) -> None:
+        state.save_backoff(self._cfg.instance.state_dir, state.Backoff(
+            self._failures, self._retry_at, self._outage_since, self._outage_summary_at))
 
     def _on_retry(self, entry: Entry, outcome: Retry, now: float) -> None:
         self._failures += 1
@@ -580,6 +589,7 @@ class Engine:
             self._outage_summary_at = now
             self._warn("delivery.outage_continues", attempts=self._failures, seconds=int(now - self._outage_since),
                        spool=self._spool.depth(), reason=outcome.reason)
+        self._save_backoff()
         self.refresh_license(now, Contact("unreachable", now, self._outage_since, outcome.reason[:200]))
 
     def record_delivery(self, sealed: Sealed, d: Delivered, now: float, *, source: str = "online",

@@ -3,12 +3,10 @@ or console; secrets redacted before anything is rendered (docs/ARCHITECTURE.md, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 
@@ -35,46 +33,33 @@ if TYPE_CHECKING:
 else:
     structlog = _import_structlog_without_rich()
 
-_SECRET_KEY = re.compile(
-    r"(secret|password|passwd|token|private|signing_key|digest_key|authorization|cookie|credential)", re.I
-)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
-PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+from fluxagent import logfmt  # noqa: E402
+from fluxagent.logfmt import PRIORITY, redact_text  # noqa: E402
+
+__all__ = ["PRIORITY", "configure", "current_stream", "get", "redact", "redact_text"]
+
 _stream: list[TextIO] = []
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # set by the global -v/--verbose (debug) and -q/--quiet (warning) options; wins over log.level
 LEVEL_ENV = "FLUXAGENT_LOG_LEVEL"
 
 
-def redact_text(text: str) -> str:
-    """Return text with passwords inside URLs replaced by ***."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
-
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask values of secret-looking keys and passwords in URLs."""
-    for key in list(event):
-        value = event[key]
-        if key != "event" and _SECRET_KEY.search(key):
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = redact_text(value)
-    return event
+    return logfmt.redact(event)
 
 
-def _journald_json(_logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
-    level = str(event.get("level", method))
-    return f"<{PRIORITY.get(level, 6)}>" + json.dumps(event, default=str, sort_keys=True)
-
-
-def _plain_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
-    return json.dumps(event, default=str, sort_keys=True)
+def _as_processor(render: Callable[[Mapping[str, Any]], str]) -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    def processor(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+        return render(event)
+    return processor
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
               env: MutableMapping[str, str] | None = None) -> None:
     """Set up structlog: console on a TTY, JSON otherwise; `<N>` prefixes when JOURNAL_STREAM is set.
 
+    The lines are rendered by logfmt, as the supervisor's are: one format for every process.
     FLUXAGENT_LOG_LEVEL (set by -v/-q) overrides level.
     """
     out = stream or sys.stdout
@@ -82,22 +67,13 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     env = os.environ if env is None else env
     override = env.get(LEVEL_ENV, "").strip().lower()
     level = override if override in LEVELS else level
-    if fmt == "auto":
-        fmt = "console" if out.isatty() else "json"
-    renderer: Any
-    if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    elif env.get("JOURNAL_STREAM"):
-        renderer = _journald_json
-    else:
-        renderer = _plain_json
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
-            renderer,
+            _as_processor(logfmt.renderer(fmt, out.isatty(), env)),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=out),

@@ -92,6 +92,26 @@ class LastDelivered:
         return self.last
 
 
+def _daemon(sd: Path) -> dict[str, Any]:
+    """Return the supervisor's record (supervisor.json) and whether that process still runs."""
+    try:
+        doc = state.read_json(sd / "supervisor.json") or {}
+    except StateError:
+        doc = {}
+    pid = doc.get("pid")
+    running = False
+    if isinstance(pid, int) and doc.get("running"):
+        try:
+            holder = (sd / "lock").read_text().strip()
+        except OSError:
+            holder = ""
+        running = holder == str(pid) and Path(f"/proc/{pid}").exists()  # the lock file names its holder
+    last = doc.get("last_worker")
+    return {"running": running, "pid": pid if running else None, "started": doc.get("started") if running else None,
+            "last_pid": pid, "failed_steps": doc.get("failed_steps", 0),
+            "last_worker": last if isinstance(last, dict) else None}
+
+
 def schema_status(cfg: Config, policy_of: Callable[[Config], Policy] = load_policy) -> dict[str, Any]:
     """Return the schema part of the status: running and approved versions, pending, withheld, any error."""
     from fluxagent.schema.shipped import running
@@ -148,6 +168,7 @@ def collect_status(cfg: Config, now: float | None = None, *, last_delivered: Las
         "clock_skew": lic.clock_skew,
         "kinds": kinds,
         "spool": _spool_facts(sd / "spool"),
+        "daemon": _daemon(sd),
         "schema": schema_status(cfg, policy_of),
         "state_dir": str(sd),
         "now": int(t),

@@ -126,6 +126,9 @@ echo "$out"
 rm -rf "$WORK"
 dpkg-query -W fluxagent >/dev/null 2>&1 && fail "still registered with dpkg"
 echo "$out" | grep -q "/etc/fluxagent/license.json" || fail "purge did not say it kept the license file"
+[ -e /etc/fluxagent/approved-schema ] && fail "purge left the package's approved-schema"
+[ "$(ls -A /etc/fluxagent | tr '\n' ' ')" = "fluxagent.toml license.json " ] \
+    || fail "purge left more than the operator's files: $(ls -A /etc/fluxagent)"
 for kept in /etc/fluxagent/fluxagent.toml /etc/fluxagent/license.json; do
     [ -f "$kept" ] || fail "purge deleted the operator's $kept"
     [ "$(stat -c %G "$kept")" = root ] || fail "$kept kept with group $(stat -c %G "$kept")"

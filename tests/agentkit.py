@@ -137,10 +137,14 @@ class NotifySocket:
 class Daemon:
     """`fluxagent run` as a real subprocess; its stdout lines are collected by a thread."""
 
-    def __init__(self, config_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fluxagent", "--config", str(config_path), "run", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or clean_env())
+    def __init__(self, config_path: Path, *args: str, env: dict[str, str] | None = None,
+                 tuned: list[str] | None = None) -> None:
+        """tuned: run the supervisor module with these options (short deadlines) instead of `fluxagent run`."""
+        argv = ([sys.executable, "-m", "fluxagent.daemon.supervisor", "--config", str(config_path), *tuned]
+                if tuned is not None else
+                [sys.executable, "-m", "fluxagent", "--config", str(config_path), "run", *args])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env or clean_env())
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -172,6 +176,14 @@ class Daemon:
                 break
             time.sleep(0.02)
         raise TimeoutError(f"no {name} event; output:\n" + "\n".join(self.lines[-30:]))
+
+    def children(self) -> list[int]:
+        """Return the pids of the running workers (children of the supervisor)."""
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

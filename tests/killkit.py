@@ -4,8 +4,11 @@ moment, then check every state file. Used by the test suite and by bench/soak_ki
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import random
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,17 +47,24 @@ def backlog(cfg: Config, rng: random.Random, heartbeats: int) -> None:
 
 @dataclass
 class Trial:
-    """What one trial did: when it killed and how far the run had got."""
+    """What one trial did: when it killed, what, and how far the run had got."""
 
     cue_lines: int
     delay: float
     lines_seen: int
-    exit_code: int
+    exit_code: int  # the supervisor's: -9 when it was the target, 0 after its SIGTERM when a worker was
+    target: str = "supervisor"
+    worker_killed: bool = False
 
 
-def kill_trial(config_path: Path, rng: random.Random, env: dict[str, str]) -> Trial:
-    """Start `run`, SIGKILL it at a random moment (after a random log line, or during start-up)."""
+def kill_trial(config_path: Path, rng: random.Random, env: dict[str, str], target: str = "supervisor") -> Trial:
+    """Start `run`, SIGKILL it at a random moment (after a random log line, or during start-up).
+
+    target "supervisor" kills the daemon (its worker dies with it); "worker" kills the worker running
+    at that moment, then stops the daemon with SIGTERM, which must still exit 0.
+    """
     d = Daemon(config_path, env=env)
+    killed = False
     try:
         cue = rng.randint(0, MAX_LINE_CUE)
         delay = rng.uniform(0, 0.012) if cue else rng.uniform(0.05, 0.6)
@@ -63,11 +73,18 @@ def kill_trial(config_path: Path, rng: random.Random, env: dict[str, str]) -> Tr
             time.sleep(0.0005)
         time.sleep(delay)
         seen = len(d.lines)
-        d.proc.kill()
-        code = d.wait()
+        if target == "worker":
+            for pid in d.children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+            d.proc.send_signal(signal.SIGTERM)
+        else:
+            d.proc.kill()
+        code = d.wait(30)
     finally:
         d.stop()
-    return Trial(cue, delay, seen, code)
+    return Trial(cue, delay, seen, code, target, killed)
 
 
 def check_state(cfg: Config) -> dict[str, Any]:
@@ -129,4 +146,5 @@ class Soak:
     trials: list[Trial] = field(default_factory=list)
 
     def kills_mid_work(self) -> int:
-        return sum(1 for t in self.trials if 0 < t.lines_seen < MAX_LINE_CUE and t.exit_code == -9)
+        return sum(1 for t in self.trials
+                   if 0 < t.lines_seen < MAX_LINE_CUE and (t.exit_code == -9 or t.worker_killed))

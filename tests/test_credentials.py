@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from agentkit import Daemon, clean_env
 from support.clock import Clock
 
 from fluxagent import config
 from fluxagent.daemon.agent import Agent
-from fluxagent.daemon.control import DaemonUpdates
 from fluxagent.delivery import Deps, Engine
 from fluxagent.errors import ConfigError
 from fluxagent.statedir import identity
@@ -305,11 +305,16 @@ def test_updates_section_defaults_match_the_example_and_mistakes_name_their_dott
 
 def test_daemon_keeps_running_without_a_control_socket_when_the_path_is_too_long(tmp_path: Path) -> None:
     w = make_workspace(tmp_path / ("d" * 110), server_url="http://127.0.0.1:9")
-    with Agent(w.cfg) as agent:
-        updates = DaemonUpdates(agent.engine, agent.engine_lock, lambda: agent.cfg, lambda: agent.log)
-        assert updates.server is None and not (w.cfg.instance.state_dir / "control.sock").exists()
-        assert updates.handle("credentials-please")["ok"] is False
-        updates.close()
+    d = Daemon(w.root / "fluxagent.toml")
+    try:
+        failed = d.wait_event("credentials.control_socket_unavailable")
+        assert "cannot reach this daemon" in failed["effect"]
+        d.wait_event("agent.started")
+        assert d.proc.poll() is None and not (w.cfg.instance.state_dir / "control.sock").exists()
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+    finally:
+        d.stop()
 
 
 def test_helpers_started_in_parallel_without_a_daemon_wait_for_the_lock_and_all_succeed(
@@ -329,3 +334,35 @@ def test_helpers_started_in_parallel_without_a_daemon_wait_for_the_lock_and_all_
 
 def ws_iid(w: Workspace) -> str:
     return identity.load(w.cfg.instance.state_dir).instance_id
+
+
+def test_idle_daemon_fetches_credentials_with_one_worker_then_answers_from_memory_without_network(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    cfg_path = ws.root / "fluxagent.toml"
+    cfg_path.write_text(cfg_path.read_text().replace('level = "info"', 'level = "debug"'))
+    d = Daemon(cfg_path, env=clean_env())
+    try:
+        sock = ws.cfg.instance.state_dir / "control.sock"
+        assert _wait_for(sock.exists, 20)
+        assert _wait_for(lambda: bool(d.events("worker.finished")), 30)  # the first step is done: idle
+        started = len(d.events("worker.started"))
+        first = helper(ws, ["docker-credential-fluxagent", "get"], REGISTRY)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert [e["mode"] for e in d.events("worker.started")[started:]] == ["credentials"]
+        assert len(server.issued_credentials) == 1
+        requests = len(server.received)
+        assert _wait_for(lambda: len(d.events("worker.finished")) == started + 1, 10)
+        for _ in range(3):
+            again = helper(ws, ["docker-credential-fluxagent", "get"], REGISTRY)
+            assert json.loads(again.stdout) == json.loads(first.stdout)
+        assert len(d.events("worker.started")) == started + 1  # no worker: from the supervisor's memory
+        assert len(server.received) == requests  # and no network
+        secret = json.loads(first.stdout)["Secret"]
+        files = b"".join(p.read_bytes() for p in ws.root.rglob("*") if p.is_file())
+        assert secret.encode() not in files
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        assert all(secret not in line for line in d.lines)
+    finally:
+        d.stop()

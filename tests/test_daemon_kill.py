@@ -1,5 +1,6 @@
-"""kill -9 of `fluxagent run` at random moments: afterwards spool, ledger chain, seq and state files
-are valid, seq never goes backwards, resends carry the same seq and bytes, and the next run resumes.
+"""kill -9 of `fluxagent run` at random moments, aimed at the supervisor or at the worker running then:
+afterwards spool, ledger chain, seq and state files are valid, seq never goes backwards, resends carry
+the same seq and bytes, the daemon outlives a killed worker, and the next run resumes.
 More trials by hand: `python bench/soak_kill.py --trials 500`."""
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def test_kill_9_at_random_moments_leaves_valid_state_and_the_next_run_resumes(tm
     env = clean_env()
     for i in range(TRIALS):
         backlog(ws.cfg, rng, heartbeats=rng.randint(0, 3))
-        trial = kill_trial(cfg_path, rng, env)
+        trial = kill_trial(cfg_path, rng, env, target="worker" if i % 2 else "supervisor")
         soak.trials.append(trial)
+        if trial.target == "worker":
+            assert trial.exit_code == 0, f"seed {seed}, trial {i}: the daemon ended with its worker: {trial}"
         try:
             check_state(ws.cfg)
             reopen(ws.cfg)
@@ -52,3 +55,4 @@ def test_kill_9_at_random_moments_leaves_valid_state_and_the_next_run_resumes(tm
     assert all(len(p) == 1 for p in payloads.values())
     assert totals["messages"] >= TRIALS  # every trial's backlog got out in the end
     assert soak.kills_mid_work() >= TRIALS // 3, f"seed {seed}: too few kills landed mid-work: {soak.trials}"
+    assert sum(t.worker_killed for t in soak.trials) >= TRIALS // 6, f"seed {seed}: too few workers killed"

@@ -186,3 +186,26 @@ def test_spool_survives_the_fault_on_disk(rig: Rig, tmp_path: Path) -> None:
     rig.agent.engine.flush()
     names = [p.name for p in (rig.agent.cfg.instance.state_dir / "spool" / "new").iterdir()]
     assert names == [f"{seq:020d}-heartbeat.json"]
+
+
+def test_backoff_and_the_outage_warning_carry_over_to_the_next_process(rig: Rig) -> None:
+    # each event runs in a worker process of its own: the next one must resume the backoff and
+    # not warn of the same outage again (one warning per outage, then summaries)
+    sd = rig.agent.cfg.instance.state_dir
+    heartbeat(rig)
+    rig.server.inject(Fault.status(503), Fault.status(503))
+    assert rig.agent.engine.flush().retry is not None
+    retry_at = rig.agent.engine.retry_at
+    later = make_agent(rig.agent.cfg)  # a new process would open the state dir like this
+    try:
+        assert later.engine.retry_at == retry_at and state.load_backoff(sd).failures == 1
+        assert later.engine.outage_since == rig.agent.engine.outage_since is not None
+        later.engine.flush()
+        assert state.load_backoff(sd).failures == 2
+        assert len(rig.log.events("delivery.outage_started")) == 1
+        assert later.engine.flush().retry is None
+        assert [e["attempts"] for e in rig.log.events("delivery.recovered")] == [2]
+        held = state.load_backoff(sd)
+        assert (held.failures, held.retry_at, held.outage_since) == (0, 0.0, None)
+    finally:
+        later.close()

@@ -25,7 +25,6 @@ from support.clock import Clock
 
 from fluxagent import config
 from fluxagent.daemon.agent import STATE_ERROR_PAUSE, Agent
-from fluxagent.daemon.notify import Notifier
 from fluxagent.errors import EXIT_CONFIG, EXIT_IOERR, StateError
 from fluxagent.schema.approval import running_approved
 from fluxagent.testing.server import Fault, ReferenceServer
@@ -145,7 +144,7 @@ def test_daemon_step_survives_a_full_disk_pauses_and_then_delivers(
     clock = Clock()
     make_engine(cfg, Events(), clock)  # creates the identity
     with Agent(cfg, transport_factory=lambda c: HttpxTransport(c.server, env={}), clock=clock,
-                 notifier=Notifier(env={}), approval=running_approved) as agent:
+               approval=running_approved) as agent:
         filler = fill(small_fs)
         assert agent.step() == STATE_ERROR_PAUSE
         filler.unlink()

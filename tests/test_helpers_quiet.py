@@ -99,3 +99,22 @@ def test_foreign_means_known_and_not_matching(tmp_path: Path) -> None:
     assert known_registry(tmp_path) == REGISTRY
     (tmp_path / REGISTRY_FILE).write_text("{not json")
     assert known_registry(tmp_path) is None  # a damaged record means asking, never refusing the vendor's host
+
+
+def test_a_configured_registry_answers_other_hosts_before_any_issuance(ws: Workspace, server: ReferenceServer) -> None:
+    import tomllib
+
+    import tomli_w
+
+    path = ws.root / "fluxagent.toml"
+    doc = tomllib.loads(path.read_text())
+    doc.setdefault("updates", {})["registry"] = REGISTRY
+    path.write_text(tomli_w.dumps(doc))
+    server.clear_received()
+    docker = helper(ws, DOCKER, "https://index.docker.io/v1/\n")
+    assert (docker.returncode, docker.stdout.strip(), docker.stderr) == (
+        1, "credentials not found in native keychain", "")
+    assert server.received == [] and server.issued_credentials == []
+    assert known_registry(ws.cfg.instance.state_dir) is None  # nothing learned: the config alone decided
+    ours = helper(ws, DOCKER, f"https://{REGISTRY}\n")
+    assert ours.returncode == 0 and len(server.issued_credentials) == 1

@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fluxagent.identifiers",),
     ("fluxagent.configvalues",),
     ("fluxagent.config", "fluxagent.configdoc"),
+    ("fluxagent.logfmt",),
     ("fluxagent.logs",),
     ("fluxagent.wire",),
     ("fluxagent.transport",),

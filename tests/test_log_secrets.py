@@ -21,8 +21,7 @@ from netutil import closed_port
 from proxy import ConnectProxy
 
 from fluxagent import logs
-from fluxagent.daemon.agent import Agent
-from fluxagent.daemon.notify import Notifier
+from fluxagent.daemon.agent import Agent, reload_config
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.workspace import Workspace, make_workspace
 
@@ -98,8 +97,20 @@ def test_no_secret_reaches_any_log_line_across_a_cycle_with_faults(
     logs.configure("json", "debug", stream=buf, env={"JOURNAL_STREAM": "8:1"})
     from fluxagent import config as config_mod
 
-    with Agent(config_mod.load(cfg_path), notifier=Notifier(env={}), clock=lambda: now[0]) as agent:
+    def worker(cfg: config_mod.Config) -> Agent:  # each event has a worker process and its Agent
+        agent = Agent(cfg, clock=lambda: now[0])
         agent.engine.deps.world = fixed_world()
+        return agent
+
+    def reload(path: Path) -> None:  # what the reload's check worker does; the next events use the result
+        nonlocal agent
+        new = reload_config(agent.cfg, path, path.read_bytes(), agent.log)
+        if new is not None:
+            agent.close()
+            agent = worker(new)
+
+    agent = worker(config_mod.load(cfg_path))
+    try:
         agent.step()  # everything delivered through the proxy
         assert proxy.targets
         srv.inject(Fault.status(503), Fault.close(), Fault.rate_limited("120"), Fault.receipt("unpinned"),
@@ -108,13 +119,15 @@ def test_no_secret_reaches_any_log_line_across_a_cycle_with_faults(
         agent.engine.produce(["credentials"], now[0])  # short-lived update credentials come back in a receipt
         agent.engine.flush()
         # a reload with a broken proxy URL that holds a password, then one with the wrong proxy password
-        agent.reload(rewrite_toml(cfg_path, server={"proxy": f"gopher://agent:{PROXY_PASSWORD}@127.0.0.1:1"}))
-        agent.reload(rewrite_toml(cfg_path, server={"proxy": proxy.url.replace(PROXY_PASSWORD, WRONG_PROXY_PASSWORD)}))
+        reload(rewrite_toml(cfg_path, server={"proxy": f"gopher://agent:{PROXY_PASSWORD}@127.0.0.1:1"}))
+        reload(rewrite_toml(cfg_path, server={"proxy": proxy.url.replace(PROXY_PASSWORD, WRONG_PROXY_PASSWORD)}))
         _drive(agent, now, 3, 2 * 3600)
         # a platform database whose URL holds a password
         db_url = f"postgresql://billing:{DB_PASSWORD}@127.0.0.1:{closed_port()}/fluxbilling"
-        agent.reload(rewrite_toml(cfg_path, platform={"database": db_url}, server={"proxy": proxy.url}))
+        reload(rewrite_toml(cfg_path, platform={"database": db_url}, server={"proxy": proxy.url}))
         _drive(agent, now, 2, 2 * 3600)
+    finally:
+        agent.close()
     cli = run_cli("--config", str(cfg_path), "run", "--once", env={"JOURNAL_STREAM": "8:1"})
     text = buf.getvalue() + cli.stdout + cli.stderr
 

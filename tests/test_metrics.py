@@ -20,7 +20,6 @@ from packaging_util import require_tool
 from fluxagent import logs
 from fluxagent.daemon.agent import Agent
 from fluxagent.daemon.metrics import METRICS_FILE, MetricsWriter, render
-from fluxagent.daemon.notify import Notifier
 from fluxagent.testing.server import Fault
 from fluxagent.testing.workspace import make_workspace
 
@@ -142,7 +141,7 @@ def test_daemon_step_writes_metrics_and_counts_failures_during_an_outage(tmp_pat
     srv = reference_server()
     ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
     now = [time.time()]
-    with Agent(ws.cfg, notifier=Notifier(env={}), clock=lambda: now[0]) as agent:
+    with Agent(ws.cfg, clock=lambda: now[0]) as agent:
         agent.engine.deps.world = fixed_world()
         agent.step()
         path = ws.cfg.instance.state_dir / METRICS_FILE
@@ -224,3 +223,31 @@ def test_last_delivered_reads_only_appended_lines_and_agrees_with_a_full_scan_ac
     with newest.open("ab") as f:
         f.write(b'{"n": 61, "half a li')
     assert reader.get() == before
+
+
+def test_the_next_process_resumes_reading_the_ledger_where_the_last_one_stopped(
+        tmp_path: Path, reference_server) -> None:
+    # each daemon event is a worker process of its own: the last delivery per kind is kept in a
+    # state file with the ledger position, so a worker reads only what was appended since
+    from fluxagent.daemon.metrics import LAST_DELIVERED_FILE
+    from fluxagent.status import _last_per_kind
+
+    srv = reference_server()
+    ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
+    now = [time.time()]
+    with Agent(ws.cfg, clock=lambda: now[0]) as agent:
+        agent.engine.deps.world = fixed_world()
+        agent.step()
+    kept = json.loads((ws.cfg.instance.state_dir / LAST_DELIVERED_FILE).read_text())
+    assert kept["offset"] > 0 and set(kept["last"]) == {"license", "heartbeat", "digest"}
+    assert kept["last"] == _last_per_kind(ws.cfg.instance.state_dir / "ledger")
+    # a mark no full scan of this ledger would find: it survives only if the next worker resumes
+    kept["last"]["credentials"] = {"ts": 1, "seq": 0, "ledger_n": 0}
+    (ws.cfg.instance.state_dir / LAST_DELIVERED_FILE).write_text(json.dumps(kept))
+    now[0] += 2 * 3600
+    with Agent(ws.cfg, clock=lambda: now[0]) as agent:  # the next worker
+        agent.engine.deps.world = fixed_world()
+        agent.step()
+    later = json.loads((ws.cfg.instance.state_dir / LAST_DELIVERED_FILE).read_text())
+    assert later["offset"] > kept["offset"] and later["last"]["heartbeat"]["ts"] > kept["last"]["heartbeat"]["ts"]
+    assert later["last"]["credentials"] == {"ts": 1, "seq": 0, "ledger_n": 0}

@@ -180,3 +180,33 @@ def test_a_missing_libpq_names_the_system_package_not_the_python_extra() -> None
     assert "needs libpq" in err.message and err.hint == "install it: apt install libpq5 (Debian and Ubuntu)"
     other = driver_missing("mysql://db.example/fb", "pymysql", "mysql", "No module named 'pymysql'")
     assert "needs the pymysql driver" in other.message and "fluxagent[mysql]" in (other.hint or "")
+
+
+def test_maintainer_scripts_pass_lintians_script_checks(tmp_path: Path) -> None:
+    """The maintainer scripts alone, in a throw-away package with the real Depends and overrides: the
+    lintian checks of scripts (seconds, where the full package check in CI takes a build)."""
+    import re
+    import shutil
+
+    lintian = require_tool("lintian")
+    require_tool("dpkg-deb")
+    root = tmp_path / "root"
+    (root / "DEBIAN").mkdir(parents=True)
+    for script in ("preinst", "postinst", "prerm", "postrm"):
+        shutil.copy(PACKAGING / "debian" / script, root / "DEBIAN" / script)
+        (root / "DEBIAN" / script).chmod(0o755)
+    overrides = root / "usr/share/lintian/overrides/fluxagent"
+    overrides.parent.mkdir(parents=True)
+    shutil.copy(PACKAGING / "debian" / "lintian-overrides", overrides)
+    depends = re.search(r"^Depends: (.*)$", (PACKAGING / "build-deb.sh").read_text(), re.M)
+    assert depends is not None
+    (root / "DEBIAN" / "control").write_text(
+        "Package: fluxagent\nVersion: 0.2.0-1~deb12u1\nArchitecture: all\n"
+        "Maintainer: FluxBilling <support@fluxbilling.example>\n"
+        f"Depends: {depends[1].replace('$PYV', '3.11')}\nDescription: maintainer scripts only\n test package\n")
+    deb = tmp_path / "fluxagent.deb"
+    built = run("dpkg-deb", "--root-owner-group", "--build", str(root), str(deb))
+    assert built.returncode == 0, built.stderr
+    out = run(lintian, "--no-cfg", "-C", "scripts,maintainer-scripts/adduser,maintainer-scripts/systemctl", str(deb))
+    tags = [line for line in out.stdout.splitlines() if line[:2] in ("E:", "W:")]
+    assert tags == [], "\n".join(tags)

@@ -1,47 +1,42 @@
-"""The watchdog is fed while a long flush makes progress, so WatchdogSec= cannot kill a healthy catch-up."""
+"""The watchdog is fed while a long flush makes progress, so WatchdogSec= cannot kill a healthy catch-up:
+the supervisor pings while its worker sends, and the worker's deadline is not the watchdog's."""
 
 from __future__ import annotations
 
+import random
+import signal
 import time
 from pathlib import Path
 
-from agentkit import NotifySocket
-from conftest import fixed_world
+from agentkit import Daemon, NotifySocket, clean_env, wire
+from killkit import backlog
 
-from fluxagent.daemon.agent import Agent
-from fluxagent.daemon.notify import Notifier
 from fluxagent.testing.server import Fault, ReferenceServer
-from fluxagent.testing.workspace import make_workspace
 
 
-def test_each_message_of_a_flush_feeds_the_watchdog(tmp_path: Path) -> None:
-    now = [time.time()]
+def test_a_flush_longer_than_the_watchdog_interval_is_pinged_through_and_completes(tmp_path: Path) -> None:
     sock = NotifySocket()
     try:
-        with ReferenceServer(clock=lambda: now[0]) as srv:
-            ws = make_workspace(tmp_path / "ws", server_url=srv.url, vendor_keys=srv.signing_keys)
-            notifier = Notifier(env={"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "300000000"})
-            with Agent(ws.cfg, notifier=notifier, clock=lambda: now[0]) as agent:
-                agent.engine.deps.world = fixed_world()
-                srv.inject(Fault.status(503))
-                agent.step()  # the server is down: license, heartbeat and digest wait in the spool
-                assert agent.engine.spool.depth() == 3
-                sock.sock.settimeout(0.2)
-                while True:  # forget what the first step sent
-                    try:
-                        sock.sock.recv(4096)
-                    except TimeoutError:
-                        break
-                now[0] = agent.engine.retry_at + 1
-                agent.step()  # one flush delivers all three
-                assert agent.engine.spool.depth() == 0
-        pings = 0
-        while True:
+        with ReferenceServer() as srv:
+            ws = wire(tmp_path / "ws", srv, srv.signing_keys)
+            backlog(ws.cfg, random.Random(1), heartbeats=5)  # 8 messages wait in the spool
+            srv.inject(*[Fault.delay(0.4)] * 9)  # each answer takes 0.4 s: the flush takes over 3 s
+            d = Daemon(ws.root / "fluxagent.toml", env=clean_env(NOTIFY_SOCKET=str(sock.path), WATCHDOG_USEC="1000000"))
             try:
-                if b"WATCHDOG=1" in sock.sock.recv(4096):
-                    pings += 1
-            except TimeoutError:
-                break
-        assert pings >= 3
+                sock.wait_for("READY", "1")
+                start = len(sock.messages)
+                d.wait_event("digest.spooled", timeout=30)
+                t = time.monotonic()
+                sock.wait_for("STATUS", "license valid; spool 0", timeout=60)
+                took = time.monotonic() - t
+                pings = sum(1 for m in sock.messages[start:] if m.get("WATCHDOG") == "1")
+                d.signal(signal.SIGTERM)
+                assert d.wait() == 0
+            finally:
+                d.stop()
+        assert took > 2.0, f"the flush took only {took:.1f}s: no catch-up to ping through"
+        assert pings >= int(took / 0.5) - 1  # one every half interval, all the while
+        assert not d.events("worker.overran") and not d.events("worker.failed")
+        assert len(d.events("heartbeat.sent")) >= 6
     finally:
         sock.close()

@@ -54,7 +54,7 @@ def _foreign(ctx: typer.Context, requested: str) -> bool:
         cfg = load_config(ctx)
     except FluxError:
         return False
-    return credhelpers.foreign(requested, known_registry(cfg.instance.state_dir))
+    return credhelpers.foreign(requested, cfg.updates.registry or known_registry(cfg.instance.state_dir))
 
 
 @credentials_app.callback(invoke_without_command=True)

@@ -58,6 +58,11 @@ def arm_for(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> bool:
     return True
 
 
+def pending() -> frozenset[int]:
+    """Return the signals recorded since arm(), keeping them for take()."""
+    return frozenset(_pending)
+
+
 def take() -> frozenset[int]:
     """Return the signals recorded since arm() and forget them."""
     got = frozenset(_pending)
@@ -65,4 +70,4 @@ def take() -> frozenset[int]:
     return got
 
 
-__all__ = ["SIGNALS", "arm", "arm_for", "daemon_config", "take"]
+__all__ = ["SIGNALS", "arm", "arm_for", "daemon_config", "pending", "take"]

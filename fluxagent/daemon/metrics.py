@@ -12,6 +12,7 @@ only ever grow (the ledger drops its oldest segments, a restart starts a new pro
 from __future__ import annotations
 
 import platform
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,6 +170,31 @@ class DeliveryCounts:
         return self.counts
 
 
+LAST_DELIVERED_FILE = "last-delivered.json"
+_SEGMENT = re.compile(r"\d{12}\.jsonl")
+
+
+def restore_last_delivered(reader: LastDelivered, state_dir: Path) -> LastDelivered:
+    """Resume reader where the previous process left it (each daemon event is a process of its own),
+    so a worker reads only the ledger lines appended since; anything odd means one full scan."""
+    try:
+        record = state.read_json(state_dir / LAST_DELIVERED_FILE) or {}
+    except FluxError:
+        return reader
+    segment, offset, last = record.get("segment"), record.get("offset"), record.get("last")
+    if (isinstance(segment, str) and _SEGMENT.fullmatch(segment) and isinstance(offset, int) and offset >= 0
+            and isinstance(last, dict) and all(isinstance(v, dict) for v in last.values())):
+        reader.segment, reader.offset, reader.last = reader.dir / segment, offset, last  # a name, never a path
+    return reader
+
+
+def save_last_delivered(reader: LastDelivered, state_dir: Path) -> None:
+    """Record where reader stands and what it found (the last delivery per kind); raises StateError."""
+    state.write_json(state_dir / LAST_DELIVERED_FILE, {
+        "v": 1, "segment": reader.segment.name if reader.segment else None, "offset": reader.offset,
+        "last": reader.last})
+
+
 class MetricsWriter:
     """Writes `<state_dir>/metrics.prom` after each loop step; a failure is logged once, not every step."""
 
@@ -185,13 +211,16 @@ class MetricsWriter:
         path = cfg.instance.state_dir / METRICS_FILE
         ledger_dir = cfg.instance.state_dir / "ledger"
         if self.last_delivered is None or self.last_delivered.dir != ledger_dir:
-            self.last_delivered = LastDelivered(ledger_dir)
+            self.last_delivered = restore_last_delivered(LastDelivered(ledger_dir), cfg.instance.state_dir)
+        position = (self.last_delivered.segment, self.last_delivered.offset)
         if self.deliveries is None or self.deliveries.state_dir != cfg.instance.state_dir:
             self.deliveries = DeliveryCounts(cfg.instance.state_dir)
         try:
             status = collect_status(cfg, now, last_delivered=self.last_delivered)
             text = render(status, build=build_labels(), deliveries=self.deliveries.update())
             atomic_write(path, text.encode(), mode=0o644)
+            if (self.last_delivered.segment, self.last_delivered.offset) != position:
+                save_last_delivered(self.last_delivered, cfg.instance.state_dir)
         except (OSError, FluxError) as exc:
             if not self.failing and self.log is not None:
                 self.log.warning("metrics.write_failed", path=str(path), error=str(exc))

@@ -42,4 +42,20 @@ def status_text(st: dict[str, Any]) -> str:
         f"spool:     {sp['depth']} unsent ({sp['bytes']} bytes); superseded {sp['superseded']}, "
         f"dropped {sp['dropped_overflow']}, corrupt {sp['corrupt']}"
     )
+    lines += _daemon_lines(st.get("daemon") or {}, now)
     return "\n".join(lines)
+
+
+def _daemon_lines(d: dict[str, Any], now: int) -> list[str]:
+    """Return the daemon's lines: the supervisor (running or not) and its last worker."""
+    if d.get("running"):
+        out = [f"daemon:    running, pid {d.get('pid')}, since {relative(d.get('started'), now)}"]
+    else:
+        out = ["daemon:    not running"]
+    if d.get("failed_steps"):
+        out[0] += f"; {d['failed_steps']} failed steps in a row"
+    w = d.get("last_worker")
+    if isinstance(w, dict):
+        out.append(f"worker:    last {w.get('mode')} (pid {w.get('pid')}) {w.get('outcome')}, "
+                   f"ended {relative(w.get('ended'), now)}")
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +25,8 @@ def fsync_dir(directory: Path) -> None:
 
 def temp_name(path: Path) -> Path:
     """Return an unpredictable temp-file name beside path (removed at start if left by a kill)."""
-    return path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(8)}"
+    # os.urandom, not secrets: secrets pulls in random and hashlib, megabytes the supervisor does not need
+    return path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-{os.urandom(8).hex()}"
 
 
 def create_new(path: Path, mode: int = 0o600, flags: int = os.O_WRONLY) -> int:

@@ -300,6 +300,47 @@ def save_source_errors(state_dir: Path, errors: dict[str, dict[str, Any]]) -> No
     write_json(state_dir / SOURCE_ERRORS_FILE, {"v": 1, "kinds": errors}, mode=0o640)
 
 
+BACKOFF_FILE = "backoff.json"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Where delivery backoff stands, kept across worker processes: the failure streak, when to retry,
+    and the outage bookkeeping (one warning when it starts, then a summary now and then)."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    outage_since: float | None = None
+    outage_summary_at: float = 0.0
+
+
+def _opt_number(obj: dict[str, Any], key: str, default: float | None) -> float | None:
+    v = obj.get(key, default)
+    if v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0):
+        return None if v is None else float(v)
+    raise _Corrupt(f"{key} is not a non-negative number or null")
+
+
+def load_backoff(state_dir: Path) -> Backoff:
+    """Return the persisted backoff position (a fresh one when absent or corrupt: that only means sooner)."""
+    try:
+        obj = _load(state_dir / BACKOFF_FILE)
+        if obj is None:
+            return Backoff()
+        return Backoff(failures=int(_opt_number(obj, "failures", 0) or 0),
+                       retry_at=_opt_number(obj, "retry_at", 0.0) or 0.0,
+                       outage_since=_opt_number(obj, "outage_since", None),
+                       outage_summary_at=_opt_number(obj, "outage_summary_at", 0.0) or 0.0)
+    except (_Corrupt, OSError):
+        return Backoff()
+
+
+def save_backoff(state_dir: Path, b: Backoff) -> None:
+    """Atomically write the backoff position to `<state_dir>/backoff.json`; raises StateError."""
+    write_json(state_dir / BACKOFF_FILE, {"v": 1, "failures": b.failures, "retry_at": b.retry_at,
+                                          "outage_since": b.outage_since, "outage_summary_at": b.outage_summary_at})
+
+
 RETRY_AFTER_FILE = "retry-after.json"
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
 
 from fluxagent.errors import EXIT_UNAVAILABLE, FluxError, LockHeld
+
+TYPE_CHECKING = False  # the supervisor imports this module: typing stays out of its memory
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 64 * 1024

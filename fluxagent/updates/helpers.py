@@ -8,22 +8,19 @@ secret in it), on the monotonic clock of the current boot.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from fluxagent.errors import StateError
 from fluxagent.statedir import fsutil, state
 from fluxagent.timefmt import utc_iso
+from fluxagent.updates.aptexpiry import APT_STATE_FILE, Cleanup, boot_id, cleanup_apt
 from fluxagent.updates.credentials import Credential
 
 DOCKER_NOT_FOUND = "credentials not found in native keychain"
-APT_STATE_FILE = "apt-credentials.json"
 
 
 def host_of(text: str) -> str:
@@ -106,14 +103,6 @@ def apt_entry(cred: Credential) -> bytes:
     return f"machine {cred.registry} login {cred.username} password {cred.secret}\n".encode()
 
 
-def boot_id() -> str:
-    """Return this boot's id (a monotonic time means nothing after a reboot), or "" if unknown."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
     """Record the entry's expiry in the state dir, then write the 0600 entry atomically; raises StateError.
 
@@ -135,65 +124,5 @@ def write_apt(path: Path, cred: Credential, state_dir: Path, boot: str) -> None:
                          hint="run as root, or set updates.apt_auth_file") from exc
 
 
-@dataclass(frozen=True)
-class Cleanup:
-    """What cleanup_apt did: whether it removed the entry, and seconds until it is due otherwise.
-
-    `foreign` is set when the record named another file than the entry: that file is left alone.
-    """
-
-    removed: bool
-    due_in: float | None
-    foreign: bool = False
-
-
-def cleanup_apt(state_dir: Path, entry: Path, mono_now: float, boot: str) -> Cleanup:
-    """Remove `entry` (the configured apt file, never a path read from the state dir) once expired.
-
-    The record in the state dir only says when; it belongs to the service user, so the path it names
-    is never removed, and a link at `entry` is not followed. Raises StateError.
-    """
-    record = state.read_json(state_dir / APT_STATE_FILE)
-    if record is None:
-        return Cleanup(False, None)
-    expires = record.get("expires_boottime")
-    stale = not isinstance(expires, int | float) or record.get("boot_id") != boot or mono_now >= expires
-    if not stale:
-        assert isinstance(expires, int | float)
-        return Cleanup(False, float(expires) - mono_now)
-    foreign = record.get("path") != str(entry)
-    if not foreign:
-        _remove_regular(entry)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(state_dir / APT_STATE_FILE)  # unlink never follows a link
-    except OSError as exc:
-        raise StateError(f"cannot remove {state_dir / APT_STATE_FILE}: {exc.strerror or exc}",
-                         hint="run `fluxagent credentials apt --cleanup` as root") from None
-    return Cleanup(not foreign, None, foreign)
-
-
-def _remove_regular(entry: Path) -> None:
-    """Unlink entry if it is a regular file (absent is fine); a link or anything else is refused."""
-    try:
-        dir_fd = os.open(entry.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StateError(f"cannot open {entry.parent}: {exc.strerror or exc}") from None
-    try:
-        try:
-            st = os.lstat(entry.name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return  # another cleanup may have been first
-        if not stat.S_ISREG(st.st_mode):
-            raise StateError(f"the apt entry {entry} is not a regular file (a link?); left alone",
-                             hint="remove it by hand if fluxagent did not put it there")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.name, dir_fd=dir_fd)
-        fsutil.fsync_dir(entry.parent)
-    except OSError as exc:
-        raise StateError(f"cannot remove the expired apt entry {entry}: {exc.strerror or exc}",
-                         hint="run `fluxagent credentials apt --cleanup` as root") from None
-    finally:
-        os.close(dir_fd)
+__all__ = ["APT_STATE_FILE", "DOCKER_NOT_FOUND", "Cleanup", "apt_entry", "boot_id", "cleanup_apt", "docker_get",
+           "docker_other", "git_get", "host_of", "matches", "parse_git_request", "write_apt"]
