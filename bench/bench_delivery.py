@@ -25,6 +25,8 @@ this install, with the small environment systemd gives a service (PATH, LANG), n
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -178,17 +180,18 @@ def inventory(root: Path, server: ReferenceServer, keys: list[nacl.signing.Signi
         t = time.monotonic()
         before = rss_kib(agent.proc.pid)
         peak = before
-        while time.monotonic() - t < 900:
+        record = ws.cfg.instance.state_dir / "supervisor.json"
+        while time.monotonic() - t < 900:  # until the first step worker has ended, however it went
             peak = max(peak, rss_kib(agent.proc.pid))
-            if agent.events("digest.sent") or agent.events("digest.not_sent") or agent.events(
-                    "digest.too_big_for_spool") or agent.events("worker.failed"):
-                break
+            with contextlib.suppress(OSError, ValueError):
+                last = json.loads(record.read_text()).get("last_worker") or {}
+                if last.get("mode") == "step":
+                    break
             time.sleep(0.2)
         settle(agent)
         took = time.monotonic() - t
         time.sleep(1.0)
-        outcome = next((e["event"] for e in agent.events() if e["event"].startswith("digest.")
-                        and e["event"] != "digest.spooled"), "no digest event")
+        outcome = ", ".join(e["event"] for e in agent.events() if e["event"].startswith("digest.")) or "no digest event"
         out = {"rss": rss_kib(agent.proc.pid), "rss_at_ready": before, "peak": peak, "took": took,
                "outcome": outcome}
         agent.signal(signal.SIGTERM)

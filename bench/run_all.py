@@ -7,8 +7,10 @@ and its reference side by side (interleaved runs, medians), so the ratios hold o
 
   core         bench_core.py         preview and `--help` against the import floor; tokenizing
                                      1M identifiers (µs/identifier, peak RSS)
-  delivery     bench_delivery.py     idle daemon CPU and RSS against prometheus-node-exporter;
-                                     a full cycle's CPU against preview's
+  delivery     bench_delivery.py     the daemon: its resident supervisor's idle CPU and RSS against
+                                     prometheus-node-exporter, its RSS after a worker digested 1M
+                                     identifiers, one event's worker CPU against preview's, a
+                                     credential from its memory against the import floor
   databases    bench_databases.py    SQLite, PostgreSQL and MariaDB streaming throughput and RSS
   credentials  bench_credentials.py  the docker credential helper's start-up against the floor
   inventory    bench_inventory.py    1M identifiers: preview, preview --json, run --once (peak RSS,
@@ -34,7 +36,7 @@ PY = sys.executable
 
 SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {  # name: (script, full args, quick args)
     "core": ("bench_core.py", [], ["--runs", "5", "--rows", "200000"]),
-    "delivery": ("bench_delivery.py", [], ["--idle-seconds", "10", "--runs", "3"]),
+    "delivery": ("bench_delivery.py", [], ["--idle-seconds", "10", "--runs", "3", "--rows", "200000"]),
     "databases": ("bench_databases.py", [], ["--rows", "200000", "--runs", "1"]),
     "credentials": ("bench_credentials.py", [], ["--runs", "5"]),
     "inventory": ("bench_inventory.py", [], ["--rows", "200000", "--small", "50000", "--floor-runs", "3"]),
