@@ -282,6 +282,7 @@ def add_servers(tokens: TokenSet, rows: Iterable[tuple[object, ...]], key: bytes
     buckets = tokens.servers.buckets
     host_h, ip_h = _hasher("host", key), _hasher("ip", key)
     match = _HOSTNAME_RE.match
+    pton, af4 = socket.inet_pton, socket.AF_INET
     for hostname, ip in rows:
         if hostname.__class__ is str and hostname:
             canon: str | None
@@ -302,7 +303,10 @@ def add_servers(tokens: TokenSet, rows: Iterable[tuple[object, ...]], key: bytes
                 tokens.skipped["server_hostname_invalid"] += 1
             # fall back to the address: the server is still counted once
         if isinstance(ip, str) and ip.strip():
-            packed = canonical_ip(ip)
+            try:  # inline fast path for a plain IPv4 address; anything else takes canonical_ip
+                packed: bytes | None = pton(af4, ip)
+            except (OSError, ValueError):
+                packed = canonical_ip(ip)
             if packed is not None:
                 h = ip_h.copy()
                 h.update(packed)

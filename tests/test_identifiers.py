@@ -350,3 +350,16 @@ def test_add_networks_inline_paths_give_the_tokens_of_canonical_network(texts):
             want.networks.append(token("net", canon, K1))
     assert _hex(ts.finish().networks) == _hex(want.finish().networks)
     assert ts.skipped["network_invalid"] == sum(canonical_network(t) is None for t in texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.one_of(_address_texts(), _garbage), max_size=8))
+def test_add_servers_inline_ipv4_path_gives_the_tokens_of_canonical_ip(texts):
+    ts = TokenSet()
+    add_servers(ts, [(None, t) for t in texts], K1)
+    want = TokenSet()
+    for t in texts:
+        packed = canonical_ip(t)
+        if packed is not None:
+            want.servers.append(token("ip", packed, K1))
+    assert _hex(ts.finish().servers) == _hex(want.finish().servers)

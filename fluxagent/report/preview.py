@@ -46,14 +46,13 @@ def _leaves(obj: dict[str, Any], base: str = "") -> list[tuple[str, Any]]:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, TokenList):
-        value = [t.hex() for t in itertools.islice(value, 3)] + [""] * max(0, len(value) - 3)
-    if isinstance(value, list):
-        if not value:
+    if isinstance(value, list | TokenList):
+        if not len(value):
             return "[] (empty)"
+        first = [t.hex() if isinstance(t, bytes) else str(t) for t in itertools.islice(value, 2)]
         return (
             f"{len(value)} tokens: "
-            + ", ".join(str(v)[:12] + "…" for v in value[:2])
+            + ", ".join(v[:12] + "…" for v in first)
             + (", …" if len(value) > 2 else "")
         )
     if isinstance(value, dict):

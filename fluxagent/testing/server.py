@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import signal
 import ssl
@@ -51,16 +52,21 @@ MAX_BODY = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Received:
-    """One request as it arrived: endpoint, raw body, headers, decoded payload, answered status.
+    """One request as it arrived: endpoint, raw body, headers, answered status, decoded payload.
 
-    status is 0 when the connection was closed without an answer.
+    status is 0 when the connection was closed without an answer. The payload is decoded when
+    first asked for, not while the client waits for its answer (a full digest is tens of MB).
     """
 
     endpoint: str
     body: bytes
     headers: dict[str, str]
-    payload: dict[str, Any] | None
     status: int
+
+    @functools.cached_property
+    def payload(self) -> dict[str, Any] | None:
+        """Return the decoded (unverified) payload object, or None if the body has none."""
+        return peek(self.body)
 
 
 class ReferenceServer:
@@ -242,7 +248,7 @@ class ReferenceServer:
             answer = Answer(0)
         # Recorded first, so a test that has the response also finds the record.
         with self._lock:
-            self._received.append(Received(path, data, headers, peek(data), answer.status))
+            self._received.append(Received(path, data, headers, answer.status))
         if answer.status == 0:
             h.close_connection = True
         else:
