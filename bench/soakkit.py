@@ -20,9 +20,8 @@ from fluxagent.errors import FluxError
 from fluxagent.statedir.lock import instance_lock
 from fluxagent.testing.server import Fault, ReferenceServer
 from fluxagent.testing.server_faults import RECEIPT_MUTATIONS
-from fluxagent.transport import HttpxTransport
+from fluxagent.transport import HttpxTransport, Plain
 from fluxagent.updates.credentials import CredentialCache, fetch, monotonic
-from fluxagent.wire.http import HttpResponse
 
 HOUR = 3600.0
 
@@ -93,8 +92,7 @@ def child_main(cfg_path: Path, fd: int, mono0: float, epoch0: float, log_path: P
     cfg = config.load(cfg_path)
     transport = HttpxTransport(cfg.server, env={})  # env={}: the caller's proxy variables stay out
 
-    def shared(url: str, body: bytes, *, deadline: float) -> HttpResponse:  # an Agent's close() leaves it open
-        return transport(url, body, deadline=deadline)
+    shared = Plain(transport)  # an Agent's close() leaves it open: closing a Plain does nothing
     with open(log_path, "a", encoding="utf-8") as log_stream:
         logs.configure("json", cfg.log.level, stream=log_stream, env={})
         log = logs.get()

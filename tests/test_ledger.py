@@ -282,3 +282,14 @@ def test_ledger_verifies_after_kill_9_in_the_middle_of_appends(tmp_path: Path) -
         assert result.ok, result.reason
         assert ledger.head is not None and ledger.head.n >= last + 40
         last = ledger.head.n
+
+
+def test_reopened_max_seq_is_the_highest_entry_seq_and_text_that_looks_like_one_does_not_count(
+        tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.append(now=NOW, event="sent", kind="heartbeat", outcome="delivered", seq=7, payload=b'{"seq":7}')
+    ledger.append(now=NOW, event="attempt", kind="heartbeat", outcome="retry", seq=3,
+                  detail='server said {"seq":999999999} and \\"seq\\":888888')  # a hostile reason, logged
+    ledger.append(now=NOW, event="refused", kind="answer", outcome="refused", detail='"seq": 77777')
+    assert Ledger(tmp_path).max_seq() == 7
+    assert Ledger(tmp_path, readonly=True).max_seq() == 7

@@ -130,9 +130,12 @@ def test_worker_killed_mid_step_is_one_failed_step_and_the_next_step_delivers(
     daemons.append(d)
     d.wait_event("digest.spooled", timeout=30)
     [worker] = d.children()
+    torn = ws.cfg.instance.state_dir / f".schedule.json.tmp-{worker}-0123abcd"  # as a kill mid-write leaves
+    torn.write_bytes(b'{"v": 1, "lic')
     os.kill(worker, signal.SIGKILL)
     failed = d.wait_event("worker.failed")
     assert failed["outcome"] == "killed by SIGKILL" and failed["mode"] == "step"
+    assert d.wait_event("state.stray_temp_removed")["files"] == 1 and not torn.exists()
     server.faults.clear()
     d.wait_event("digest.sent", timeout=30)  # the next step resends the spooled messages
     assert d.proc.poll() is None

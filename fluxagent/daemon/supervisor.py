@@ -253,6 +253,11 @@ class Supervisor:
             self.log.warning("worker.failed", mode=worker.mode, outcome=outcome, failures=self.failed_steps,
                              retry_in=int(delay))
             self.notifier.status(f"{self.status}; last step failed ({outcome}), next in {int(delay)}s")
+            if code < 0:  # killed mid-write: its temp files go now (we hold the lock, no worker runs)
+                with contextlib.suppress(OSError):
+                    stray = remove_stray_temp(Path(self.values["state_dir"]))
+                    if stray:
+                        self.log.info("state.stray_temp_removed", files=stray)
         for conn in self.waiters:  # a credentials worker that did not answer
             conn.answer({"ok": False, "code": "unavailable", "exit_code": 69,
                          "message": f"the daemon's worker could not fetch credentials ({outcome})"})
