@@ -32,9 +32,9 @@ from fluxagent.statedir.state import encode_json, read_json, write_json
 GENESIS = "0" * 64
 ANCHOR = "anchor.json"
 _SEGMENT = re.compile(r"^(\d{12})\.jsonl$")
-# a key: its quote right after `{` or `,`. Text inside a string has its quotes escaped (`\"seq\":`), so a
-# payload or a server's reason cannot pose as one. (A literal, not a look-behind: ten times faster.)
-_SEQ_FIELD = re.compile(rb'[{,]"seq":(\d{1,19})')
+# a key: `"seq":` with both quotes bare. Text inside a string has every quote escaped (`\"seq\":`), so a
+# payload or a server's reason cannot pose as one. (A plain literal: the regex engine's fastest search.)
+_SEQ_FIELD = re.compile(rb'"seq":(\d{1,19})')
 _WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_DETAIL = 300
