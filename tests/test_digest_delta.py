@@ -287,3 +287,58 @@ def test_any_inventory_change_applied_by_the_server_gives_the_new_token_set_and_
     assert _post(v, msg, 3) == {"need_full": False}
     assert v.digest_tokens(IID) == (b.root, b.servers.hex(), b.networks.hex())
 
+
+
+def test_a_real_kill_9_after_the_server_applied_a_delta_and_before_the_agent_stored_it_leaves_the_next_digests_right(
+    tmp_path: Path, keys: list[nacl.signing.SigningKey]
+) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from agentkit import clean_env
+
+    from fluxagent.testing.server_faults import Fault
+
+    with ReferenceServer(signing_keys=keys) as server:
+        ws = wire(tmp_path / "ws", server, keys)
+        iid = identity.load(ws.cfg.instance.state_dir).instance_id
+        argv = [sys.executable, "-m", "fluxagent", "--config", str(ws.cfg.source), "run", "--once"]
+        env = clean_env(NO_PROXY="127.0.0.1")
+        assert subprocess.run(argv, env=env, capture_output=True, timeout=120).returncode == 0
+        full_root = server.digest_tokens(iid)[0]
+        db = ws.cfg.platform.database.removeprefix("sqlite:///")
+
+        def add(table: str, column: str, values: list[str]) -> None:
+            conn = sqlite3.connect(db)
+            conn.executemany(f"INSERT INTO {table} ({column}) VALUES (?)", [(v,) for v in values])
+            conn.commit()
+            conn.close()
+
+        add("servers", "hostname", hosts(7000, 7003))
+        server.inject(Fault.delay(30, endpoint="/v1/digest"))  # applied at once, answered 30 s later
+        agent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while server.digest_tokens(iid)[0] == full_root and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.digest_tokens(iid)[0] != full_root  # the server holds the delta's result
+            agent.kill()  # SIGKILL: the agent never hears the answer
+        finally:
+            agent.wait(timeout=30)
+        assert agent.returncode == -9
+        assert (ws.cfg.instance.state_dir / digestset.PENDING).exists()  # the set of the unanswered delta
+
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=120)  # resends the same delta
+        assert done.returncode == 0, done.stdout[-2000:]
+        add("network_ranges", "cidr", ["198.18.7.0/24"])
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:]
+    # by seq: the killed request is recorded only when its delayed answer went out, at the server's stop
+    sent = {r.payload["seq"]: r.payload["body"] for r in server.received
+            if r.endpoint == "/v1/digest" and r.status == 200 and r.payload}
+    digests = [sent[seq] for seq in sorted(sent)]
+    last = digests[-1]
+    assert last["full"] is False and last["added_networks"] and last["base"] == digests[-2]["root"]
+    assert server.digest_tokens(iid)[0] == last["root"]  # the server applied it and the roots agree
