@@ -356,6 +356,8 @@ def test_idle_daemon_fetches_credentials_with_one_worker_then_answers_from_memor
         for _ in range(3):
             again = helper(ws, ["docker-credential-fluxagent", "get"], REGISTRY)
             assert json.loads(again.stdout) == json.loads(first.stdout)
+        other = helper(ws, ["docker-credential-fluxagent", "get"], "https://index.docker.io/v1/")
+        assert other.returncode == 1 and "not found" in other.stdout  # another registry: not even asked
         assert len(d.events("worker.started")) == started + 1  # no worker: from the supervisor's memory
         assert len(server.received) == requests  # and no network
         secret = json.loads(first.stdout)["Secret"]

@@ -267,22 +267,17 @@ def test_v3_is_a_test_only_value_not_a_shipped_file() -> None:
 POSTINST = Path(__file__).resolve().parent.parent / "packaging" / "debian" / "postinst"
 
 
-def _postinst_schema_block(tmp_path: Path, config: Path) -> tuple[Path, dict[str, str]]:
-    """Return a script holding the postinst's schema block and the environment to run it in: the
-    `fluxagent` it calls by name is found first on PATH and pointed at config."""
+def _postinst_schema_block(tmp_path: Path, config: Path) -> Path:
+    """Return a script holding the postinst's schema block, its fluxagent pointed at config."""
     text = POSTINST.read_text()
     start = text.index("    # What may be sent")
     end = text.index("\n    fi\n", start) + len("\n    fi\n")
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "fluxagent"
+    wrapper = tmp_path / "fluxagent"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fluxagent --config "{config}" "$@"\n')
     wrapper.chmod(0o755)
     script = tmp_path / "postinst-schema.sh"
-    script.write_text("set -e\n" + text[start:end])
-    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
-    env["PATH"] = f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}"
-    return script, env
+    script.write_text("set -e\n" + text[start:end].replace("/usr/bin/fluxagent", str(wrapper)))
+    return script
 
 
 @pytest.mark.parametrize(("old", "approved_via"), [("", "package install"), ("0.1.0", "package upgrade from 0.1.0")])
@@ -291,7 +286,8 @@ def test_postinst_approves_once_v1_on_upgrade_the_installed_version_on_install_a
 ) -> None:
     config = tmp_path / "etc" / "fluxagent.toml"
     config.parent.mkdir()
-    script, env = _postinst_schema_block(tmp_path, config)
+    script = _postinst_schema_block(tmp_path, config)
+    env = {k: v for k, v in os.environ.items() if k != "FLUXAGENT_CONFIG"}
     done = subprocess.run(["sh", str(script), "configure", old], capture_output=True, text=True, env=env,
                           stdin=subprocess.DEVNULL, timeout=60, check=False)
     assert done.returncode == 0, done.stderr

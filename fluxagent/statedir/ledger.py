@@ -32,7 +32,9 @@ from fluxagent.statedir.state import encode_json, read_json, write_json
 GENESIS = "0" * 64
 ANCHOR = "anchor.json"
 _SEGMENT = re.compile(r"^(\d{12})\.jsonl$")
-_SEQ_FIELD = re.compile(rb'(?<!\\)"seq":\s*(\d{1,19})')  # an unescaped quote: a key, never text in a string
+# a key: `"seq":` with both quotes bare. Text inside a string has every quote escaped (`\"seq\":`), so a
+# payload or a server's reason cannot pose as one. (A plain literal: the regex engine's fastest search.)
+_SEQ_FIELD = re.compile(rb'"seq":(\d{1,19})')
 _WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_DETAIL = 300
@@ -197,9 +199,9 @@ class Ledger:
                     seg.unlink()
                     fsutil.fsync_dir(self.directory)
                 continue
-            lines = _split(data[:cut])
+            last = data[data.rfind(b"\n", 0, cut - 1) + 1:cut - 1]  # the newest entry, without its newline
             try:
-                self.head = parse_line(lines[-1])
+                self.head = parse_line(last)
             except ValueError as exc:
                 self.problem = f"last entry of {seg.name} is unreadable ({exc})"
                 return

@@ -225,12 +225,8 @@ class Verifier:
         if shape == "full":
             servers, networks = body["servers"], body["networks"]
         else:
-            if body["base"] != inst.last_root:
-                # the change is already applied (its first answer was lost, and the agent built it
-                # again): acknowledge the root held; otherwise a base unknown here: send it all
-                return self.always_need_full or body["root"] != inst.last_root
-            if self.always_need_full:
-                return True
+            if body["base"] != inst.last_root or self.always_need_full:
+                return True  # a base this server does not hold (lost state, another server): send it all
             servers = apply_delta(inst.servers, body["added_servers"], body["removed_servers"])
             networks = apply_delta(inst.networks, body["added_networks"], body["removed_networks"])
         if digest_root(servers, networks) != body["root"]:

@@ -11,8 +11,8 @@ from pathlib import Path
 from fluxagent import config as config_mod
 from fluxagent.errors import FluxError, LockHeld
 from fluxagent.updates import client
-from fluxagent.updates.credentials import credential_of, monotonic
-from fluxagent.updates.helpers import docker_get
+from fluxagent.updates.credentials import credential_of, known_registry, monotonic
+from fluxagent.updates.helpers import DOCKER_NOT_FOUND, docker_get, foreign
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ def docker_get_from_daemon(stdin: TextIO, stdout: TextIO, env: Mapping[str, str]
     try:
         cfg = config_mod.load(Path(env.get("FLUXAGENT_CONFIG", "").strip() or DEFAULT_CONFIG))
         sd = cfg.instance.state_dir
+        if foreign(server, cfg.updates.registry or known_registry(sd)):
+            stdout.write(DOCKER_NOT_FOUND + "\n")  # not the vendor's registry: no daemon, no worker, no network
+            return 1
         if not (sd / client.SOCKET_NAME).exists():
             raise LockHeld("no daemon")
         answer = client.ask(sd, "credentials", cfg.server.connect_timeout + cfg.server.read_timeout + 10)
