@@ -7,6 +7,7 @@ checked for shape: a count is exactly one non-negative integer, or the source fa
 from __future__ import annotations
 
 import importlib
+import operator
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,10 @@ class SqliteSource(ShapedSource):
     def iter_servers(self) -> Iterator[tuple[Any, ...]]:
         """Yield (hostname, ip_address) of every inventory server, streamed (SQLite has no address types)."""
         return self._rows_streamed("servers", self.queries.servers, 2)
+
+    def iter_networks(self) -> Iterator[object]:
+        """Yield every inventory CIDR, streamed (SQLite has no address types: no per-row conversion)."""
+        return map(operator.itemgetter(0), self._rows_streamed("networks", self.queries.networks, 1))
 
     def close(self) -> None:
         """Close the connection."""
