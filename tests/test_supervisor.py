@@ -176,7 +176,7 @@ def test_sigterm_during_a_stalled_request_stops_at_the_stop_deadline_keeping_the
     d = Daemon(config_of(ws), tuned=["--stop-deadline", "0.5"])
     daemons.append(d)
     d.wait_event("digest.spooled", timeout=30)
-    time.sleep(0.3)
+    assert server.wait_arrival("/v1/license")  # the license request now waits for an answer that never comes
     t = time.monotonic()
     d.signal(signal.SIGTERM)
     assert d.wait() == 0
