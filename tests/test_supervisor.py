@@ -254,3 +254,31 @@ def test_a_config_check_worker_killed_at_start_is_tried_again_and_the_daemon_com
     d.wait_event("digest.sent", timeout=30)
     d.signal(signal.SIGTERM)
     assert d.wait() == 0
+
+
+def test_validate_beside_the_running_daemon_gets_a_fresh_signed_license_check_from_it(
+    ws: Workspace, server: ReferenceServer, daemons: list[Daemon]
+) -> None:
+    d = Daemon(config_of(ws))
+    daemons.append(d)
+    assert wait_for(lambda: bool(d.events("worker.finished")), 30)  # the first step is done: idle
+    licenses = len([r for r in server.received if r.endpoint == "/v1/license"])
+    done = run_cli("--config", str(config_of(ws)), "validate", "--json")
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    live = checks["license server"]
+    assert live["level"] == "ok" and live["reason"].startswith("by the running daemon: receipt verified"), live
+    assert len([r for r in server.received if r.endpoint == "/v1/license"]) == licenses + 1  # a fresh check
+    assert [e["mode"] for e in d.events("worker.started")][-1] == "license"
+    assert [e.event for e in ledger_entries(ws.cfg)].count("sent") >= 4  # the daemon ledgered it, as `run` does
+
+
+def test_a_credentials_request_arriving_while_a_step_runs_is_answered_after_that_step(
+    ws: Workspace, server: ReferenceServer, daemons: list[Daemon]
+) -> None:
+    server.inject(Fault.delay(2.0, endpoint="license"))  # the first step is still busy when the request comes
+    d = Daemon(config_of(ws))
+    daemons.append(d)
+    assert server.wait_arrival("/v1/license")
+    answer = ask(ws, "credentials")
+    assert answer["ok"] is True and answer["registry"], answer
+    assert [e["mode"] for e in d.events("worker.started")][:2] == ["step", "credentials"]

@@ -254,13 +254,15 @@ def test_checks_through_a_connect_proxy_step_by_step(site: Site) -> None:
         assert proxy.users and all(t.startswith("localhost:") for t in proxy.targets)
 
 
-def test_agent_holding_the_state_directory_turns_the_live_check_into_a_warning(site: Site) -> None:
+def test_another_process_holding_the_state_directory_without_a_daemon_turns_the_live_check_into_a_warning(
+    site: Site,
+) -> None:
     from fluxagent.statedir.lock import instance_lock
 
     with instance_lock(site.state_dir):
         code, out, _ = site.validate()
     assert code == 0, out
-    assert "running agent holds the state directory" in line(out, "warn", "license server")
+    assert "another process holds the state directory" in line(out, "warn", "license server")
     assert site.server.received == []
 
 

@@ -127,7 +127,8 @@ class Supervisor:
         self.next_step = clock()
         self.failed_steps = 0
         self.memory = CredentialMemory()
-        self.waiters: list[Conn] = []
+        self.waiters: list[Conn] = []  # credentials requests the memory could not answer
+        self.checkers: list[Conn] = []  # live license checks (`validate` beside the running daemon)
         self.conns: list[Conn] = []
         self.control: ControlServer | None = None
         self.apt_due: float | None = None
@@ -200,6 +201,10 @@ class Supervisor:
             for conn in self.waiters:
                 conn.answer(answer)
             self.waiters.clear()
+        elif report["t"] == "license" and isinstance(report.get("answer"), dict):
+            for conn in self.checkers:
+                conn.answer(report["answer"])
+            self.checkers.clear()
         elif isinstance(report.get("status"), str):
             self.status = report["status"]
             self.notifier.status(self.status)
@@ -258,10 +263,17 @@ class Supervisor:
                     stray = remove_stray_temp(Path(self.values["state_dir"]))
                     if stray:
                         self.log.info("state.stray_temp_removed", files=stray)
-        for conn in self.waiters:  # a credentials worker that did not answer
-            conn.answer({"ok": False, "code": "unavailable", "exit_code": 69,
-                         "message": f"the daemon's worker could not fetch credentials ({outcome})"})
-        self.waiters.clear()
+        # requests left unanswered by the worker that was to answer them (other workers leave them waiting)
+        if worker.mode == "credentials":
+            for conn in self.waiters:
+                conn.answer({"ok": False, "code": "unavailable", "exit_code": 69,
+                             "message": f"the daemon's worker could not fetch credentials ({outcome})"})
+            self.waiters.clear()
+        if worker.mode == "license":
+            for conn in self.checkers:
+                conn.answer({"ok": False, "code": "unavailable", "exit_code": 69,
+                             "message": f"the daemon's worker could not check the license ({outcome})"})
+            self.checkers.clear()
         self.last_worker = {"mode": worker.mode, "pid": worker.pid, "started": int(worker.started_wall),
                             "ended": int(time.time()), "outcome": outcome, "ok": ok}
         self.log.debug("worker.finished", mode=worker.mode, pid=worker.pid, outcome=outcome, ok=ok,
@@ -332,6 +344,11 @@ class Supervisor:
                 conn.answer(answer)  # from memory: no worker, no network
             else:
                 self.waiters.append(conn)
+        elif req == "license-check":  # a fresh, signed check: only the daemon may seal while it runs
+            if self.stop:
+                conn.answer({"ok": False, "code": "unavailable", "exit_code": 69, "message": "the daemon is stopping"})
+                return
+            self.checkers.append(conn)
         elif req == "wake":  # an apt entry was written: remove it when it expires
             self.apt_tick()
             conn.answer({"ok": True})
@@ -446,7 +463,7 @@ class Supervisor:
         try:
             self.loop()
         finally:
-            for conn in [*self.conns, *self.waiters]:
+            for conn in [*self.conns, *self.waiters, *self.checkers]:
                 conn.close()
             if self.control is not None:
                 self.control.close()
@@ -498,6 +515,10 @@ class Supervisor:
             self.worker = self.spawn("credentials", {"config": self.text}, locked=True)
             if self.worker is None:
                 self.finish_unstarted("credentials")
+        elif self.checkers:
+            self.worker = self.spawn("license", {"config": self.text}, locked=True)
+            if self.worker is None:
+                self.finish_unstarted("license")
         elif now >= self.next_step:
             self.worker = self.spawn("step", {"config": self.text}, locked=True)
             if self.worker is None:

@@ -125,7 +125,7 @@ def check(path: Path, previous: str | None, report: Reporter) -> int:
 
 
 def work(mode: str, cfg: Config, first: bool, stop: Stop, report: Reporter) -> int:
-    """Run one step or one credentials request under the inherited lock; report and return 0."""
+    """Run one step, credentials request or live license check under the inherited lock; report, return 0."""
     from fluxagent.updates.credentials import CredentialCache, fetch, monotonic
 
     logs.configure(cfg.log.format, cfg.log.level)
@@ -142,6 +142,11 @@ def work(mode: str, cfg: Config, first: bool, stop: Stop, report: Reporter) -> i
             report("credentials", answer=answer)
             now = agent.clock()
             next_wake = agent.engine.next_wake(now)
+        elif mode == "license":  # `validate` beside the running daemon: one fresh, signed license check
+            from fluxagent.validate.run import license_check
+
+            report("license", answer={"ok": True, "check": license_check(agent.engine, agent.clock).as_dict()})
+            next_wake = agent.engine.next_wake(agent.clock())
         else:
             next_wake = agent.clock() + agent.step(should_stop=stop)
         sched = agent.engine.schedule
@@ -155,7 +160,7 @@ def work(mode: str, cfg: Config, first: bool, stop: Stop, report: Reporter) -> i
 def main(argv: list[str] | None = None) -> int:
     """Run one worker; return its exit code (a FluxError's code, printed for people on stderr)."""
     ap = argparse.ArgumentParser(prog="python -m fluxagent.daemon.worker")
-    ap.add_argument("mode", choices=("check", "step", "credentials"))
+    ap.add_argument("mode", choices=("check", "step", "credentials", "license"))
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--parent", type=int, required=True)
     ap.add_argument("--in-fd", type=int, required=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fluxagent import config as config_mod
 from fluxagent.config import Config
@@ -25,6 +26,11 @@ from fluxagent.statedir.owner import foreign_owner
 from fluxagent.timefmt import utc_date
 from fluxagent.transport import Transport
 from fluxagent.validate.check import Check, fail, ok
+
+if TYPE_CHECKING:
+    from fluxagent.delivery import Engine
+
+LIVE = "license server"
 
 
 def check_config(path: Path) -> tuple[Check, Config | None]:
@@ -54,25 +60,11 @@ def check_service_identity(cfg: Config, owner: str) -> Check:
     return ok("identity", f"instance {iid}; key files private to {owner}")
 
 
-def check_service_live(cfg: Config, owner: str, clock: Callable[[], float]) -> Check:
-    """Return the live check as root beside the service: its daemon's last verdict (it holds the keys)."""
-    from fluxagent.updates import client
-
-    name = "license server"
-    st, _, _ = license_store.current(cfg, clock())
-    try:
-        client.ask(cfg.instance.state_dir, "wake", 5)
-    except client.NoDaemon:
-        return Check(name, "warn", f"not checked live: the state directory belongs to {owner} and its service"
-                     " is not running", "start it: `systemctl start fluxagent`, or run"
-                     f" `sudo -u {owner} fluxagent validate`")
-    except FluxError as exc:
-        return Check(name, "warn", f"not checked live: the service does not answer: {exc.message}",
-                     "see `systemctl status fluxagent` and `journalctl -u fluxagent`")
-    text = f"the running service ({owner}) checks the license; its last verdict: {st.state}"
-    if st.state == "valid":
-        return ok(name, text)
-    return Check(name, "warn", text, "see `fluxagent status`")
+def check_service_live(cfg: Config, owner: str) -> Check:
+    """Return the live check as root beside the service: its daemon makes it (it holds the keys)."""
+    return check_through_daemon(cfg, absent=Check(
+        LIVE, "warn", f"not checked live: the state directory belongs to {owner} and its service is not running",
+        f"start it: `systemctl start fluxagent`, or run `sudo -u {owner} fluxagent validate`"))
 
 
 LICENSE_FIXES = {
@@ -154,43 +146,68 @@ def check_clock(cfg: Config, now: float) -> Check:
 
 
 def check_live(cfg: Config, ident: Identity, transport: Transport, clock: Callable[[], float]) -> Check:
-    """Send one license check the way `run` does and verify the receipt; never waits past its deadline."""
+    """Send one license check the way `run` does and verify the receipt; never waits past its deadline.
+
+    While the daemon holds the state directory, it is asked to make the check (only it may seal).
+    """
     from fluxagent.delivery import Deps, Engine
     from fluxagent.errors import LockHeld
     from fluxagent.statedir.lock import instance_lock
 
-    name = "license server"
     try:
         with instance_lock(cfg.instance.state_dir):
-            engine = Engine(cfg, ident, Deps(transport, clock))
-            sealed = engine.produce(["license"], clock())
-            result = engine.flush()
+            return license_check(Engine(cfg, ident, Deps(transport, clock)), clock)
     except LockHeld:
-        st, _, _ = license_store.current(cfg, clock())
-        return Check(name, "warn", f"the running agent holds the state directory; its last verdict: {st.state}",
-                     "see `fluxagent status`; stop the agent to run the live check here")
+        return check_through_daemon(cfg)
     except FluxError as exc:
-        return fail(name, exc.message, exc.hint or "check the state directory", exc.exit_code)
+        return fail(LIVE, exc.message, exc.hint or "check the state directory", exc.exit_code)
     except OSError as exc:
-        return fail(name, f"cannot use the state directory {cfg.instance.state_dir}: {exc.strerror or exc}",
+        return fail(LIVE, f"cannot use the state directory {cfg.instance.state_dir}: {exc.strerror or exc}",
                     "check free space and that the state directory is writable", oserror_exit_code(exc))
+
+
+def license_check(engine: Engine, clock: Callable[[], float]) -> Check:
+    """Produce and send one license message through engine (its owner holds the lock); judge the answer."""
+    sealed = engine.produce(["license"], clock())
+    result = engine.flush()
     seqs = {s.obj["seq"] for s in sealed}
     for entry, d in result.delivered:
         if entry.seq in seqs:
             state = d.receipt_body.get("state")
             text = f"receipt verified (seq {entry.seq}): {state}, license {d.receipt_body.get('license_id')}"
             if state == "valid":
-                return ok(name, text)
+                return ok(LIVE, text)
             if state == "grace":
-                return Check(name, "warn", text, "renew the license with the vendor before the grace ends")
-            return fail(name, text, "contact the vendor about this license")
+                return Check(LIVE, "warn", text, "renew the license with the vendor before the grace ends")
+            return fail(LIVE, text, "contact the vendor about this license")
     for entry, r in result.rejected:
         if entry.seq in seqs:
-            return fail(name, f"the server rejected the license check: HTTP {r.status} {r.reason}",
+            return fail(LIVE, f"the server rejected the license check: HTTP {r.status} {r.reason}",
                         "see `fluxagent log`; contact the vendor if it persists")
     why = result.retry.reason if result.retry else "the license check was not sent"
-    return fail(name, f"no verified answer: {why} (kept in the spool for `run`)",
+    return fail(LIVE, f"no verified answer: {why} (kept in the spool for `run`)",
                 "check the network path to server.url", EXIT_UNAVAILABLE)
+
+
+def check_through_daemon(cfg: Config, absent: Check | None = None) -> Check:
+    """Return the live check made by the running daemon (asked over its control socket); absent when none runs."""
+    from fluxagent.updates import client
+
+    try:
+        answer = client.ask(cfg.instance.state_dir, "license-check", cfg.server.request_deadline + 30)
+        doc = answer["check"]
+        return Check(LIVE, str(doc["level"]), f"by the running daemon: {doc['reason']}", str(doc.get("fix", "")),
+                     int(doc.get("exit_code", 0)))
+    except client.NoDaemon:
+        return absent or Check(LIVE, "warn", "not checked live: another process holds the state directory and"
+                               " no daemon answers on its control socket",
+                               "run `fluxagent validate` again when it is done")
+    except FluxError as exc:
+        return Check(LIVE, "warn", f"not checked live: the daemon could not make the check: {exc.message}",
+                     "see `fluxagent status` and the daemon's log")
+    except (KeyError, TypeError, ValueError):
+        return Check(LIVE, "warn", "not checked live: the daemon's answer is not understood (an older version?)",
+                     "see `fluxagent status`")
 
 
 def check_state(cfg: Config, now: float) -> Check:
@@ -271,7 +288,7 @@ def _service_checks(cfg: Config, owner: str, offline: bool, clock: Callable[[], 
             reachable &= c.level != "fail"
             yield c
         if reachable and id_check.level == "ok":
-            yield check_service_live(cfg, owner, clock)
+            yield check_service_live(cfg, owner)
     yield check_clock(cfg, clock())
     yield check_state(cfg, clock())
 
