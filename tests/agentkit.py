@@ -32,6 +32,11 @@ from fluxagent.testing.workspace import Workspace, make_workspace
 from fluxagent.transport import HttpxTransport, Transport
 
 
+def config_of(ws: Workspace) -> Path:
+    """Return the config file of a workspace."""
+    return ws.root / "fluxagent.toml"
+
+
 def tls_server_context(ca: trustme.CA) -> ssl.SSLContext:
     """Return a server TLS context with a certificate for localhost issued by ca."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

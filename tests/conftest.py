@@ -65,6 +65,15 @@ def reference_server() -> Iterator[Callable[..., ReferenceServer]]:
 
 
 @pytest.fixture
+def daemons() -> Iterator[list[Any]]:
+    """Daemons a test starts (agentkit.Daemon); each is stopped when the test ends, whatever happened."""
+    started: list[Any] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     """A complete demo workspace: sample SQLite platform db, signed license, config, identity."""
     return make_workspace(tmp_path / "ws")

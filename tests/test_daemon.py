@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from agentkit import Daemon, NotifySocket, clean_env, delivered, rewrite, sent_seqs, wire
+from agentkit import Daemon, NotifySocket, clean_env, config_of, delivered, rewrite, sent_seqs, wire
 from conftest import run_cli
 from netutil import closed_port
 
@@ -42,16 +42,6 @@ def notify() -> Iterator[NotifySocket]:
     sock.close()
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
-def config_of(ws: Workspace) -> Path:
-    return ws.root / "fluxagent.toml"
 
 
 def cli(ws: Workspace, *args: str) -> tuple[int, str, str]:

@@ -58,10 +58,6 @@ def nets(a: int, b: int) -> list[str]:
     return [f"10.{i >> 8 & 255}.{i & 255}.0/24" for i in range(a, b)]
 
 
-@pytest.fixture
-def keys() -> list[nacl.signing.SigningKey]:
-    return [nacl.signing.SigningKey.generate() for _ in range(2)]
-
 
 @pytest.fixture
 def server(keys: list[nacl.signing.SigningKey]) -> Iterator[ReferenceServer]:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import nacl.signing
-import pytest
 from agentkit import delivered, ledger_entries, wire
 from inventorykit import BigPlatform, engine_for
 from support.clock import Clock
@@ -23,10 +22,6 @@ from fluxagent.wire import envelope, messages
 
 N = 16_000  # servers and as many ranges: an envelope of ~1.5 MB, above messages.STREAM_ABOVE
 
-
-@pytest.fixture
-def keys() -> list[nacl.signing.SigningKey]:
-    return [nacl.signing.SigningKey.generate() for _ in range(2)]
 
 
 def test_large_digest_is_sent_from_the_spool_file_and_ledgered_by_hash_and_list_sizes_in_small_lines(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nacl.signing
 import pytest
-from agentkit import Daemon, NotifySocket, clean_env, ledger_entries, rewrite, sent_seqs, wire
+from agentkit import Daemon, NotifySocket, clean_env, config_of, ledger_entries, rewrite, sent_seqs, wire
 from conftest import run_cli
 
 from fluxagent import logfmt, logs
@@ -25,10 +25,6 @@ from fluxagent.testing.workspace import Workspace
 
 NOT_IN_THE_SUPERVISOR = ("httpx", "ssl", "nacl", "sqlite3", "psutil", "structlog", "typer", "click", "asyncio")
 
-
-@pytest.fixture
-def keys() -> list[nacl.signing.SigningKey]:
-    return [nacl.signing.SigningKey.generate() for _ in range(2)]
 
 
 @pytest.fixture
@@ -43,16 +39,6 @@ def ws(tmp_path: Path, server: ReferenceServer, keys: list[nacl.signing.SigningK
                 log={"level": "debug"})
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
-def config_of(ws: Workspace) -> Path:
-    return ws.root / "fluxagent.toml"
 
 
 def ask(ws: Workspace, request: str) -> dict[str, object]:
