@@ -121,7 +121,8 @@ def test_worker_killed_mid_step_is_one_failed_step_and_the_next_step_delivers(
     os.kill(worker, signal.SIGKILL)
     failed = d.wait_event("worker.failed")
     assert failed["outcome"] == "killed by SIGKILL" and failed["mode"] == "step"
-    assert d.wait_event("state.stray_temp_removed")["files"] == 1 and not torn.exists()
+    # the planted one at least: the kill may also have caught the worker writing a temp file of its own
+    assert d.wait_event("state.stray_temp_removed")["files"] >= 1 and not torn.exists()
     server.faults.clear()
     d.wait_event("digest.sent", timeout=30)  # the next step resends the spooled messages
     assert d.proc.poll() is None
