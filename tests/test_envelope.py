@@ -147,3 +147,59 @@ def test_round_trip_of_arbitrary_payload_bytes_and_types(payload, ptype):
     decoded_type, decoded_payload, sigs = envelope.parse_envelope(env)
     assert (decoded_type, decoded_payload) == (ptype, payload)
     assert len(sigs) == 1
+
+
+def _slow_parse(data: bytes) -> tuple[str, bytes, list[tuple[str, bytes]]] | str:
+    """What parse_envelope answers for data when its canonical-form shortcut cannot apply."""
+    try:
+        return envelope.parse_envelope(b" " + data)  # leading space: the whole text goes through JSON
+    except EnvelopeError:
+        return "error"
+
+
+B64 = base64.b64encode(PAYLOAD).decode()
+SIG = json.loads(ENV)["signatures"]
+
+
+@pytest.mark.parametrize("data", [
+    ENV,
+    # a second "payload" key wins in JSON, so it wins here too
+    ('{"payload":"' + B64 + '","payload":"","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
+    ('{"payload":"' + B64 + '","payload":"' + B64[:-4] + '","payloadType":"' + PTYPE + '","signatures":'
+     + json.dumps(SIG) + "}").encode(),
+    ('{"payload":"' + B64 + '","payl\\u006fad":"","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG)
+     + "}").encode(),
+    # escapes inside the payload string: JSON decodes them, the shortcut must not skip them
+    ('{"payload":"' + "\\u0041" + B64[1:] + '","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
+    ('{"payload":"' + B64[:8] + "\\/" + B64[8:] + '","payloadType":"' + PTYPE + '","signatures":'
+     + json.dumps(SIG) + "}").encode(),
+    # what a JSON string may not hold raw, and what base64 may not hold
+    ('{"payload":"' + B64[:4] + "\n" + B64[4:] + '","payloadType":"' + PTYPE + '","signatures":'
+     + json.dumps(SIG) + "}").encode(),
+    ('{"payload":"' + B64[:-2] + '","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
+    ('{"payload":"' + B64 + "\xe9" + '","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
+    b'{"payload":"' + B64.encode(),
+    b'{"payload":"' + B64.encode() + b'"',
+    b'{"payload":"' + B64.encode() + b'",}',
+    b'{"payload":""}',
+    b'{"payload":"","payloadType":"x","signatures":[]}',
+])
+def test_the_canonical_envelope_shortcut_answers_exactly_what_the_full_json_parse_answers(data: bytes) -> None:
+    try:
+        fast: object = envelope.parse_envelope(data)
+    except EnvelopeError:
+        fast = "error"
+    assert fast == _slow_parse(data)
+
+
+@settings(max_examples=300)
+@given(at=st.integers(0, len(ENV)), cut=st.integers(0, 3), insert=st.sampled_from(['"', ',"payload":""', "\\", "\n", "A", "=", "}", "\u00e9", ""]))
+def test_any_edit_of_an_envelope_text_is_answered_alike_by_the_shortcut_and_the_full_parse(
+    at: int, cut: int, insert: str
+) -> None:
+    data = ENV[:at] + insert.encode() + ENV[at + cut:]
+    try:
+        fast: object = envelope.parse_envelope(data)
+    except EnvelopeError:
+        fast = "error"
+    assert fast == _slow_parse(data)

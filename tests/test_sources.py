@@ -207,6 +207,33 @@ def test_identifiers_of_a_50k_row_database_are_streamed(tmp_path):
         src.close()
 
 
+
+@pytest.mark.parametrize("bad_row", [0, BATCH - 1, BATCH, 3 * BATCH + 7])
+def test_a_value_that_is_not_utf8_deep_in_a_stream_is_skipped_once_and_every_other_row_counted_once(
+    tmp_path, bad_row
+):
+    rows = 4 * BATCH + 11
+    db = _big_db(tmp_path / "big.db", rows)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE servers SET hostname = CAST(? AS TEXT), ip_address = NULL WHERE id = ?",
+                 (b"node\xff\xfe", bad_row))
+    conn.execute("UPDATE network_ranges SET cidr = CAST(? AS TEXT) WHERE id = ?", (b"10.\xff.0.0/16", bad_row))
+    conn.commit()
+    conn.close()
+    src = SqliteSource(db, Queries())
+    try:
+        seen = list(src.iter_servers())  # the fast decoder fails at the bad row; the rest resumes there
+        assert len(seen) == rows
+        assert [ip for _h, ip in seen] == [None if i == bad_row else str(ipaddress.IPv4Address(0x0A000000 + i))
+                                           for i in range(rows)]
+        assert seen[bad_row][0] == b"node\xff\xfe"  # handed over as bytes: not an identifier
+        toks = collect.tokens_for(src, HostFacts("h.example", None, (), ()), b"\x01" * 32)
+        assert len(toks.servers) == rows - 1 and len(toks.networks) == rows - 1
+        assert toks.skipped == {"host_without_machine_id": 1, "server_without_identifier": 1, "network_invalid": 1}
+        assert src.conn.text_factory is not str  # the count and version queries keep the tolerant decoder
+    finally:
+        src.close()
+
 # ---- this host ----
 
 

@@ -144,7 +144,7 @@ class MysqlSource(ShapedSource):
             self._rollback()
             raise query_error(name, sql, exc, self._secret) from exc
 
-    def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
+    def _batches(self, name: str, sql: str, width: int) -> Iterator[list[tuple[Any, ...]]]:
         try:
             with self.conn.cursor() as cur:
                 self._begin(cur)
@@ -152,7 +152,7 @@ class MysqlSource(ShapedSource):
                 ss.execute(sql)
                 check_width(name, ss.description, width)
                 while rows := ss.fetchmany(BATCH):
-                    yield from rows
+                    yield list(rows)
             with self.conn.cursor() as cur:
                 cur.execute("ROLLBACK")
         except pymysql.Error as exc:

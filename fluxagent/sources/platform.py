@@ -158,18 +158,40 @@ class SqliteSource(ShapedSource):
         except sqlite3.Error as exc:
             raise _sqlite_error(name, sql, exc) from exc
 
-    def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
-        try:
-            cur = self.conn.execute(sql)
-            check_width(name, cur.description, width)
-            while True:
-                rows = cur.fetchmany(BATCH)
-                if not rows:
-                    break
-                yield from rows
-            cur.close()
-        except sqlite3.Error as exc:
-            raise _sqlite_error(name, sql, exc) from exc
+    def _batches(self, name: str, sql: str, width: int) -> Iterator[list[tuple[Any, ...]]]:
+        # Rows decode with the C decoder (`str`); a value that is not UTF-8 makes it raise for the
+        # whole query, so the query runs again from the row it stopped at with `tolerant_text`,
+        # which hands such a value over as bytes (skipped and counted). The connection keeps
+        # `tolerant_text` between batches for the other queries.
+        done, factory = 0, str
+        while True:
+            try:
+                cur = self.conn.execute(sql)
+                check_width(name, cur.description, width)
+                skip = done
+                while True:
+                    self.conn.text_factory = factory
+                    try:
+                        rows = cur.fetchmany(BATCH)
+                    finally:
+                        self.conn.text_factory = tolerant_text
+                    if not rows:
+                        break
+                    if skip:  # handed out before the restart
+                        rows, skip = rows[skip:], max(0, skip - len(rows))
+                        if not rows:
+                            continue
+                    done += len(rows)
+                    yield rows
+                cur.close()
+                return
+            except sqlite3.OperationalError as exc:
+                if factory is str and str(exc).startswith("Could not decode to UTF-8"):  # the text is not shown
+                    factory = tolerant_text
+                    continue
+                raise _sqlite_error(name, sql, exc) from exc
+            except sqlite3.Error as exc:
+                raise _sqlite_error(name, sql, exc) from exc
 
     def iter_servers(self) -> Iterator[tuple[Any, ...]]:
         """Yield (hostname, ip_address) of every inventory server, streamed (SQLite has no address types)."""

@@ -96,13 +96,13 @@ class PostgresSource(ShapedSource):
         except psycopg.Error as exc:
             raise query_error(name, sql, exc, self._secret) from exc
 
-    def _stream(self, name: str, sql: str, width: int) -> Iterator[tuple[Any, ...]]:
+    def _batches(self, name: str, sql: str, width: int) -> Iterator[list[tuple[Any, ...]]]:
         try:
             with self.conn.transaction(), self.conn.cursor(name=f"fluxagent_{name}") as cur:
                 cur.execute(sql)
                 check_width(name, cur.description, width)
                 while rows := cur.fetchmany(BATCH):
-                    yield from rows
+                    yield rows
         except psycopg.Error as exc:
             raise query_error(name, sql, exc, self._secret) from exc
 

@@ -150,14 +150,15 @@ class Verifier:
             key = _public_key(payload)
         else:
             raise Rejected(403, "unknown_instance", "instance not registered: send license first")
-        try:
-            envelope.verify_parsed(ptype, raw, sigs, [key])
-        except EnvelopeError as exc:
-            raise Rejected(401, "bad_signature", exc.message) from None
+        verdict = _Verdict(ptype, raw, sigs, key)
+        refused: AllowlistError | None = None
         try:
             messages.check_allowlist(kind, payload)
         except AllowlistError as exc:
-            raise Rejected(422, "allowlist", exc.message) from None
+            refused = exc
+        raw_sha256 = verdict.wait()  # a bad signature is answered first, whatever else is wrong
+        if refused is not None:
+            raise Rejected(422, "allowlist", refused.message) from None
         assert isinstance(iid, str)  # the allowlist checked it is a UUID
         if payload["aud"] != self.audience:
             raise Rejected(400, "wrong_audience", f"aud is not {self.audience!r}")
@@ -166,7 +167,7 @@ class Verifier:
         seq, nonce = payload["seq"], payload["nonce"]
         if inst is not None and seq in inst.accepted:
             seen, body = inst.accepted[seq]
-            if seen != hashlib.sha256(raw).digest():
+            if seen != raw_sha256:
                 raise Rejected(409, "seq_reused", f"seq {seq} was used for another payload")
             # An exact retry: at-least-once delivery, answered again with a fresh receipt.
             # Credentials are issued anew: the first ones may have expired meanwhile.
@@ -186,7 +187,7 @@ class Verifier:
             inst = self.instances[iid] = Instance(key)
         body = self._receipt_body(kind, iid, payload["body"], inst, now)
         inst.last_seq = seq
-        inst.accepted[seq] = (hashlib.sha256(raw).digest(), body)
+        inst.accepted[seq] = (raw_sha256, body)
         inst.nonces[nonce] = seq
         return Outcome(200, payload, request=raw, receipt_body=body)
 
@@ -303,6 +304,45 @@ def build_receipt(
         env["signatures"] = []
         return json.dumps(env, separators=(",", ":")).encode()
     return signed
+
+
+class _Verdict:
+    """The signature check of one request, and the SHA-256 of its payload once it verifies.
+
+    libsodium and hashlib work without the GIL, so for a large payload (a full digest is tens of
+    MB) they run in a thread while the allowlist walks the token lists; `wait()` still gives the
+    verdict before any other answer is made.
+    """
+
+    BACKGROUND = 1 << 20  # payload bytes from which the check runs beside the others
+
+    def __init__(self, ptype: str, payload: bytes, sigs: list[tuple[str, bytes]], key: bytes) -> None:
+        self._args = (ptype, payload, sigs, key)
+        self._error: EnvelopeError | None = None
+        self._sha256 = b""
+        self._thread: threading.Thread | None = None
+        if len(payload) < self.BACKGROUND:
+            self._run()
+        else:
+            self._thread = threading.Thread(target=self._run, name="verify", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        ptype, payload, sigs, key = self._args
+        try:
+            envelope.verify_parsed(ptype, payload, sigs, [key])
+        except EnvelopeError as exc:
+            self._error = exc
+            return
+        self._sha256 = hashlib.sha256(payload).digest()
+
+    def wait(self) -> bytes:
+        """Return the payload's SHA-256; raises Rejected (401) when no signature verifies."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise Rejected(401, "bad_signature", self._error.message)
+        return self._sha256
 
 
 def digest_shape(body: dict[str, Any]) -> str:
