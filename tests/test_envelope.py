@@ -161,23 +161,26 @@ B64 = base64.b64encode(PAYLOAD).decode()
 SIG = json.loads(ENV)["signatures"]
 
 
+def _env(payload_text: str, between: str = "") -> bytes:
+    """An envelope text whose payload string is payload_text (written raw), with `between` after it."""
+    return ('{"payload":"' + payload_text + '"' + between + ',"payloadType":"' + PTYPE + '","signatures":'
+            + json.dumps(SIG) + "}").encode()
+
+
 @pytest.mark.parametrize("data", [
     ENV,
-    # a second "payload" key wins in JSON, so it wins here too
-    ('{"payload":"' + B64 + '","payload":"","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
-    ('{"payload":"' + B64 + '","payload":"' + B64[:-4] + '","payloadType":"' + PTYPE + '","signatures":'
-     + json.dumps(SIG) + "}").encode(),
-    ('{"payload":"' + B64 + '","payl\\u006fad":"","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG)
-     + "}").encode(),
+    _env(B64),
+    # a second "payload" key wins in JSON, so it wins here too; a key may spell it with escapes
+    _env(B64, ',"payload":""'),
+    _env(B64, ',"payload":"' + B64[:-4] + '"'),
+    _env(B64, ',"payl\\u006fad":""'),
     # escapes inside the payload string: JSON decodes them, the shortcut must not skip them
-    ('{"payload":"' + "\\u0041" + B64[1:] + '","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
-    ('{"payload":"' + B64[:8] + "\\/" + B64[8:] + '","payloadType":"' + PTYPE + '","signatures":'
-     + json.dumps(SIG) + "}").encode(),
+    _env("\\u0041" + B64[1:]),
+    _env(B64[:8] + "\\/" + B64[8:]),
     # what a JSON string may not hold raw, and what base64 may not hold
-    ('{"payload":"' + B64[:4] + "\n" + B64[4:] + '","payloadType":"' + PTYPE + '","signatures":'
-     + json.dumps(SIG) + "}").encode(),
-    ('{"payload":"' + B64[:-2] + '","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
-    ('{"payload":"' + B64 + "\xe9" + '","payloadType":"' + PTYPE + '","signatures":' + json.dumps(SIG) + "}").encode(),
+    _env(B64[:4] + "\n" + B64[4:]),
+    _env(B64[:-2]),
+    _env(B64 + "\xe9"),
     b'{"payload":"' + B64.encode(),
     b'{"payload":"' + B64.encode() + b'"',
     b'{"payload":"' + B64.encode() + b'",}',
@@ -193,7 +196,8 @@ def test_the_canonical_envelope_shortcut_answers_exactly_what_the_full_json_pars
 
 
 @settings(max_examples=300)
-@given(at=st.integers(0, len(ENV)), cut=st.integers(0, 3), insert=st.sampled_from(['"', ',"payload":""', "\\", "\n", "A", "=", "}", "\u00e9", ""]))
+@given(at=st.integers(0, len(ENV)), cut=st.integers(0, 3),
+       insert=st.sampled_from(['"', ',"payload":""', "\\", "\n", "A", "=", "}", "\u00e9", ""]))
 def test_any_edit_of_an_envelope_text_is_answered_alike_by_the_shortcut_and_the_full_parse(
     at: int, cut: int, insert: str
 ) -> None:

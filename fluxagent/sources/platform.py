@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 import operator
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import quote, urlsplit
 
 from fluxagent.config import PlatformConfig, Queries
@@ -163,7 +163,7 @@ class SqliteSource(ShapedSource):
         # whole query, so the query runs again from the row it stopped at with `tolerant_text`,
         # which hands such a value over as bytes (skipped and counted). The connection keeps
         # `tolerant_text` between batches for the other queries.
-        done, factory = 0, str
+        done, factory = 0, cast("Callable[[bytes], object]", str)
         while True:
             try:
                 cur = self.conn.execute(sql)
