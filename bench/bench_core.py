@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from budgets import Budget, emit
+from budgets import Budget, as_installed, emit
 
 PY = sys.executable
 FLOOR = [PY, "-c", "import httpx, nacl.signing, psutil, typer, structlog"]
@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = ap.parse_args()
+    as_installed()
     ok = True
     rows: list[Budget] = []
     with tempfile.TemporaryDirectory() as tmp:

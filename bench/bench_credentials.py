@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from budgets import Budget, emit
+from budgets import Budget, as_installed, emit
 
 PY = sys.executable
 FLOOR = [PY, "-c", "import httpx, nacl.signing, psutil, typer, structlog"]
@@ -42,6 +42,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=11)
     p.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = p.parse_args()
+    as_installed()
     from fluxagent.daemon.agent import Agent
     from fluxagent.statedir.lock import instance_lock
     from fluxagent.testing.server import ReferenceServer

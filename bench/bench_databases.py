@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from budgets import Budget, emit
+from budgets import Budget, as_installed, emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -97,6 +97,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = ap.parse_args()
+    as_installed()
     budgets: list[Budget] = []
     started: list[dbservers.DbServer] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import nacl.signing  # noqa: E402
 import tomli_w  # noqa: E402
 from agentkit import Daemon, NotifySocket  # noqa: E402
-from budgets import Budget, emit  # noqa: E402
+from budgets import Budget, as_installed, emit  # noqa: E402
 
 from fluxagent.testing.server import ReferenceServer  # noqa: E402
 from fluxagent.testing.workspace import Workspace, make_workspace  # noqa: E402
@@ -283,6 +283,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=1_000_000, help="identifiers in the inventory daemon's database")
     p.add_argument("--json", action="store_true", help="also print the budgets as one JSON line at the end")
     args = p.parse_args()
+    as_installed()
     if not Path(NODE_EXPORTER).exists():
         raise SystemExit(f"{NODE_EXPORTER} is missing: apt-get install prometheus-node-exporter")
     root = Path(tempfile.mkdtemp(prefix="fluxagent-bench-"))
