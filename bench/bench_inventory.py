@@ -4,8 +4,10 @@
 
 An inventory of N identifiers (N/2 servers, half host names and half IPv4; N/2 ranges, half IPv4
 /24 and half IPv6 /64) in SQLite, the default config, the reference server in its own process
-(its memory is not the agent's). Each command runs in a fresh process; peak RSS is that process's
-own (wait4), wall time is compared with the import floor
+(its memory is not the agent's). The fluxagent package is byte-compiled first, as installed. Each
+command runs in a fresh process started from a bare launcher, with the bench's own writes flushed
+before it; peak RSS is that process's own (wait4 in the launcher: measured from the bench itself,
+a child's ru_maxrss would include the bench's memory at fork), wall time is compared with the import floor
 `python -c "import httpx, nacl.signing, psutil, typer, structlog"` measured in the same run.
 
 1. `preview --kind digest`, `preview --kind digest --json`, `run --once`: each ≤ 100 MB peak RSS
@@ -29,11 +31,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from budgets import Budget, as_installed, emit
+from budgets import Budget, as_installed, emit, run_measured
 
 from fluxagent.testing import sample
 
@@ -53,19 +54,8 @@ with ReferenceServer(signing_keys=keys, max_body=1 << 30) as srv:
 
 
 def measure(cmd: list[str], out: Path | None = None) -> tuple[float, float, int]:
-    """Run cmd; return (wall seconds, peak RSS in MB of that process, exit code).
-
-    The bench's own writes (the inventory database just built, the previous command's files) are
-    flushed first: a command that fsyncs must not pay for them.
-    """
-    os.sync()
-    with open(out or os.devnull, "wb") as sink:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.DEVNULL)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss * 1024 / MB, proc.returncode
+    """Run cmd; return (wall seconds, peak RSS in MB of that process alone, exit code)."""
+    return run_measured(cmd, out)
 
 
 def make_db(path: Path, n: int, churn: float = 0.0) -> None:
