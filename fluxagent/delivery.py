@@ -331,11 +331,10 @@ class Engine:
         license_state = self.license_status(now).state if "license" in kinds else None
         acked_root = None if force_full else self._schedule.last_acked_root
         # the acknowledged set is read only when a delta may be sent (approved); else full or unchanged
-        base = self._digest_base(acked_root) if "digest" in kinds and policy.allows("digest", "base") else None
+        base = (lambda: self._digest_base(acked_root)) if policy.allows("digest", "base") else None
         built = collect.gather(self._cfg, self._ident, kinds, now=now, last_acked_root=acked_root,
                                license_state=license_state if license_state in LICENSE_STATES else None,
                                world=self._deps.world, base=base, policy=policy)
-        base = None
         out: list[Sealed] = []
         for b in built:
             if b.skipped:

@@ -193,19 +193,20 @@ class TokenList:
                 self.buckets[i] = bytearray(b"".join(sorted(toks)))
         self.finished = True
 
-    @classmethod
-    def from_sorted(cls, packed: bytes | memoryview) -> TokenList:
-        """Return the finished list of packed sorted unique 16-byte tokens (as `packed()` gives them)."""
-        out = cls()
+    def add_sorted(self, packed: bytes | memoryview) -> None:
+        """Append a run of packed sorted unique 16-byte tokens that sort after every token held.
+
+        Bucket by bucket (the tokens of one first byte are one stretch of a sorted run), so a stored
+        set is read back a chunk at a time; mark the list `finished` after the last run.
+        """
         view = memoryview(packed)
         n = len(view) // TOKEN_BYTES
         lo = 0
-        for first in range(256):  # the tokens of each first byte are one run of the sorted array
+        while lo < n:
+            first = view[lo * TOKEN_BYTES]
             hi = bisect.bisect_left(range(n), first + 1, lo, key=lambda j: view[j * TOKEN_BYTES])
-            out.buckets[first] = bytearray(view[lo * TOKEN_BYTES:hi * TOKEN_BYTES])
+            self.buckets[first] += view[lo * TOKEN_BYTES:hi * TOKEN_BYTES]
             lo = hi
-        out.finished = True
-        return out
 
     def packed(self) -> Iterator[memoryview]:
         """Yield the sorted tokens as packed runs (one per first byte); finish() first."""

@@ -338,3 +338,50 @@ def test_a_real_kill_9_after_the_server_applied_a_delta_and_before_the_agent_sto
     last = digests[-1]
     assert last["full"] is False and last["added_networks"] and last["base"] == digests[-2]["root"]
     assert server.digest_tokens(iid)[0] == last["root"]  # the server applied it and the roots agree
+
+
+def _random_set(n_servers: int, n_networks: int) -> TokenSet:
+    from fluxagent.identifiers import TokenList
+
+    toks = TokenSet(TokenList(os.urandom(16) for _ in range(n_servers)),
+                    TokenList(os.urandom(16) for _ in range(n_networks)))
+    return toks.finish()
+
+
+@pytest.mark.parametrize("damage", ["none", "flip_first_token", "flip_last_network", "flip_checksum", "truncate",
+                                    "extend", "swap_two_tokens", "head_count"])
+def test_a_stored_set_larger_than_one_read_comes_back_whole_or_not_at_all(tmp_path: Path, damage: str) -> None:
+    toks = _random_set(100_000, 70_001)  # 2.7 MB: three reads of 1 MiB, the lists meeting mid-read
+    key = "0123456789abcdef"
+    digestset.write_pending(tmp_path, key, toks.root, toks)
+    path = tmp_path / digestset.PENDING
+    data = bytearray(path.read_bytes())
+    head = len(digestset.MAGIC) + 16 + 64 + 16
+    if damage == "flip_first_token":
+        data[head] ^= 0x80
+    elif damage == "flip_last_network":
+        data[-33] ^= 0x01
+    elif damage == "flip_checksum":
+        data[-1] ^= 0x01
+    elif damage == "truncate":
+        del data[-16:]
+    elif damage == "extend":
+        data[-32:-32] = os.urandom(16)
+    elif damage == "swap_two_tokens":  # the checksum made to fit: the root still catches it
+        import hashlib
+
+        a, b = head, head + 16 * 50_000
+        data[a:a + 16], data[b:b + 16] = data[b:b + 16], data[a:a + 16]
+        data[-32:] = hashlib.blake2b(bytes(data[:-32]), digest_size=32).digest()
+    elif damage == "head_count":
+        p = len(digestset.MAGIC) + 80
+        data[p:p + 8] = (100_001).to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    found = digestset.read(path)
+    if damage != "none":
+        assert found is None
+        return
+    assert found is not None and found.key_id == key and found.root == toks.root
+    assert found.tokens.servers.buckets == toks.servers.buckets
+    assert found.tokens.networks.buckets == toks.networks.buckets
+    assert found.tokens.servers.finished and found.tokens.networks.finished

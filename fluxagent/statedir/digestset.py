@@ -28,6 +28,7 @@ ACKED = "digest-acked.bin"
 MAGIC = b"fluxagent-digest-set/1\n"
 _HEAD = len(MAGIC) + 16 + 64 + 16
 _SUM = 32
+_CHUNK = 1 << 20  # bytes read at a time (a multiple of TOKEN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -109,31 +110,46 @@ def root_of(path: Path) -> str | None:
 
 
 def read(path: Path) -> DigestSet | None:
-    """Return the set stored at path, or None when it is missing, torn or corrupt (never a wrong set)."""
+    """Return the set stored at path, or None when it is missing, torn or corrupt (never a wrong set).
+
+    Read a chunk at a time straight into the token lists, never the whole file at once besides them.
+    """
+    h = hashlib.blake2b(digest_size=_SUM)
+    lists: list[TokenList] = []
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_HEAD)
+            if size < _HEAD + _SUM or len(head) != _HEAD or not head.startswith(MAGIC):
+                return None
+            h.update(head)
+            p = len(MAGIC)
+            ns, nn = int.from_bytes(head[p + 80:p + 88], "big"), int.from_bytes(head[p + 88:p + 96], "big")
+            if _HEAD + (ns + nn) * TOKEN_BYTES + _SUM != size:
+                return None
+            for count in (ns, nn):
+                tokens, left = TokenList(), count * TOKEN_BYTES
+                while left:
+                    chunk = f.read(min(left, _CHUNK))
+                    if not chunk or len(chunk) % TOKEN_BYTES:
+                        return None  # shrunk meanwhile: a torn read is no base
+                    h.update(chunk)
+                    tokens.add_sorted(chunk)
+                    left -= len(chunk)
+                tokens.finished = True
+                lists.append(tokens)
+            if h.digest() != f.read(_SUM):
+                return None
     except OSError:
         return None
-    if len(data) < _HEAD + _SUM or not data.startswith(MAGIC):
-        return None
-    if hashlib.blake2b(memoryview(data)[:-_SUM], digest_size=_SUM).digest() != data[-_SUM:]:
-        return None
-    p = len(MAGIC)
     try:
-        key_id, root = data[p:p + 16].decode("ascii"), data[p + 16:p + 80].decode("ascii")
+        key_id, root = head[p:p + 16].decode("ascii"), head[p + 16:p + 80].decode("ascii")
     except UnicodeDecodeError:
         return None
-    ns = int.from_bytes(data[p + 80:p + 88], "big")
-    nn = int.from_bytes(data[p + 88:p + 96], "big")
-    if _HEAD + (ns + nn) * TOKEN_BYTES + _SUM != len(data):
+    found = TokenSet(lists[0], lists[1])
+    if found.root != root:  # the checksum held, yet the lists are not that root's: no base
         return None
-    view = memoryview(data)
-    servers = view[_HEAD:_HEAD + ns * TOKEN_BYTES]
-    networks = view[_HEAD + ns * TOKEN_BYTES:len(data) - _SUM]
-    tokens = TokenSet(TokenList.from_sorted(servers), TokenList.from_sorted(networks))
-    if tokens.root != root:  # the checksum held, yet the lists are not that root's: no base
-        return None
-    return DigestSet(key_id, root, tokens)
+    return DigestSet(key_id, root, found)
 
 
 def acked(state_dir: Path) -> DigestSet | None:
