@@ -161,9 +161,9 @@ class Engine:
         self._policy_error: str | None = None
         now = int(deps.clock())
         for e in self._spool.opened.superseded:
-            self._ledger_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
+            self.record_entry(now, "superseded", e, outcome="superseded", detail="replaced while unsent")
         for e in self._spool.opened.dropped:
-            self._ledger_entry(now, "dropped", e, outcome="dropped", detail="spool bound")
+            self.record_entry(now, "dropped", e, outcome="dropped", detail="spool bound")
         self._debug_proxy()
         self._log("agent.state_opened", spool=self._spool.depth(), torn_ledger_bytes=self._ledger.torn_bytes,
                   quarantined=len(self._spool.opened.quarantined), schedule_reset=self._schedule.reset_reason)
@@ -272,8 +272,9 @@ class Engine:
                             payload=payload, payload_sha256=payload_sha256, summary=summary,
                             http_status=http_status, receipt_sha256=receipt_sha256, detail=detail)
 
-    def _ledger_entry(self, now: int, event: str, e: Entry, *, outcome: str, http_status: int | None = None,
-                      receipt_sha256: str | None = None, detail: str | None = None) -> None:
+    def record_entry(self, now: int, event: str, e: Entry, *, outcome: str, http_status: int | None = None,
+                     receipt_sha256: str | None = None, detail: str | None = None) -> None:
+        """Ledger a spooled (or exported) entry: a digest by its hash and summary, never read back."""
         self.record(now, event, e.kind, endpoint=e.endpoint, seq=e.seq,
                     payload=None if e.summary is not None else e.payload, payload_sha256=e.payload_sha256,
                     summary=e.summary, outcome=outcome, http_status=http_status, receipt_sha256=receipt_sha256,
@@ -365,9 +366,9 @@ class Engine:
             b.tokens = None  # a million tokens are 16 MB: let them go once stored
             put = self._spool.put(sealed, int(now))
             for e in put.superseded:
-                self._ledger_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
+                self.record_entry(int(now), "superseded", e, outcome="superseded", detail=f"by seq {seq}")
             for e in put.dropped:
-                self._ledger_entry(int(now), "dropped", e, outcome="dropped", detail="spool bound")
+                self.record_entry(int(now), "dropped", e, outcome="dropped", detail="spool bound")
                 self._warn("spool.dropped_oldest_heartbeat", seq=e.seq)
             if put.counters_error:  # the message is queued; only the drop/supersede counts were not saved
                 self._warn("spool.counters_unsaved", error=put.counters_error)
@@ -524,13 +525,13 @@ class Engine:
             outcome = classify(sealed, response, self._cfg.server.vendor_keys, now, RETRY_AFTER_CAP)
             if isinstance(outcome, Retry):
                 if outcome.sent:  # the request may have left the machine: the ledger says so
-                    self._ledger_entry(int(now), "attempt", entry, outcome="retry", http_status=outcome.status,
+                    self.record_entry(int(now), "attempt", entry, outcome="retry", http_status=outcome.status,
                                        detail=outcome.reason)
                 self._on_retry(entry, outcome, now)
                 result.retry = outcome
                 return result
             if isinstance(outcome, Rejected):
-                self._ledger_entry(int(now), "rejected", entry, outcome="rejected", http_status=outcome.status,
+                self.record_entry(int(now), "rejected", entry, outcome="rejected", http_status=outcome.status,
                                    detail=outcome.reason)
                 self._spool.remove(entry)
                 self._error(REJECTED_EVENT[entry.kind], seq=entry.seq, status=outcome.status, reason=outcome.reason)

@@ -2,9 +2,11 @@
 `import` takes the vendor's signed answer, verifies every receipt against the exported requests
 and records them as `run` records receipts (docs/PROTOCOL.md §8).
 
-The exported requests wait in `exported.json` in the state dir (exact envelopes, so each receipt's
-`req` and `nonce` can be checked) until their answer comes back; a receipt for anything else is
-ignored, so an old answer replayed changes nothing.
+The exported requests wait in the state dir until their answer comes back: their spool files move
+to `exported/` (exact envelopes, so each receipt's `req` and `nonce` can be checked), listed in
+`exported.json`; a receipt for anything else is ignored, so an old answer replayed changes nothing.
+A bundle is written as a stream, its envelopes read from those files: memory stays bounded at any
+inventory size, as for `run`.
 """
 
 from __future__ import annotations
@@ -13,25 +15,28 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fluxagent.delivery import Engine
+from fluxagent.delivery import Engine, sealed_of
 from fluxagent.errors import EnvelopeError, FluxError, StateError
 from fluxagent.kinds import SCHEDULED
 from fluxagent.license.file import check_license
 from fluxagent.license.record import read_license_file
 from fluxagent.statedir import fsutil, state
-from fluxagent.statedir.spool import Entry
+from fluxagent.statedir.spool import Entry, read_entry
 from fluxagent.timefmt import utc_iso
 from fluxagent.wire import envelope
-from fluxagent.wire.messages import Sealed
+from fluxagent.wire.messages import digest_summary
 from fluxagent.wire.receipts import Delivered, ReceiptError, verify_receipt
+from fluxagent.wire.stream import Streamed, Text, seal_streamed
 
 BUNDLE_TYPE = envelope.payload_type("bundle")
 ANSWER_TYPE = envelope.payload_type("answer")
 PENDING_FILE = "exported.json"
+EXPORTED_DIR = "exported"  # the exported requests' spool files, until their receipts come back
 MAX_PENDING = 10_000
 MAX_ANSWER_BYTES = 16 * 2**20
 
@@ -44,65 +49,127 @@ class ImportRefused(FluxError):
 
 @dataclass(frozen=True)
 class Pending:
-    """One exported request waiting for its receipt."""
+    """One exported request waiting for its receipt: its spool entry, kept in `exported/`."""
 
-    kind: str
-    endpoint: str
-    seq: int
-    envelope: bytes
+    entry: Entry
     exported_at: int
 
-    def sealed(self) -> Sealed:
-        """Return the Sealed view (what a receipt is checked against)."""
-        payload = envelope.parse_envelope(self.envelope)[1]
-        return Sealed(self.kind, self.endpoint, payload, json.loads(payload), self.envelope)
+    @property
+    def kind(self) -> str:
+        return self.entry.kind
 
-    def read_envelope(self) -> bytes:
-        """Return the exact request envelope (as a spool entry does)."""
-        return self.envelope
+    @property
+    def endpoint(self) -> str:
+        return self.entry.endpoint
+
+    @property
+    def seq(self) -> int:
+        return self.entry.seq
 
     @property
     def req(self) -> str:
         """Return `sha256:<hex>` of the request payload, as receipts name it."""
-        return "sha256:" + hashlib.sha256(envelope.parse_envelope(self.envelope)[1]).hexdigest()
+        return "sha256:" + self.entry.payload_sha256
 
 
-def build_bundle(entries: Sequence[Entry | Pending], *, signing_key: Any, iid: str, aud: str, now: int) -> bytes:
-    """Return the bundle: a DSSE envelope (instance key) over the exact request envelopes. Pure."""
-    payload = envelope.canonical_json({
+def build_bundle(entries: Sequence[Entry], *, signing_key: Any, iid: str, aud: str, now: int) -> Streamed:
+    """Return the bundle: a DSSE envelope (instance key) over the exact request envelopes.
+
+    As a stream: each envelope is read from its spool file in pieces whenever the bundle's bytes
+    are needed (to sign it, to write it), so a digest of millions of identifiers is never held.
+    """
+    return seal_streamed(BUNDLE_TYPE, {
         "v": 1, "iid": iid, "aud": aud, "ts": now,
-        "messages": [{"endpoint": e.endpoint, "envelope": e.read_envelope().decode()} for e in entries]})
-    return envelope.sign_envelope(BUNDLE_TYPE, payload, signing_key) + b"\n"
+        "messages": [{"endpoint": e.endpoint, "envelope": Text.of(e.envelope_chunks)} for e in entries]},
+        signing_key)
 
 
 # ---- pending requests in the state dir ----
 
 
-def load_pending(engine: Engine) -> list[Pending]:
-    """Return the exported requests still waiting for an answer; raises StateError."""
-    doc = state.read_json(engine.config.instance.state_dir / PENDING_FILE) or {}
-    out = []
+def _exported_dir(engine: Engine) -> Path:
+    return engine.config.instance.state_dir / EXPORTED_DIR
+
+
+def _inline_entry(kind: str, endpoint: str, seq: int, env: bytes, exported_at: int) -> Entry:
+    """Return the Entry of a request kept inline in exported.json (as versions before 0.2.0 kept them)."""
+    payload = envelope.parse_envelope(env)[1]
+    obj = json.loads(payload)
+    body = obj.get("body") if isinstance(obj, dict) else None
+    summary = digest_summary(body) if kind == "digest" and isinstance(body, dict) else None
+    if summary is not None:
+        summary["payload_bytes"] = len(payload)
+    return Entry(kind, endpoint, seq, hashlib.sha256(payload).hexdigest(), env, Path(), len(env), exported_at,
+                 str(obj.get("iid", "")), str(obj.get("nonce", "")), summary)
+
+
+def load_pending(engine: Engine) -> tuple[list[Pending], list[str]]:
+    """Return the exported requests still waiting for an answer (seq order), and what was damaged;
+    raises StateError when exported.json is.
+
+    Every entry file in `exported/` is one: a file moved there by an export that died before listing
+    it counts from its modification time. One that cannot be read cannot take its receipt: it is
+    left out and named in the second list (the rest go on).
+    """
+    path = engine.config.instance.state_dir / PENDING_FILE
+    doc = state.read_json(path) or {}
+    out: list[Pending] = []
+    damaged: list[str] = []
+    listed: dict[str, int] = {}
     try:
         for r in doc.get("requests", []):
-            out.append(Pending(r["kind"], r["endpoint"], int(r["seq"]), r["envelope"].encode(), int(r["exported_at"])))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        path = engine.config.instance.state_dir / PENDING_FILE
+            if "envelope" in r:  # kept inline by an earlier version
+                out.append(Pending(_inline_entry(r["kind"], r["endpoint"], int(r["seq"]), r["envelope"].encode(),
+                                                 int(r["exported_at"])), int(r["exported_at"])))
+            else:
+                listed[str(r["file"])] = int(r["exported_at"])
+    except (KeyError, TypeError, ValueError, AttributeError, EnvelopeError, RecursionError):
         raise StateError(f"{path} is corrupt", hint=f"move {path} aside; export again") from None
-    return out
+    directory = _exported_dir(engine)
+    try:
+        files = sorted(f for f in directory.iterdir() if f.suffix == ".json")
+    except FileNotFoundError:
+        files = []
+    except OSError as exc:
+        raise StateError(f"cannot list {directory}: {exc.strerror or exc}") from exc
+    for f in files:
+        try:
+            entry = read_entry(f)
+            at = listed.pop(f.name, None)
+            out.append(Pending(entry, at if at is not None else int(f.stat().st_mtime)))
+        except (OSError, ValueError) as exc:
+            damaged.append(f"{EXPORTED_DIR}/{f.name} is unreadable ({exc}): a receipt for it cannot be applied;"
+                           " it is removed")
+    damaged += [f"{EXPORTED_DIR}/{name} is missing: a receipt for it cannot be applied" for name in listed]
+    return sorted(out, key=lambda p: p.seq), damaged
 
 
 def save_pending(engine: Engine, pending: Sequence[Pending]) -> None:
-    """Write the pending requests atomically (0600), keeping the newest MAX_PENDING; raises StateError."""
-    keep = list(pending)[-MAX_PENDING:]
-    state.write_json(engine.config.instance.state_dir / PENDING_FILE, {"v": 1, "requests": [
-        {"kind": p.kind, "endpoint": p.endpoint, "seq": p.seq, "envelope": p.envelope.decode(),
-         "exported_at": p.exported_at} for p in keep]})
+    """Write the pending requests atomically (0600), keeping the newest MAX_PENDING, and remove the
+    files in `exported/` of every other request; raises StateError."""
+    keep = sorted(pending, key=lambda p: p.seq)[-MAX_PENDING:]
+    state.write_json(engine.config.instance.state_dir / PENDING_FILE, {"v": 2, "requests": [
+        {"kind": p.kind, "endpoint": p.endpoint, "seq": p.seq, "exported_at": p.exported_at,
+         **({"file": p.entry.path.name} if p.entry.path.name else {"envelope": p.entry.envelope.decode()})}
+        for p in keep]})
+    held = {p.entry.path.name for p in keep}
+    directory = _exported_dir(engine)
+    try:
+        stale = [f for f in directory.iterdir() if f.name not in held]
+        for f in stale:
+            f.unlink()
+        if stale:
+            fsutil.fsync_dir(directory)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StateError(f"cannot tidy {directory}: {exc.strerror or exc}") from exc
 
 
 # ---- export ----
 
 
-def prepare_export(engine: Engine, now: float) -> tuple[bytes, list[Entry]]:
+def prepare_export(engine: Engine, now: float) -> tuple[Streamed, list[Entry]]:
     """Produce every scheduled kind (seq persisted, spooled) and return the bundle of the spool."""
     engine.produce(SCHEDULED, now)
     entries = engine.spool.entries()
@@ -111,16 +178,29 @@ def prepare_export(engine: Engine, now: float) -> tuple[bytes, list[Entry]]:
     return bundle, entries
 
 
+def bundle_chunks(bundle: Streamed) -> Iterator[bytes]:
+    """Yield the bundle file's bytes: the envelope text and a newline."""
+    yield from bundle.envelope_chunks()
+    yield b"\n"
+
+
 def commit_export(engine: Engine, entries: Sequence[Entry], now: float, where: str) -> None:
-    """After the bundle is written: move its entries from the spool to pending, ledgering each."""
-    pending = load_pending(engine)
+    """After the bundle is written: move its entries from the spool to `exported/`, ledgering each."""
+    pending, _damaged = load_pending(engine)
     known = {p.seq for p in pending}
-    pending += [Pending(e.kind, e.endpoint, e.seq, e.read_envelope(), int(now)) for e in entries if e.seq not in known]
-    save_pending(engine, pending)
+    directory = _exported_dir(engine)
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create {directory}: {exc.strerror or exc}") from exc
     for e in entries:
-        engine.record(now, "exported", e.kind, outcome="exported", endpoint=e.endpoint, seq=e.seq,
-                      payload=e.payload, detail=f"in offline bundle {where}"[:300])
-        engine.spool.remove(e)
+        if e.seq in known:  # exported before (the same request): the spool's copy goes
+            engine.spool.remove(e)
+            continue
+        # moved first: a file in exported/ waits for its receipt whether or not the list below names it
+        pending.append(Pending(engine.spool.move_out(e, directory), int(now)))
+        engine.record_entry(int(now), "exported", e, outcome="exported", detail=f"in offline bundle {where}"[:300])
+    save_pending(engine, pending)
 
 
 # ---- import ----
@@ -134,6 +214,7 @@ class ImportResult:
     rejected: list[tuple[Pending, int, str]] = field(default_factory=list)
     unknown: int = 0
     bad: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # exported requests that cannot take a receipt
     license_installed: str | None = None
 
 
@@ -174,7 +255,8 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
         if not newer_license(license_bytes, installed, cfg.server.vendor_keys, cfg.instance.bound_domain, now):
             license_bytes = None  # the very file installed already: an answer imported twice changes nothing
             result.license_installed = "the answer's license file is already installed"
-    pending = {p.req: p for p in load_pending(engine)}
+    waiting, result.damaged = load_pending(engine)
+    pending = {p.req: p for p in waiting}
     for item in obj["receipts"]:
         p = pending.get(item["req"])
         if p is None:
@@ -184,18 +266,18 @@ def import_answer(engine: Engine, data: bytes, now: float) -> ImportResult:
         if status != 200:
             code = status if isinstance(status, int) and 400 <= status <= 599 else 400
             why = f"http {code}: {str(item.get('error', ''))[:60]} {str(item.get('detail', ''))[:120]}".strip()
-            engine.record(now, "rejected", p.kind, outcome="rejected", endpoint=p.endpoint, seq=p.seq,
-                          payload=p.sealed().payload, http_status=code, detail=why)
+            engine.record_entry(int(now), "rejected", p.entry, outcome="rejected", http_status=code, detail=why)
             result.rejected.append((p, code, why))
             del pending[item["req"]]
             continue
+        sealed = sealed_of(p.entry)
         try:
-            body, ts, digest = verify_receipt(p.sealed(), str(item.get("receipt", "")).encode(), cfg.server.vendor_keys)
+            body, ts, digest = verify_receipt(sealed, str(item.get("receipt", "")).encode(), cfg.server.vendor_keys)
         except ReceiptError as exc:
             result.bad.append(f"seq {p.seq}: {exc.message}")
             continue
         d = Delivered(body, ts, digest, 200, 0.0)  # the answer's age says nothing about this clock
-        engine.record_delivery(p.sealed(), d, now, source="import", event="imported")
+        engine.record_delivery(sealed, d, now, source="import", event="imported")
         result.delivered.append((p, d))
         del pending[item["req"]]
     if license_bytes is not None:

@@ -7,6 +7,7 @@ payload through `json.dumps`); any later way of producing a full digest must giv
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import nacl.signing
 from hypothesis import given, settings
@@ -85,3 +86,22 @@ def test_the_signature_over_a_stream_is_the_ed25519_signature_of_the_whole_messa
 ) -> None:
     whole = nacl.signing.SigningKey(seed).sign(header + b"".join(chunks)).signature
     assert sign_stream(seed, header, lambda: iter(chunks)) == whole
+
+
+@settings(max_examples=200)
+@given(text=st.text(max_size=60), cuts=st.lists(st.integers(0, 240), max_size=6))
+def test_a_text_value_renders_as_canonical_json_writes_that_string_however_its_bytes_are_cut(
+    text: str, cuts: list[int]
+) -> None:
+    from fluxagent.wire.stream import Text, seal_streamed
+
+    data = text.encode()
+    bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]  # may split a character
+    value = Text.of(lambda: iter(pieces))
+    whole = envelope.canonical_json({"s": text, "t": [text, 1]})
+    alone = envelope.canonical_json(text)
+    assert b"".join(value.rendered()) == alone and value.size == len(alone)
+    st_ = seal_streamed("application/x-test", {"s": value, "t": [value, 1]}, SIGNING)
+    assert b"".join(st_.payload_chunks()) == whole
+    assert b"".join(st_.envelope_chunks()) == envelope.sign_envelope("application/x-test", whole, SIGNING)

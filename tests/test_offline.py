@@ -256,3 +256,98 @@ def test_replaying_an_old_answer_does_not_roll_the_license_file_back(ws: Workspa
     code, out, err = cli(ws, "import", str(second))  # the same answer again: nothing to change, nothing refused
     assert code == 0 and "already installed" in out, out + err
     assert ws.cfg.instance.license_file.read_bytes() == installed
+
+
+def _exported(w: Workspace) -> list[Path]:
+    return sorted((w.cfg.instance.state_dir / "exported").iterdir())
+
+
+def test_the_streamed_bundle_is_byte_for_byte_the_bundle_built_whole_over_the_exported_envelopes(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    from fluxagent.statedir import identity
+    from fluxagent.statedir.spool import read_entry
+
+    bundle = export(ws)
+    files = _exported(ws)
+    assert [f.name.split("-")[1] for f in files] == ["license.json", "heartbeat.json", "digest.json"]
+    obj = json.loads(envelope.parse_envelope(bundle)[1])
+    assert [m["envelope"].encode() for m in obj["messages"]] == [read_entry(f).read_envelope() for f in files]
+    key = identity.load(ws.cfg.instance.state_dir).signing_key
+    assert bundle == envelope.sign_envelope(BUNDLE_TYPE, envelope.canonical_json(obj), key) + b"\n"
+
+
+def test_a_large_digest_is_exported_from_its_spool_file_and_imported_by_its_summary(
+    tmp_path: Path, server: ReferenceServer
+) -> None:
+    import sqlite3
+
+    ws = _ws(tmp_path / "ws", server)
+    db = Path(ws.cfg.platform.database.removeprefix("sqlite:///"))
+    conn = sqlite3.connect(db)
+    conn.executemany("INSERT INTO servers (hostname, ip_address) VALUES (?, NULL)",
+                     ((f"n{i}.bulk.example.net",) for i in range(40_000)))
+    conn.commit()
+    conn.close()
+    bundle = export(ws)
+    digest_file = _exported(ws)[-1]
+    assert digest_file.read_bytes().startswith(b"fluxagent-spool/2 ")  # the streamed form, sent from its file
+    assert len(bundle) > 1_500_000
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(bundle))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 0, out + err
+    assert "digest (seq 3) delivered" in out
+    imported = [e for e in ledger(ws) if e.event == "imported" and e.kind == "digest"]
+    assert imported and imported[0].summary and imported[0].summary["servers"] >= 40_000
+    assert _exported(ws) == []  # answered: nothing left waiting
+
+
+def test_requests_exported_by_an_earlier_version_inline_in_exported_json_still_take_their_receipts(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    from fluxagent.statedir.spool import read_entry
+
+    bundle = export(ws)
+    path = ws.cfg.instance.state_dir / PENDING_FILE
+    doc = json.loads(path.read_text())
+    inline = []
+    for r in doc["requests"]:
+        f = ws.cfg.instance.state_dir / "exported" / r.pop("file")
+        r["envelope"] = read_entry(f).read_envelope().decode()
+        f.unlink()
+        inline.append(r)
+    path.write_text(json.dumps({"requests": inline}))  # the 0.1.0 form
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(bundle))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 0, out + err
+    assert [(e.event, e.kind) for e in ledger(ws)[3:]] == [("imported", k) for k in ("license", "heartbeat", "digest")]
+    assert json.loads(path.read_text())["requests"] == []
+
+
+def test_an_export_that_died_before_listing_its_requests_still_takes_their_receipts(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    bundle = export(ws)
+    (ws.cfg.instance.state_dir / PENDING_FILE).write_text('{"v": 2, "requests": []}')
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(bundle))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 0, out + err
+    assert out.count("delivered") == 3
+
+
+def test_a_damaged_exported_request_is_named_and_the_other_receipts_still_apply(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    bundle = export(ws)
+    heartbeat = _exported(ws)[1]
+    heartbeat.write_bytes(heartbeat.read_bytes()[:40])
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(bundle))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 1
+    assert f"exported/{heartbeat.name} is unreadable" in err
+    assert "license (seq 1) delivered" in out and "digest (seq 3) delivered" in out
+    assert "1 receipt(s) for requests not waiting here" in out

@@ -203,7 +203,7 @@ def export_cmd(
     ] = None,
 ) -> None:
     """Air-gapped: write a signed bundle of the messages `run` would send, for the vendor to answer."""
-    from fluxagent.offline import commit_export, prepare_export
+    from fluxagent.offline import bundle_chunks, commit_export, prepare_export
     from fluxagent.statedir.fsutil import atomic_write
     from fluxagent.timefmt import utc_iso
 
@@ -214,7 +214,7 @@ def export_cmd(
         with _offline_engine(cfg) as engine:
             bundle, entries = prepare_export(engine, now)
             try:
-                atomic_write(target.absolute(), bundle, mode=0o640)
+                atomic_write(target.absolute(), bundle_chunks(bundle), mode=0o640)
             except OSError as exc:
                 raise FluxError(f"cannot write the bundle {target}: {exc.strerror or exc}") from None
             commit_export(engine, entries, now, str(target))
@@ -262,8 +262,10 @@ def import_cmd(
         typer.echo(f"{p.kind} (seq {p.seq}) rejected by the server: {why}")
     for why in result.bad:
         typer.echo(f"fluxagent: receipt refused: {why}", err=True)
+    for why in result.damaged:
+        typer.echo(f"fluxagent: {why}", err=True)
     if result.unknown:
         typer.echo(f"{result.unknown} receipt(s) for requests not waiting here (already imported?) ignored")
     if result.license_installed:
         typer.echo(result.license_installed)
-    raise typer.Exit(EXIT_CHECK_FAILED if result.bad or result.rejected else EXIT_OK)
+    raise typer.Exit(EXIT_CHECK_FAILED if result.bad or result.rejected or result.damaged else EXIT_OK)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ class Entry:
             f.seek(self.offset)
             return f.read()
 
+    def envelope_chunks(self) -> Iterator[bytes]:
+        """Yield the envelope text in pieces (a large entry's read from its file as it is sent)."""
+        body = self.body()
+        return iter((body,)) if isinstance(body, bytes) else iter(body)
+
     def body(self) -> Body:
         """Return the request body to send: the envelope bytes, or the file part that holds them."""
         return FileBody(self.path, self.offset, self.size - self.offset) if self.offset else self.envelope
@@ -149,7 +155,7 @@ def _decode_streamed(path: Path, m: re.Match[str], head: bytes, size: int) -> En
                  doc["spooled_at"], doc["iid"], doc["nonce"], doc["summary"], offset)
 
 
-def _read_entry(path: Path) -> Entry:
+def read_entry(path: Path) -> Entry:
     """Return the entry in the file at path; raises ValueError if it is not whole, OSError."""
     m = _NAME.match(path.name)
     if not m:
@@ -260,7 +266,7 @@ class Spool:
     def _read(self, path: Path) -> Entry | None:
         """Return the entry at path, or None after moving a corrupt one to bad/ (counted)."""
         try:
-            return _read_entry(path)
+            return read_entry(path)
         except FileNotFoundError:
             pass  # removed behind our back: nothing to send
         except (OSError, ValueError):
@@ -407,6 +413,21 @@ class Spool:
             if entry is not None:
                 return entry
         return None
+
+    def move_out(self, entry: Entry, directory: Path) -> Entry:
+        """Move entry's file into directory (same file system), out of the queue; return it there.
+
+        Raises StateError (then the entry stays queued).
+        """
+        target = directory / entry.path.name
+        try:
+            os.replace(entry.path, target)
+            fsutil.fsync_dir(directory)
+            fsutil.fsync_dir(self._new)
+        except OSError as exc:
+            raise StateError(f"cannot move {entry.path} to {directory}: {exc.strerror or exc}") from exc
+        self._index = [m for m in self._index if m.seq != entry.seq]
+        return dataclasses.replace(entry, path=target)
 
     def remove(self, entry: Entry) -> None:
         """Delete entry after delivery or rejection (idempotent); raises StateError."""

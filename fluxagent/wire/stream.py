@@ -6,12 +6,16 @@ canonical JSON and the packed 16-byte token lists between them. It is rendered c
 whenever its bytes are needed: twice to sign it (Ed25519 hashes the message twice), once into the
 spool file or onto the screen (base64 in slices of whole 3-byte groups). The bytes are exactly
 those `canonical_json` + `sign_envelope` give (tests hold them fixed).
+
+A `Text` value is a JSON string read in chunks each time it is rendered: an offline bundle carries
+the exact request envelopes that way, read from their spool files, never held whole.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hashlib
 import json
 import re
@@ -47,20 +51,56 @@ def list_json_chunks(tokens: TokenList) -> Iterator[bytes]:
     yield b"]" if first else b'"]'
 
 
-def _pieces(obj: dict[str, Any]) -> list[bytes | TokenList]:
-    """Return canonical_json(obj) as literal byte pieces and the TokenLists that go between them."""
-    lists: list[TokenList] = []
+@dataclass(frozen=True)
+class Text:
+    """A string value produced in UTF-8 chunks (`chunks()` gives them again each time), rendered
+    as the JSON string canonical_json would write for it; `size` is that rendering's length."""
+
+    chunks: Callable[[], Iterable[bytes]]
+    size: int
+
+    @classmethod
+    def of(cls, chunks: Callable[[], Iterable[bytes]]) -> Text:
+        """Return the Text of chunks, measured with one pass over them."""
+        return cls(chunks, sum(len(c) for c in cls._rendered(chunks)))
+
+    @staticmethod
+    def _rendered(chunks: Callable[[], Iterable[bytes]]) -> Iterator[bytes]:
+        # JSON escapes character by character, so escaping each decoded chunk gives the escaped whole;
+        # the incremental decoder carries a character split between two chunks over to the next
+        decode = codecs.getincrementaldecoder("utf-8")().decode
+        yield b'"'
+        for chunk in chunks():
+            text = decode(chunk)
+            if text:
+                yield json.dumps(text, ensure_ascii=False)[1:-1].encode()
+        decode(b"", final=True)  # a truncated character raises here, as it would decoding the whole
+        yield b'"'
+
+    def rendered(self) -> Iterator[bytes]:
+        """Yield the JSON string (quotes included) in pieces."""
+        return self._rendered(self.chunks)
+
+
+Piece = bytes | TokenList | Text
+
+
+def _pieces(obj: dict[str, Any]) -> list[Piece]:
+    """Return canonical_json(obj) as literal byte pieces and the TokenLists and Texts between them."""
+    lists: list[TokenList | Text] = []
 
     def swap(v: Any) -> Any:
-        if isinstance(v, TokenList):
+        if isinstance(v, TokenList | Text):
             lists.append(v)
             return f"\x00tokens{len(lists) - 1}\x00"
         if isinstance(v, dict):
             return {k: swap(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [swap(x) for x in v]
         return v
 
     text = canonical_json(swap(obj))
-    out: list[bytes | TokenList] = []
+    out: list[Piece] = []
     pos = 0
     for m in _MARK.finditer(text):
         out += [text[pos:m.start()], lists[int(m[1])]]
@@ -69,8 +109,10 @@ def _pieces(obj: dict[str, Any]) -> list[bytes | TokenList]:
     return out
 
 
-def _size(piece: bytes | TokenList) -> int:
-    return list_json_size(len(piece)) if isinstance(piece, TokenList) else len(piece)
+def _size(piece: Piece) -> int:
+    if isinstance(piece, TokenList):
+        return list_json_size(len(piece))
+    return piece.size if isinstance(piece, Text) else len(piece)
 
 
 @dataclass(frozen=True)
@@ -83,7 +125,7 @@ class Streamed:
     """
 
     ptype: str
-    pieces: tuple[bytes | TokenList, ...]
+    pieces: tuple[Piece, ...]
     size: int
     sha256: str
     signature: bytes
@@ -120,16 +162,19 @@ class Streamed:
         yield tail
 
 
-def _render(pieces: tuple[bytes | TokenList, ...]) -> Iterator[bytes]:
+def _render(pieces: tuple[Piece, ...]) -> Iterator[bytes]:
     for p in pieces:
         if isinstance(p, TokenList):
             yield from list_json_chunks(p)
+        elif isinstance(p, Text):
+            yield from p.rendered()
         else:
             yield p
 
 
 def seal_streamed(ptype: str, obj: dict[str, Any], signing_key: nacl.signing.SigningKey) -> Streamed:
-    """Sign canonical_json(obj) (TokenList values as sorted hex arrays) without ever holding it whole."""
+    """Sign canonical_json(obj) (TokenList values as sorted hex arrays, Text values as strings) without
+    ever holding it whole."""
     pieces = tuple(_pieces(obj))
     size = sum(_size(p) for p in pieces)
     t = ptype.encode()
