@@ -653,3 +653,60 @@ def test_a_license_file_is_never_accepted_as_the_instance_license_message() -> N
         refused = httpx.post(srv.url + "/v1/license", content=as_file)
         assert 400 <= refused.status_code < 500, refused.text
         assert httpx.post(srv.url + "/v1/license", content=sealed.envelope).status_code == 200
+
+
+def _big_digest(agent: Agent, n: int = 40_000) -> messages.Message:
+    from fluxagent.identifiers import TokenList
+
+    toks = TokenSet(TokenList(os.urandom(16) for _ in range(n)), TokenList()).finish()
+    return messages.build_digest(toks, "0123456789abcdef", None)
+
+
+def _post_whole(agent: Agent, sealed: messages.Sealed) -> httpx.Response:
+    return agent.client.post(sealed.endpoint, content=b"".join(sealed.envelope_chunks()))
+
+
+@pytest.fixture
+def roomy(clock: Clock, tls: ssl.SSLContext, reference_server) -> Iterator[tuple[Agent, ReferenceServer]]:
+    """An agent and a server taking bodies of a few MB."""
+    srv = reference_server(clock=clock, max_body=8 << 20)
+    with httpx.Client(base_url=srv.url, timeout=30, verify=tls) as c:
+        yield Agent(c, clock, srv.verifier.audience), srv
+
+
+def test_a_digest_over_a_mebibyte_is_verified_beside_the_other_checks_and_its_answer_is_the_same(
+    roomy: tuple[Agent, ReferenceServer],
+) -> None:
+    agent, server = roomy
+    agent.register()
+    sealed = agent.seal(_big_digest(agent))
+    assert sealed.payload_size > 1 << 20  # the size from which the signature is checked in a thread
+    resp = _post_whole(agent, sealed)
+    assert resp.status_code == 200, resp.text
+    obj = envelope.open_envelope(resp.content, server.vendor_keys, envelope.RECEIPT_TYPE).obj
+    assert obj["req"] == "sha256:" + sealed.payload_sha256 and obj["body"] == {"need_full": False}
+    assert _post_whole(agent, sealed).status_code == 200  # an exact resend: same payload hash, answered again
+    forged = agent.seal(_big_digest(agent), key=nacl.signing.SigningKey.generate())
+    resp = _post_whole(agent, forged)
+    assert resp.status_code == 401 and resp.json()["error"] == "bad_signature"
+
+
+def test_a_large_payload_with_a_bad_signature_and_a_field_off_the_allowlist_is_refused_for_its_signature(
+    roomy: tuple[Agent, ReferenceServer],
+) -> None:
+    agent, _server = roomy
+    agent.register()
+    sealed = agent.seal(_big_digest(agent))
+    obj = json.loads(b"".join(sealed.payload_chunks()) if sealed.streamed is None else
+                     b"".join(sealed.streamed.payload_chunks()))
+    obj["body"]["customer_emails"] = ["someone@example.com"]
+    obj["seq"] = agent.seq = agent.seq + 1
+    payload = envelope.canonical_json(obj)
+    assert len(payload) > 1 << 20
+    stranger = nacl.signing.SigningKey.generate()
+    resp = agent.client.post("/v1/digest", content=envelope.sign_envelope(envelope.payload_type("digest"), payload,
+                                                                         stranger))
+    assert resp.status_code == 401 and resp.json()["error"] == "bad_signature"
+    signed = envelope.sign_envelope(envelope.payload_type("digest"), payload, agent.key)
+    resp = agent.client.post("/v1/digest", content=signed)
+    assert resp.status_code == 422 and resp.json()["error"] == "allowlist"

@@ -331,17 +331,19 @@ class _Verdict:
         ptype, payload, sigs, key = self._args
         try:
             envelope.verify_parsed(ptype, payload, sigs, [key])
+            self._sha256 = hashlib.sha256(payload).digest()
         except EnvelopeError as exc:
             self._error = exc
-            return
-        self._sha256 = hashlib.sha256(payload).digest()
+        except Exception as exc:  # fail closed: anything but a verified signature is a refusal
+            self._error = EnvelopeError(f"signature check failed: {type(exc).__name__}")
 
     def wait(self) -> bytes:
-        """Return the payload's SHA-256; raises Rejected (401) when no signature verifies."""
+        """Return the payload's SHA-256; raises Rejected (401) unless a signature verified."""
         if self._thread is not None:
             self._thread.join()
-        if self._error is not None:
-            raise Rejected(401, "bad_signature", self._error.message)
+        if self._error is not None or not self._sha256:
+            message = self._error.message if self._error is not None else "signature check did not finish"
+            raise Rejected(401, "bad_signature", message)
         return self._sha256
 
 
