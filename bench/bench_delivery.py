@@ -289,7 +289,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="fluxagent-bench-"))
     keys = [nacl.signing.SigningKey.generate() for _ in range(2)]
     try:
-        with ReferenceServer(signing_keys=keys, credentials_ttl=3600) as server:
+        with ReferenceServer(signing_keys=keys, credentials_ttl=3600, max_body=1 << 30) as server:  # a 47 MB digest
             ws = make_workspace(root / "ws", server_url=server.url, vendor_keys=keys)
             i = idle(ws.root / "fluxagent.toml", args.idle_seconds)
             big = inventory(root, server, keys, args.rows)

@@ -328,6 +328,10 @@ class Engine:
             kinds = [k for k in kinds if k != "license"]
             self._advance("license", now)
             self._log("license.registration_pending", spool=self._spool.depth())
+        if "digest" in kinds and (wait := self._full_digest_paced(now)) is not None:
+            # `run --once` asks for every kind: a full digest the server asked for still waits its pace
+            kinds = [k for k in kinds if k != "digest"]
+            self._log("digest.full_paced", due_in=wait)
         policy = self.current_policy(now)
         license_state = self.license_status(now).state if "license" in kinds else None
         acked_root = None if force_full else self._schedule.last_acked_root
@@ -468,6 +472,15 @@ class Engine:
         self._schedule = replace(self._schedule.with_kind("digest", replace(ks, next_due=due)), last_acked_root=None)
         self._log("digest.full_requested", reason=why, due_in=int(due - now))
         self._save_schedule()
+
+    def _full_digest_paced(self, now: float) -> int | None:
+        """Return the seconds a full digest must still wait (need_full or a refused delta made the next
+        one full, and the last full one is under FULL_DIGEST_PACE old), else None."""
+        s = self._schedule
+        if s.last_acked_root is not None or s.last_full_at is None or (s.digest.next_due or 0) <= now:
+            return None
+        left = s.last_full_at + FULL_DIGEST_PACE - now
+        return int(left) + 1 if 0 < left <= FULL_DIGEST_PACE else None  # a clock set back paces nothing
 
     def _acknowledge_digest(self, root: str | None) -> None:
         """Keep the token set of an acknowledged root as the next delta's base (else none: full next)."""

@@ -244,6 +244,23 @@ def test_need_full_on_every_answer_for_a_day_gives_at_most_24_full_digests_and_k
     assert entries[0].n == 1  # nothing rotated away
 
 
+def test_run_once_every_minute_after_need_full_still_sends_a_full_digest_at_most_once_an_hour(s: Setup) -> None:
+    s.server.verifier.always_need_full = True
+    sent_before = len(delivered(s.server, "/v1/digest"))
+    for _ in range(120):  # two hours of a cron-driven `run --once`: every kind asked for each time
+        s.clock.now += 60
+        s.engine.cycle(s.clock(), list(SCHEDULED))
+    digests = delivered(s.server, "/v1/digest")[sent_before:]
+    fulls = [d for d in digests if d["body"]["full"]]
+    assert 1 <= len(fulls) <= 3, len(fulls)  # not one per run
+    assert len(delivered(s.server, "/v1/heartbeat")) >= 120  # the other kinds went every time
+    s.server.verifier.always_need_full = False
+    s.clock.now += 3601
+    s.engine.cycle(s.clock(), list(SCHEDULED))
+    assert delivered(s.server, "/v1/digest")[-1]["body"]["full"] is True
+    s.server_matches_agent()
+
+
 # ---- the property: any A → B, applied by the server, gives B ----
 
 _HOSTS = st.lists(st.integers(0, 60).map(lambda i: f"h{i}.example.net"), max_size=40)
