@@ -138,8 +138,9 @@ def load_pending(engine: Engine) -> tuple[list[Pending], list[str]]:
             at = listed.pop(f.name, None)
             out.append(Pending(entry, at if at is not None else int(f.stat().st_mtime)))
         except (OSError, ValueError) as exc:
+            moved = engine.spool.quarantine(f)
             damaged.append(f"{EXPORTED_DIR}/{f.name} is unreadable ({exc}): a receipt for it cannot be applied;"
-                           " it is removed")
+                           f" moved to {moved.relative_to(engine.config.instance.state_dir)}")
     damaged += [f"{EXPORTED_DIR}/{name} is missing: a receipt for it cannot be applied" for name in listed]
     return sorted(out, key=lambda p: p.seq), damaged
 

@@ -348,6 +348,7 @@ def test_a_damaged_exported_request_is_named_and_the_other_receipts_still_apply(
     answer.write_bytes(server.answer_bundle(bundle))
     code, out, err = cli(ws, "import", str(answer))
     assert code == 1
-    assert f"exported/{heartbeat.name} is unreadable" in err
+    assert f"exported/{heartbeat.name} is unreadable" in err and f"moved to spool/bad/{heartbeat.name}" in err
+    assert (ws.cfg.instance.state_dir / "spool" / "bad" / heartbeat.name).exists()  # kept for a look
     assert "license (seq 1) delivered" in out and "digest (seq 3) delivered" in out
     assert "1 receipt(s) for requests not waiting here" in out

@@ -270,14 +270,19 @@ class Spool:
         except FileNotFoundError:
             pass  # removed behind our back: nothing to send
         except (OSError, ValueError):
-            with contextlib.suppress(OSError):
-                os.replace(path, self._bad / path.name)
-                fsutil.fsync_dir(self._new)
-            self._quarantined.append(self._bad / path.name)
-            self._counters["corrupt"] += 1
-            self._save_counters()
+            self.quarantine(path)
         self._index = [m for m in self._index if m.path != path]
         return None
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a damaged entry file (of the queue, or exported) to bad/, count it; return where it went."""
+        with contextlib.suppress(OSError):
+            os.replace(path, self._bad / path.name)
+            fsutil.fsync_dir(path.parent)
+        self._quarantined.append(self._bad / path.name)
+        self._counters["corrupt"] += 1
+        self._save_counters()
+        return self._bad / path.name
 
     def _plan_overflow(self, keep: list[_Meta], add: int, add_size: int) -> list[_Meta] | None:
         """Return the oldest heartbeats to drop so keep (+ add entries) fits, or None if none do."""
