@@ -141,7 +141,7 @@ def load_pending(engine: Engine) -> tuple[list[Pending], list[str]]:
             moved = engine.spool.quarantine(f)
             damaged.append(f"{EXPORTED_DIR}/{f.name} is unreadable ({exc}): a receipt for it cannot be applied;"
                            f" moved to {moved.relative_to(engine.config.instance.state_dir)}")
-    damaged += [f"{EXPORTED_DIR}/{name} is missing: a receipt for it cannot be applied" for name in listed]
+    damaged += [f"{EXPORTED_DIR}/{name[:80]!r} is missing: a receipt for it cannot be applied" for name in listed]
     return sorted(out, key=lambda p: p.seq), damaged
 
 

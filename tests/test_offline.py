@@ -352,3 +352,17 @@ def test_a_damaged_exported_request_is_named_and_the_other_receipts_still_apply(
     assert (ws.cfg.instance.state_dir / "spool" / "bad" / heartbeat.name).exists()  # kept for a look
     assert "license (seq 1) delivered" in out and "digest (seq 3) delivered" in out
     assert "1 receipt(s) for requests not waiting here" in out
+
+
+def test_an_exported_request_whose_file_went_missing_is_named_and_the_other_receipts_still_apply(
+    ws: Workspace, server: ReferenceServer
+) -> None:
+    bundle = export(ws)
+    license_file = _exported(ws)[0]
+    license_file.unlink()
+    answer = ws.root / "answer.json"
+    answer.write_bytes(server.answer_bundle(bundle))
+    code, out, err = cli(ws, "import", str(answer))
+    assert code == 1 and f"exported/{license_file.name!r} is missing" in err
+    assert "heartbeat (seq 2) delivered" in out and "digest (seq 3) delivered" in out
+    assert json.loads((ws.cfg.instance.state_dir / PENDING_FILE).read_text())["requests"] == []
