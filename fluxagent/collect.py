@@ -111,7 +111,8 @@ def gather(
     """Build the messages of kinds from live sources; a failing kind carries its error, the rest go on.
 
     base: reads the token set of last_acked_root, for a digest delta (None: no delta, full or
-    unchanged); called once the inventory is tokenized, so the two sets are not built up together.
+    unchanged); called only after the inventory is tokenized and its root changed, so the two sets
+    are not built up together.
     policy: what the operator approved; fields it withholds are left out (a digest delta is not built
     unless `base` is approved), and a kind it holds back carries a SchemaHeld error without being
     built (None: the running registry, unnarrowed).
@@ -152,9 +153,7 @@ def gather(
                     toks = tokens_for(platform, host, ident.digest_key)
                     results["digest"].skipped.update(toks.skipped)
                     results["digest"].tokens = toks
-                    changed = base is not None and last_acked_root is not None and toks.root != last_acked_root
-                    return messages.build_digest(toks, key_id(ident.digest_key), last_acked_root,
-                                                 base=base() if base is not None and changed else None)
+                    return messages.build_digest(toks, key_id(ident.digest_key), last_acked_root, base=base)
                 _guard(results["digest"], digest)
         if "credentials" in kinds:
             results["credentials"].message = messages.build_credentials()

@@ -539,13 +539,13 @@ class Engine:
             if isinstance(outcome, Retry):
                 if outcome.sent:  # the request may have left the machine: the ledger says so
                     self.record_entry(int(now), "attempt", entry, outcome="retry", http_status=outcome.status,
-                                       detail=outcome.reason)
+                                      detail=outcome.reason)
                 self._on_retry(entry, outcome, now)
                 result.retry = outcome
                 return result
             if isinstance(outcome, Rejected):
                 self.record_entry(int(now), "rejected", entry, outcome="rejected", http_status=outcome.status,
-                                   detail=outcome.reason)
+                                  detail=outcome.reason)
                 self._spool.remove(entry)
                 self._error(REJECTED_EVENT[entry.kind], seq=entry.seq, status=outcome.status, reason=outcome.reason)
                 if entry.kind == "license":

@@ -349,16 +349,19 @@ def build_digest(
     last_acked_root: str | None,
     *,
     force_full: bool = False,
-    base: TokenSet | None = None,
+    base: TokenSet | Callable[[], TokenSet | None] | None = None,
 ) -> Message:
     """Return the digest: unchanged (no lists) when its root is the last acknowledged one, a delta
     against `base` (the token set of that root) when that is under half the full form, else full.
 
-    `tokens` and `base` must be finished (sorted, deduplicated).
+    `tokens` and `base` must be finished (sorted, deduplicated). `base` may be a function giving it,
+    called only when a delta is worth trying (the root changed): the caller reads it no sooner.
     """
     root = tokens.root
     if not force_full and root == last_acked_root:
         return Message("digest", {"key_id": key_id, "root": root, "full": False})
+    if callable(base):
+        base = base() if not force_full and last_acked_root is not None else None
     if not force_full and base is not None and last_acked_root is not None:
         added_servers, removed_servers = diff(base.servers, tokens.servers)
         added_networks, removed_networks = diff(base.networks, tokens.networks)
